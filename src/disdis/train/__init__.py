@@ -1,0 +1,5 @@
+"""Training: the one loop (:mod:`.loop`), checkpoints, EMA, DDP helpers and logs."""
+
+from disdis.train.loop import NonFiniteLossError, TrainConfig, TrainResult, train
+
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]

@@ -1,0 +1,372 @@
+"""The one training loop, for every model and stage.
+
+AdamW at a constant learning rate, an EMA of the weights, optional gradient
+clipping, bf16 autocast on GPUs, Dynamic Gaussian Anchoring refits on a
+schedule, atomic checkpoints, exact resume, and DDP under torchrun.
+
+Every schedule is counted in images (kimg = 1000 images) of the *global*
+batch, which is split evenly over the processes, so a run means the same on 1
+or 8 devices; the learning rate is never rescaled by the device count.
+
+Exact resume. Every random draw of a step (diffusion times and noise, dropout,
+Skip Dropout masks) comes from the global torch generator, re-seeded at the
+start of each step from (seed, step, rank); the data order is a function of
+(seed, step) (:mod:`disdis.train.sampler`); anchoring fits are seeded from
+(seed, step). The checkpoint therefore only needs the weights, the EMA, the
+optimizer moments, the anchors, the step and (for ``refit_source: recent``) the
+token buffer: a run killed and resumed ends with the same weights as one that
+was never interrupted.
+
+The model contract (duck-typed; :mod:`disdis.models` builds conforming models):
+  * ``forward(images) -> dict`` with a scalar ``"loss"``, optional scalar
+    entries that are logged, and optionally ``"tokens"``: the batch's
+    un-anchored unit tokens (B, U, D), detached.
+  * optional ``setup(images)``: a one-time, data-dependent initialisation run on
+    the first global batch before training (e.g. the latent scale 1/std).
+  * anchoring, when ``anchoring_enabled`` is true: ``unit_tokens(images)`` ->
+    (B, U, D) un-anchored tokens; ``fit_anchors(tokens (U, N, D), seed)`` -> the
+    fit as a dict of tensors; ``load_anchors(tensors or None)``; an ``anchors``
+    attribute with ``save(path)``.
+Parameters with ``requires_grad`` are trained (a frozen first stage is not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from disdis.errors import ConfigError, DisdisError
+from disdis.progress import progress
+from disdis.train import checkpoint as ckpt
+from disdis.train import distributed
+from disdis.train.ema import EMA
+from disdis.train.encode import encode_images
+from disdis.train.logger import CSVLogger
+from disdis.train.sampler import StepBatchSampler
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. Durations are in kimg (thousands of images of the global batch)."""
+    batch_size: int = 512                     # global batch, split over processes (released: 512; CelebA 64)
+    total_kimg: float = 51200.0               # 100k steps at batch 512 (released)
+    lr: float = 1e-4                          # constant, no warm-up, never scaled by device count (released)
+    weight_decay: float = 0.01                # torch AdamW default, as in the released code
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: Optional[float] = None         # max global grad norm; null = no clipping
+    ema_halflife_kimg: float = 3549.0         # = decay 0.9999 per step at batch 512 (released)
+    ema_warmup: bool = True                   # cap decay by (1+n)/(10+n) (released LitEma)
+    refit_every_epochs: Optional[float] = 1.0   # DyGA refit interval in epochs (released: 1; Cars3D/CelebA 5) ...
+    refit_every_kimg: Optional[float] = None    # ... or in kimg; exactly one of the two is set
+    refit_source: Literal["subset", "recent"] = "subset"  # fixed training subset, or tokens of recent batches
+    refit_images: int = 48000                 # tokens per fit (released: 10% of sets above 100k images)
+    checkpoint_every_kimg: float = 512.0
+    keep_checkpoints: int = 2
+    log_every_kimg: float = 12.8
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True                         # bf16 autocast; used on GPUs only
+    num_workers: int = 4
+
+
+@dataclass
+class TrainResult:
+    step: int
+    checkpoint: Path
+    final_loss: float
+
+
+class NonFiniteLossError(DisdisError):
+    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+@dataclass
+class _Schedule:
+    """The run's intervals converted from images to whole steps."""
+    total: int
+    checkpoint: int
+    log: int
+    refit: int  # 0: never
+    steps_per_epoch: int
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, num_items: int, anchoring: bool) -> _Schedule:
+        def steps(kimg: float, key: str) -> int:
+            if kimg <= 0:
+                raise ConfigError(f"train.{key}: must be positive, got {kimg}")
+            return max(1, round(kimg * 1000 / cfg.batch_size))
+        steps_per_epoch = num_items // cfg.batch_size
+        refit = 0
+        if anchoring:
+            if (cfg.refit_every_epochs is None) == (cfg.refit_every_kimg is None):
+                raise ConfigError("train.refit_every_epochs / train.refit_every_kimg: set exactly one of the two")
+            if cfg.refit_every_epochs is not None:
+                if cfg.refit_every_epochs <= 0:
+                    raise ConfigError(f"train.refit_every_epochs: must be positive, got {cfg.refit_every_epochs}")
+                refit = max(1, round(cfg.refit_every_epochs * steps_per_epoch))
+            else:
+                refit = steps(cfg.refit_every_kimg, "refit_every_kimg")
+        return cls(total=steps(cfg.total_kimg, "total_kimg"), checkpoint=steps(cfg.checkpoint_every_kimg, "checkpoint_every_kimg"),
+                   log=steps(cfg.log_every_kimg, "log_every_kimg"), refit=refit, steps_per_epoch=steps_per_epoch)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' requested but no CUDA device is available (use cpu or auto)")
+    return torch.device(name)
+
+
+FIT_STREAM = 1 << 30  # the random stream of anchoring fits, apart from every rank's training stream
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """The seed of the random draws made at ``step`` in ``stream`` (the rank, or FIT_STREAM)."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: str | Path,
+          *, resume: bool = False) -> TrainResult:
+    """Train ``model`` on ``dataset`` (items: image tensor or (image, ...)); checkpoints go to ``run_dir``.
+
+    With ``resume`` the newest readable checkpoint in ``run_dir/checkpoints`` is loaded and the run
+    continues exactly where it stopped.
+    """
+    run_dir = Path(run_dir)
+    device = distributed.init(resolve_device(cfg.device).type)
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
+    anchoring = bool(getattr(model, "anchoring_enabled", False))
+    sched = _Schedule.build(cfg, len(dataset), anchoring)
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    model.to(device).train()
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank, world_size=world)
+    state = _load_latest(run_dir / "checkpoints") if resume else None
+    if state is None:
+        start = 0
+        if hasattr(model, "setup"):  # every rank sees the whole first global batch: same result, no messages
+            first = _collate([dataset[int(i)] for i in sampler.global_batch(0)]).to(device)
+            with torch.no_grad():
+                model.setup(first)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    ema = EMA(model, cfg.ema_halflife_kimg * 1000, warmup=cfg.ema_warmup)
+    recent = _TokenBuffer(min(cfg.refit_images, len(dataset))) if anchoring and cfg.refit_source == "recent" else None
+    if state is not None:
+        start = _restore(state, model, ema, optimizer, recent, device)
+    sampler.start_step = start
+
+    ddp = model
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                         pin_memory=device.type == "cuda", collate_fn=_collate,
+                                         persistent_workers=False,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    subset = None
+    if anchoring and cfg.refit_source == "subset":
+        subset = np.sort(np.random.default_rng([cfg.seed, 1]).choice(len(dataset), size=min(cfg.refit_images, len(dataset)), replace=False))
+
+    logger = CSVLogger(run_dir / "logs" / "train.csv", resume_step=start if state is not None else None) if main else None
+    last_ckpt = state.path if state is not None else None
+    bar = progress(total=sched.total, initial=start, desc="train", unit="step", disable=None if main else True)
+    totals: dict[str, torch.Tensor] = {}
+    window_start, window_steps = time.perf_counter(), 0
+    loss_value = float("nan")
+    data = iter(loader)
+    try:
+        for step in range(start, sched.total):
+            torch.manual_seed(step_seed(cfg.seed, step, rank))
+            images = next(data).to(device, non_blocking=True)
+            with _autocast(device, use_bf16):
+                out = ddp(images)
+            loss = out["loss"]
+            loss_mean = distributed.all_reduce_mean(loss.detach().float())
+            loss_value = float(loss_mean)
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss_value}) at step {step} ({step * cfg.batch_size / 1000:g} kimg); the run stopped "
+                    f"without saving; last good checkpoint: {last_ckpt or 'none (nothing saved yet)'}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            ema.update(model, cfg.batch_size)
+            if recent is not None:
+                recent.add(distributed.gather_shards(out["tokens"].detach().float(), cfg.batch_size))
+            _accumulate(totals, out, loss_mean)
+            window_steps += 1
+            done = step + 1
+            bar.update(1)
+
+            if sched.refit and done % sched.refit == 0:
+                _refit(model, ema, dataset, subset, recent, cfg, device, use_bf16, done, run_dir)
+            if done % sched.checkpoint == 0 or done == sched.total:
+                if main:
+                    last_ckpt = _save(run_dir / "checkpoints", model, ema, optimizer, recent, cfg, done, sched)
+                    ckpt.prune_checkpoints(run_dir / "checkpoints", cfg.keep_checkpoints)
+            if done % sched.log == 0 or done == sched.total:
+                elapsed = time.perf_counter() - window_start
+                row = {"step": done, "kimg": done * cfg.batch_size / 1000, "epoch": done / max(sched.steps_per_epoch, 1)}
+                row.update({k: float(v) / window_steps for k, v in totals.items()})
+                row.update({"img_per_s": window_steps * cfg.batch_size / elapsed, "sec_per_step": elapsed / window_steps})
+                if main:
+                    logger.log(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
+                    if bar.disable:  # no live bar (not a terminal): one line per interval instead
+                        print(f"step {done}/{sched.total}  kimg {row['kimg']:.1f}  loss {row['loss']:.4f}  "
+                              f"{row['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+                totals.clear()
+                window_start, window_steps = time.perf_counter(), 0
+    finally:
+        bar.close()
+        if logger is not None:
+            logger.close()
+        del data
+    distributed.barrier()
+    return TrainResult(step=sched.total, checkpoint=last_ckpt, final_loss=loss_value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Anchoring refits
+
+
+class _TokenBuffer:
+    """The most recent ``capacity`` token rows seen in training (all ranks), oldest first."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.tokens: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor) -> None:
+        rows = rows.cpu()
+        self.tokens = rows if self.tokens is None else torch.cat([self.tokens, rows])
+        self.tokens = self.tokens[-self.capacity:]
+
+
+def _refit(model, ema: EMA, dataset, subset, recent: _TokenBuffer | None, cfg: TrainConfig, device: torch.device,
+           use_bf16: bool, step: int, run_dir: Path) -> None:
+    """Fit the anchors on tokens from every rank, once on rank 0, and broadcast the fit."""
+    if recent is not None:
+        tokens = recent.tokens
+    else:
+        model.eval()
+        per_rank = max(1, cfg.batch_size // distributed.world_size())
+        tokens = encode_images(model.unit_tokens, dataset, subset, per_rank, device, bf16=use_bf16,
+                               num_workers=cfg.num_workers, desc=f"tokens for anchoring fit (step {step})")
+        model.train()
+    fit = None
+    if distributed.is_main():
+        fit = {k: v.cpu() for k, v in model.fit_anchors(tokens.transpose(0, 1).contiguous(), seed=step_seed(cfg.seed, step, FIT_STREAM)).items()}
+    fit = distributed.broadcast_tensors(fit)
+    model.load_anchors(fit)
+    ema.module.load_anchors(fit)
+    if distributed.is_main():
+        (run_dir / "fits").mkdir(parents=True, exist_ok=True)
+        model.anchors.save(run_dir / "fits" / f"fit-{step:09d}.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@dataclass
+class _State:
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    meta: dict
+
+
+def _save(directory: Path, model: nn.Module, ema: EMA, optimizer, recent: _TokenBuffer | None,
+          cfg: TrainConfig, step: int, sched: _Schedule) -> Path:
+    optim_tensors, groups = ckpt.optimizer_state(optimizer)
+    tensors = {**ckpt.with_prefix("model", model.state_dict()), **ckpt.with_prefix("ema", ema.module.state_dict()),
+               **ckpt.with_prefix("optim", optim_tensors)}
+    anchors = getattr(model, "anchors", None)
+    if anchors is not None:
+        tensors.update(ckpt.with_prefix("anchors", anchors.to_tensors()))
+    if recent is not None and recent.tokens is not None:
+        tensors["recent_tokens"] = recent.tokens
+    epoch, offset = divmod(step, sched.steps_per_epoch)
+    meta = {"step": step, "kimg": step * cfg.batch_size / 1000, "epoch": epoch, "batch_in_epoch": offset,
+            "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": distributed.world_size(),
+            "ema_updates": ema.num_updates, "optimizer_groups": groups}
+    return ckpt.save_checkpoint(ckpt.checkpoint_path(directory, step), tensors, meta)
+
+
+def _load_latest(directory: Path) -> _State | None:
+    """The newest readable checkpoint; an unreadable newest one is reported and skipped."""
+    found = ckpt.list_checkpoints(directory)
+    if not found:
+        raise DisdisError(f"{directory}: no checkpoint to resume from")
+    for path in reversed(found):
+        try:
+            tensors, meta = ckpt.load_checkpoint(path)
+        except ckpt.CheckpointError as err:
+            if distributed.is_main():
+                print(f"warning: {err}; trying the previous checkpoint", file=sys.stderr)
+            continue
+        return _State(path, tensors, meta)
+    raise ckpt.CheckpointError(f"{directory}: no readable checkpoint to resume from")
+
+
+def _restore(state: _State, model: nn.Module, ema: EMA, optimizer, recent: _TokenBuffer | None,
+             device: torch.device) -> int:
+    anchors = ckpt.strip_prefix("anchors", state.tensors)
+    if hasattr(model, "load_anchors"):
+        model.load_anchors(anchors or None)
+        ema.module.load_anchors(anchors or None)
+    _load_weights(model, ckpt.strip_prefix("model", state.tensors), state.path)
+    _load_weights(ema.module, ckpt.strip_prefix("ema", state.tensors), state.path)
+    ckpt.load_optimizer_state(optimizer, ckpt.strip_prefix("optim", state.tensors), state.meta["optimizer_groups"])
+    ema.num_updates = int(state.meta["ema_updates"])
+    if recent is not None and "recent_tokens" in state.tensors:
+        recent.tokens = state.tensors["recent_tokens"]
+    if distributed.is_main():
+        print(f"resuming from {state.path} (step {state.meta['step']}, {state.meta['kimg']:g} kimg)", file=sys.stderr)
+    return int(state.meta["step"])
+
+
+def _load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise ckpt.CheckpointError(f"{path}: weights do not match the configured model "
+                                   f"({str(err).splitlines()[0]})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _collate(items: list) -> torch.Tensor:
+    """Stack the images of dataset items (an image tensor, or a tuple whose first entry is one)."""
+    return torch.stack([item[0] if isinstance(item, (list, tuple)) else item for item in items])
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def _accumulate(totals: dict[str, torch.Tensor], out: dict, loss_mean: torch.Tensor) -> None:
+    values = {"loss": loss_mean, **{k: v for k, v in out.items() if k not in ("loss", "tokens")}}
+    for key, value in values.items():
+        value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+        totals[key] = totals[key] + value if key in totals else value.clone()
