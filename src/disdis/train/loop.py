@@ -66,8 +66,8 @@ class TrainConfig:
     grad_clip: Optional[float] = None         # max global grad norm; null = no clipping
     ema_halflife_kimg: float = 3549.0         # = decay 0.9999 per step at batch 512 (released)
     ema_warmup: bool = True                   # cap decay by (1+n)/(10+n) (released LitEma)
-    refit_every_epochs: Optional[float] = 1.0   # DyGA refit interval in epochs (released: 1; Cars3D/CelebA 5) ...
-    refit_every_kimg: Optional[float] = None    # ... or in kimg; exactly one of the two is set
+    refit_every: float = 1.0                  # DyGA refit interval (released: every epoch; Cars3D/CelebA 5) ...
+    refit_unit: Literal["epochs", "kimg"] = "epochs"  # ... counted in epochs or in kimg
     refit_source: Literal["subset", "recent"] = "subset"  # fixed training subset, or tokens of recent batches
     refit_images: int = 48000                 # tokens per fit (released: 10% of sets above 100k images)
     checkpoint_every_kimg: float = 512.0
@@ -77,6 +77,25 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True                         # bf16 autocast; used on GPUs only
     num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.batch_size >= 1, "batch_size", "a positive integer"),
+            (self.total_kimg > 0, "total_kimg", "positive"),
+            (self.lr > 0, "lr", "positive"),
+            (self.weight_decay >= 0, "weight_decay", "0 or more"),
+            (self.grad_clip is None or self.grad_clip > 0, "grad_clip", "positive or null"),
+            (self.ema_halflife_kimg >= 0, "ema_halflife_kimg", "0 or more"),
+            (self.refit_every > 0, "refit_every", "positive"),
+            (self.refit_images >= 1, "refit_images", "a positive integer"),
+            (self.checkpoint_every_kimg > 0, "checkpoint_every_kimg", "positive"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints", "at least 1"),
+            (self.log_every_kimg > 0, "log_every_kimg", "positive"),
+            (self.num_workers >= 0, "num_workers", "0 or more"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self, key)!r}")
 
 
 @dataclass
@@ -101,23 +120,14 @@ class _Schedule:
 
     @classmethod
     def build(cls, cfg: TrainConfig, num_items: int, anchoring: bool) -> _Schedule:
-        def steps(kimg: float, key: str) -> int:
-            if kimg <= 0:
-                raise ConfigError(f"train.{key}: must be positive, got {kimg}")
+        def steps(kimg: float) -> int:
             return max(1, round(kimg * 1000 / cfg.batch_size))
-        steps_per_epoch = num_items // cfg.batch_size
+        steps_per_epoch = max(1, num_items // cfg.batch_size)
         refit = 0
         if anchoring:
-            if (cfg.refit_every_epochs is None) == (cfg.refit_every_kimg is None):
-                raise ConfigError("train.refit_every_epochs / train.refit_every_kimg: set exactly one of the two")
-            if cfg.refit_every_epochs is not None:
-                if cfg.refit_every_epochs <= 0:
-                    raise ConfigError(f"train.refit_every_epochs: must be positive, got {cfg.refit_every_epochs}")
-                refit = max(1, round(cfg.refit_every_epochs * steps_per_epoch))
-            else:
-                refit = steps(cfg.refit_every_kimg, "refit_every_kimg")
-        return cls(total=steps(cfg.total_kimg, "total_kimg"), checkpoint=steps(cfg.checkpoint_every_kimg, "checkpoint_every_kimg"),
-                   log=steps(cfg.log_every_kimg, "log_every_kimg"), refit=refit, steps_per_epoch=steps_per_epoch)
+            refit = max(1, round(cfg.refit_every * steps_per_epoch)) if cfg.refit_unit == "epochs" else steps(cfg.refit_every)
+        return cls(total=steps(cfg.total_kimg), checkpoint=steps(cfg.checkpoint_every_kimg), log=steps(cfg.log_every_kimg),
+                   refit=refit, steps_per_epoch=steps_per_epoch)
 
 
 def resolve_device(name: str) -> torch.device:

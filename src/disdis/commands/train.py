@@ -1,0 +1,55 @@
+"""``disdis train``: train a first stage or a diffusion model from a config; resume a run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a model from a config, or resume a run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train one stage of a model with the settings of CONFIG (YAML) and any "
+        "key=value overrides (dotted keys, e.g. train.batch_size=64 data.path=3dshapes.h5).\n"
+        "stage=first_stage trains the autoencoder; stage=diffusion (default) trains the "
+        "diffusion model on top of the first stage named by first_stage_run (a finished "
+        "first-stage run folder), or in pixel space with first_stage.kind=identity.\n\n"
+        "Each run gets a folder (run_dir=..., default runs/NNNNN-NAME-STAGE) holding config.yaml, "
+        "checkpoints/, anchoring fits/ and logs/train.csv. Durations are in kimg (thousands of "
+        "images of the global batch), the same on any number of devices.\n\n"
+        "Multi-GPU (or multi-process CPU) training: torchrun --nproc_per_node N -m disdis train ...\n"
+        "train.batch_size is the global batch; the learning rate is never rescaled.\n\n"
+        "examples:\n"
+        "  disdis train configs/shapes3d_first_stage.yaml data.path=3dshapes.h5\n"
+        "  disdis train configs/shapes3d.yaml data.path=3dshapes.h5 first_stage_run=runs/00000-shapes3d-first_stage\n"
+        "  disdis train --resume runs/00001-shapes3d-diffusion")
+    parser.add_argument("config", nargs="?", help="run config YAML (omit with --resume)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue this run from its newest checkpoint, exactly where it stopped "
+                        "(overrides, e.g. train.total_kimg=..., are applied to its saved config)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from disdis.errors import DisdisError
+    from disdis.run_config import load_run_config
+    from disdis.train import distributed
+    from disdis.train.run import resume_run, start_run
+
+    try:
+        if args.resume:
+            overrides = ([args.config] if args.config else []) + list(args.overrides)
+            if any("=" not in item for item in overrides):
+                raise DisdisError("--resume takes a run folder and key=value overrides, not a config file")
+            run_dir, result = resume_run(args.resume, overrides)
+        else:
+            if not args.config:
+                raise DisdisError("give a config file (or --resume RUN_DIR)")
+            run_dir, result = start_run(load_run_config(args.config, args.overrides))
+        if distributed.is_main():
+            print(f"done: step {result.step}, final loss {result.final_loss:.4f}; run folder {run_dir}; "
+                  f"checkpoint {result.checkpoint}")
+    finally:
+        distributed.shutdown()
+    return 0

@@ -1,0 +1,143 @@
+"""The paper's model: latent units and tokens condition a latent-diffusion U-Net (DESIGN 1, 2).
+
+    z0      = scale * E(x)                       frozen first stage, 1/std scaling
+    u       = f(x)              (B, N)           feature extractor: the latent units
+    c       = g(u)              (B, N, D)        one token MLP per unit
+    c~      = c + lambda (mu_k*(c) - c)          Dynamic Gaussian Anchoring (after the first fit)
+    loss    = | eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, c~) |_1
+
+with Skip Dropout inside the U-Net during training. EncDiff and the ablations are
+configurations of this one model: ``anchoring.enabled: false`` drops DyGA,
+``unet.skip_dropout: 0`` drops Skip Dropout.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from disdis.anchoring import AnchoringConfig, GaussianAnchors
+from disdis.diffusion import DiffusionConfig, NoiseLoss, NoiseSchedule, ddim_invert, ddim_sample
+from disdis.nn.first_stage import FirstStage, LatentScaler
+from disdis.nn.unet import UNet, UNetConfig
+from disdis.nn.units import FeatureExtractor, UnitsConfig, UnitTokenizer
+
+
+class DisentangledDiffusion(nn.Module):
+    def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,
+                 diffusion: DiffusionConfig, anchoring: AnchoringConfig):
+        super().__init__()
+        self.first_stage = first_stage.eval().requires_grad_(False)
+        self.scaler = LatentScaler()
+        self.extractor = FeatureExtractor(units)
+        self.tokenizer = UnitTokenizer(units)
+        self.unet = UNet(unet)
+        self.diffusion_cfg = diffusion
+        self.schedule = NoiseSchedule.from_config(diffusion)
+        self.noise_loss = NoiseLoss(self.schedule, diffusion.loss)
+        self.anchoring = anchoring
+        self.anchors: GaussianAnchors | None = None  # set by the training loop's refits
+
+    # ------------------------------------------------------------------ training-loop contract
+    @property
+    def anchoring_enabled(self) -> bool:
+        return self.anchoring.enabled
+
+    def train(self, mode: bool = True) -> DisentangledDiffusion:
+        super().train(mode)
+        self.first_stage.eval()  # frozen: no dropout, fixed statistics
+        return self
+
+    @torch.no_grad()
+    def setup(self, images: torch.Tensor) -> None:
+        """Fix the latent scale 1/std on the first training batch (released "scale by std")."""
+        self.scaler.fit(self.first_stage.encode(images).float())
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training loss on images in [-1, 1]; also returns the un-anchored tokens (detached)."""
+        z0 = self.latents(images).float()  # the noise and the loss stay in float32 under autocast
+        tokens = self.unit_tokens(images)
+        loss = self.noise_loss(self.unet, z0, self.anchor(tokens))
+        return {"loss": loss, "tokens": tokens.detach()}
+
+    def fit_anchors(self, tokens: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        """Fit the per-unit mixtures on tokens (U, N, D); returns the fit as tensors."""
+        tokens = tokens.to(self.scaler.scale.device)  # fit where the model lives (fast on a GPU)
+        return GaussianAnchors.fit(tokens, seed=seed, config=self.anchoring).to_tensors()
+
+    def load_anchors(self, tensors: dict[str, torch.Tensor] | None) -> None:
+        self.anchors = None if tensors is None else GaussianAnchors.from_tensors(tensors, self.anchoring)
+
+    # ------------------------------------------------------------------ representation
+    @torch.no_grad()
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        """The scaled first-stage latent z0 of images."""
+        return self.scaler(self.first_stage.encode(images))
+
+    def unit_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Un-anchored tokens (B, N, D)."""
+        return self.tokenizer(self.extractor(images))
+
+    def anchor(self, tokens: torch.Tensor) -> torch.Tensor:
+        """DyGA shift toward each token's anchor; the identity before the first fit or when disabled."""
+        if self.anchors is None or not self.anchoring.enabled:
+            return tokens
+        if self.anchors.device != tokens.device:
+            self.anchors = self.anchors.to(tokens.device)
+        return self.anchors.shift_batch(tokens.float(), self.anchoring.strength)
+
+    @torch.no_grad()
+    def encode_units(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scalar units (B, N), anchored tokens (B, N, D)) of images, as used for evaluation."""
+        units = self.extractor(images)
+        return units, self.anchor(self.tokenizer(units))
+
+    # ------------------------------------------------------------------ sampling
+    def denoiser(self, context: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``model_fn(x_t, t) -> eps`` conditioned on the (anchored) tokens ``context``."""
+        return lambda x, t: self.unet(x, t, context)
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return self.first_stage.decode(self.scaler.inverse(z)).clamp(-1, 1)
+
+    def latent_shape(self, batch: int) -> tuple[int, ...]:
+        cfg = self.unet.cfg
+        return (batch, cfg.in_channels, cfg.resolution, cfg.resolution)
+
+    @torch.no_grad()
+    def sample(self, context: torch.Tensor, noise: torch.Tensor | None = None, steps: int | None = None,
+               eta: float | None = None, generator: torch.Generator | None = None,
+               progress: Callable[[Sequence[int]], Sequence[int]] | None = None) -> torch.Tensor:
+        """Images in [-1, 1] generated by DDIM from ``noise`` (drawn when None) given tokens ``context``."""
+        if noise is None:
+            noise = torch.randn(self.latent_shape(len(context)), generator=generator, device=context.device)
+        z = ddim_sample(self.denoiser(context), noise, self.schedule, steps or self.diffusion_cfg.ddim_steps,
+                        self.diffusion_cfg.ddim_eta if eta is None else eta, generator=generator, progress=progress)
+        return self.decode_latents(z)
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, context: torch.Tensor | None = None, steps: int | None = None,
+               progress: Callable[[Sequence[int]], Sequence[int]] | None = None) -> torch.Tensor:
+        """The DDIM noise that regenerates ``images`` given tokens (their own by default)."""
+        if context is None:
+            context = self.encode_units(images)[1]
+        return ddim_invert(self.denoiser(context), self.latents(images), self.schedule,
+                           steps or self.diffusion_cfg.ddim_steps, progress=progress)
+
+    @torch.no_grad()
+    def interchange(self, source: torch.Tensor, targets: torch.Tensor, unit: int, noise: torch.Tensor | None = None,
+                    steps: int | None = None) -> torch.Tensor:
+        """Targets regenerated with ``unit``'s token taken from ``source`` (1, C, H, W).
+
+        The noise is the targets' own DDIM inversion unless given, so everything but the swapped
+        unit stays as close to the target as the model allows.
+        """
+        context = self.encode_units(targets)[1]
+        if noise is None:
+            noise = self.invert(targets, context, steps)
+        swapped = context.clone()
+        swapped[:, unit] = self.encode_units(source)[1][0, unit]
+        return self.sample(swapped, noise=noise, steps=steps)

@@ -1,0 +1,93 @@
+"""The root configuration of a run: data, networks, diffusion, anchoring, training, evaluation.
+
+Each section is the typed config of its part (``disdis.nn.units.UnitsConfig``
+and so on); this module composes them and checks that they fit together (the
+U-Net's input is the first stage's latent, the extractor's input is the data's
+image, the tokens are the U-Net's context). A run directory keeps the resolved
+config as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from disdis.anchoring import AnchoringConfig
+from disdis.config import load_config
+from disdis.diffusion import DiffusionConfig
+from disdis.errors import ConfigError
+from disdis.nn.first_stage import FirstStageConfig
+from disdis.nn.unet import UNetConfig
+from disdis.nn.units import UnitsConfig
+from disdis.train.loop import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    path: str = ""                          # dataset file or folder (any kind disdis.data opens)
+    kind: Optional[str] = None              # inferred from the file when null
+    resolution: Optional[int] = 64          # images are resized to this (null: native)
+    subgrid: Optional[dict[str, list[int]]] = None  # keep only these classes of these factors
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+    representation: Literal["tokens_pca", "scalar"] = "tokens_pca"  # DESIGN 5
+    ddim_steps: int = 100
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    stage: Literal["first_stage", "diffusion"] = "diffusion"
+    model: str = "disentangled_diffusion"   # see disdis.models.MODELS
+    run_dir: Optional[str] = None           # null: a new numbered folder under runs_root
+    runs_root: str = "runs"
+    first_stage_run: Optional[str] = None   # stage diffusion: a first-stage run folder or checkpoint file
+    data: DataConfig = field(default_factory=DataConfig)
+    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
+    units: UnitsConfig = field(default_factory=UnitsConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    anchoring: AnchoringConfig = field(default_factory=AnchoringConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a run config (YAML + ``key=value`` overrides) and check that its sections agree."""
+    cfg = load_config(RunConfig, path, overrides)
+    check_run_config(cfg)
+    return cfg
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Raise ConfigError naming the key when sections do not fit together."""
+    if not cfg.data.path:
+        raise ConfigError("data.path: required (a dataset file or folder, e.g. data.path=3dshapes.h5)")
+    if cfg.stage == "first_stage":
+        if cfg.first_stage.kind == "identity":
+            raise ConfigError("first_stage.kind: 'identity' has nothing to train (stage=first_stage)")
+        return
+    if cfg.first_stage.kind != "identity" and not cfg.first_stage_run:
+        raise ConfigError(f"first_stage_run: required for a '{cfg.first_stage.kind}' first stage "
+                          "(the folder of a finished `disdis train ... stage=first_stage` run)")
+    res = cfg.data.resolution
+    if res is not None and cfg.units.resolution != res:
+        raise ConfigError(f"units.resolution: {cfg.units.resolution} differs from data.resolution {res}")
+    if cfg.units.in_channels != cfg.first_stage.in_channels:
+        raise ConfigError(f"units.in_channels: {cfg.units.in_channels} differs from first_stage.in_channels "
+                          f"{cfg.first_stage.in_channels}")
+    latent_channels = cfg.first_stage.in_channels if cfg.first_stage.kind == "identity" else cfg.first_stage.latent_channels
+    factor = 1 if cfg.first_stage.kind == "identity" else 2 ** (len(cfg.first_stage.channel_mult) - 1)
+    for key in ("in_channels", "out_channels"):
+        if getattr(cfg.unet, key) != latent_channels:
+            raise ConfigError(f"unet.{key}: {getattr(cfg.unet, key)} differs from the first stage's "
+                              f"{latent_channels} latent channels")
+    if res is not None and cfg.unet.resolution * factor != res:
+        raise ConfigError(f"unet.resolution: {cfg.unet.resolution} does not match the latent size "
+                          f"{res // factor} (data.resolution {res} / first-stage downsampling {factor})")
+    if cfg.unet.context_dim != cfg.units.token_dim:
+        raise ConfigError(f"unet.context_dim: {cfg.unet.context_dim} differs from units.token_dim {cfg.units.token_dim}")
