@@ -71,3 +71,34 @@ class TinyDenoiser(nn.Module):
         pred = self.net(torch.cat([noisy.flatten(1), context.flatten(1)], 1)).view_as(images)
         loss = (pred - noise).abs().mean()
         return {"loss": loss, "token_norm": context.norm(dim=-1).mean(), "tokens": tokens.detach()}
+
+
+def tiny_run_config(data_path, run_dir, **sections) -> dict:
+    """A diffusion run config small enough for CPU tests (16x16 images, pixel space); ``sections``
+    update the config's sections (e.g. train={"total_kimg": 0.32})."""
+    cfg = {
+        "name": "tiny", "run_dir": str(run_dir),
+        "data": {"path": str(data_path), "resolution": 16},
+        "first_stage": {"kind": "identity"},
+        "units": {"num_units": 4, "token_dim": 8, "extractor_width": 4, "fc_hidden": 16, "mlp_hidden": [8, 8],
+                  "resolution": 16},
+        "unet": {"resolution": 16, "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                 "attention_resolutions": [2], "num_heads": 2, "context_dim": 8},
+        "diffusion": {"ddim_steps": 4},
+        "anchoring": {"initial_components": 2, "max_components": 4, "em_iters": 5, "split_rounds": 1,
+                      "min_soft_count": 2},
+        "train": {"batch_size": 16, "total_kimg": 0.32, "lr": 2e-3, "ema_halflife_kimg": 0.05,
+                  "refit_every": 0.08, "refit_unit": "kimg", "refit_images": 64, "checkpoint_every_kimg": 0.08,
+                  "keep_checkpoints": 3, "log_every_kimg": 0.08, "num_workers": 0, "device": "cpu", "seed": 3},
+        "eval": {"batch_size": 64, "ddim_steps": 4},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def write_yaml(path, data) -> str:
+    import yaml
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f)
+    return str(path)

@@ -39,13 +39,29 @@ class EvalConfig:
 
 
 @dataclass
+class FirstStageTrainConfig(TrainConfig):
+    """How a diffusion run trains its own first stage when ``first_stage_run`` is not given.
+
+    Project choices (the released autoencoder came pretrained): ~4 epochs of Shapes3D at batch
+    64 with the autoencoder betas of latent diffusion and a short EMA.
+    """
+    batch_size: int = 64
+    total_kimg: float = 2048.0
+    adam_betas: tuple[float, float] = (0.5, 0.9)
+    ema_halflife_kimg: float = 10.0
+    checkpoint_every_kimg: float = 64.0
+    log_every_kimg: float = 3.2
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     stage: Literal["first_stage", "diffusion"] = "diffusion"
     model: str = "disentangled_diffusion"   # see disdis.models.MODELS
     run_dir: Optional[str] = None           # null: a new numbered folder under runs_root
     runs_root: str = "runs"
-    first_stage_run: Optional[str] = None   # stage diffusion: a first-stage run folder or checkpoint file
+    first_stage_run: Optional[str] = None   # stage diffusion: a trained first stage (run folder or checkpoint);
+                                            # null: the run trains its own first, with first_stage_train
     data: DataConfig = field(default_factory=DataConfig)
     first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
     units: UnitsConfig = field(default_factory=UnitsConfig)
@@ -53,6 +69,7 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     anchoring: AnchoringConfig = field(default_factory=AnchoringConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    first_stage_train: FirstStageTrainConfig = field(default_factory=FirstStageTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -71,9 +88,6 @@ def check_run_config(cfg: RunConfig) -> None:
         if cfg.first_stage.kind == "identity":
             raise ConfigError("first_stage.kind: 'identity' has nothing to train (stage=first_stage)")
         return
-    if cfg.first_stage.kind != "identity" and not cfg.first_stage_run:
-        raise ConfigError(f"first_stage_run: required for a '{cfg.first_stage.kind}' first stage "
-                          "(the folder of a finished `disdis train ... stage=first_stage` run)")
     res = cfg.data.resolution
     if res is not None and cfg.units.resolution != res:
         raise ConfigError(f"units.resolution: {cfg.units.resolution} differs from data.resolution {res}")

@@ -82,6 +82,14 @@ def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat(parts)[:n].to(local.device)
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy ``src``'s buffers (BatchNorm statistics, ...) to every rank, in place."""
+    if not dist.is_initialized():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=src)
+
+
 def broadcast_json(obj: object, src: int = 0) -> object:
     """Send a JSON-serialisable object from ``src`` to every rank (as bytes, never pickled)."""
     if not dist.is_initialized():

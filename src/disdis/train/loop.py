@@ -151,7 +151,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     """Train ``model`` on ``dataset`` (items: image tensor or (image, ...)); checkpoints go to ``run_dir``.
 
     With ``resume`` the newest readable checkpoint in ``run_dir/checkpoints`` is loaded and the run
-    continues exactly where it stopped.
+    continues exactly where it stopped (from the start when there is none; a finished run returns
+    at once).
     """
     run_dir = Path(run_dir)
     device = distributed.init(resolve_device(cfg.device).type)
@@ -277,6 +278,7 @@ def _refit(model, ema: EMA, dataset, subset, recent: _TokenBuffer | None, cfg: T
     if recent is not None:
         tokens = recent.tokens
     else:
+        distributed.broadcast_buffers(model)  # encode every shard with rank 0's BatchNorm statistics
         model.eval()
         per_rank = max(1, cfg.batch_size // distributed.world_size())
         tokens = encode_images(model.unit_tokens, dataset, subset, per_rank, device, bf16=use_bf16,
@@ -324,8 +326,10 @@ def _save(directory: Path, model: nn.Module, ema: EMA, optimizer, recent: _Token
 def _load_latest(directory: Path) -> _State | None:
     """The newest readable checkpoint; an unreadable newest one is reported and skipped."""
     found = ckpt.list_checkpoints(directory)
-    if not found:
-        raise DisdisError(f"{directory}: no checkpoint to resume from")
+    if not found:  # stopped before its first save: start from the beginning
+        if distributed.is_main():
+            print(f"no checkpoint in {directory}; starting from step 0", file=sys.stderr)
+        return None
     for path in reversed(found):
         try:
             tensors, meta = ckpt.load_checkpoint(path)

@@ -4,6 +4,7 @@ A run directory holds::
 
     config.yaml         the resolved configuration (what was run)
     checkpoints/        ckpt-<step>.safetensors (weights, EMA, optimizer, anchors, step)
+    first_stage/        a run folder of its own, when the run trained its first stage itself
     fits/               every anchoring fit, fit-<step>.safetensors (GaussianAnchors.load)
     logs/train.csv      loss, images/s, ... per logging interval
     metrics.json, figures/   written by evaluate / interchange
@@ -11,6 +12,7 @@ A run directory holds::
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -25,35 +27,57 @@ from disdis.train import distributed
 from disdis.train.loop import TrainResult, resolve_device, train
 
 CONFIG_NAME = "config.yaml"
+FIRST_STAGE_DIR = "first_stage"
 
 
 def start_run(cfg: RunConfig) -> tuple[Path, TrainResult]:
     """Create a run directory for ``cfg`` and train it from scratch."""
     check_run_config(cfg)
     distributed.init(resolve_device(cfg.train.device).type)
-    first_stage = None
-    if cfg.stage == "diffusion" and cfg.first_stage.kind != "identity":
-        first_cfg, first_stage = load_first_stage(cfg.first_stage_run)
-        if distributed.is_main() and first_cfg != cfg.first_stage:
-            print(f"note: first_stage settings taken from {cfg.first_stage_run}", file=sys.stderr)
-        cfg.first_stage = first_cfg
     run_dir = _new_run_dir(cfg) if distributed.is_main() else None
     run_dir = Path(distributed.broadcast_json(str(run_dir) if run_dir else None))
     cfg.run_dir = str(run_dir)
     if distributed.is_main():
         save_config(cfg, run_dir / CONFIG_NAME)
-    return run_dir, _train(cfg, run_dir, first_stage, resume=False)
+    return run_dir, _run_stages(cfg, run_dir)
 
 
 def resume_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Path, TrainResult]:
-    """Continue the run in ``run_dir`` from its newest checkpoint (``overrides`` e.g. extend train.total_kimg)."""
+    """Continue the run in ``run_dir`` exactly where it stopped (``overrides``, e.g. a longer
+    ``train.total_kimg``, are applied to its saved config)."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir, overrides)
     distributed.init(resolve_device(cfg.train.device).type)
     if distributed.is_main() and overrides:
         save_config(cfg, run_dir / CONFIG_NAME)
-    # the first stage's weights are in the checkpoint; only its architecture is needed here
-    return run_dir, _train(cfg, run_dir, None, resume=True)
+    return run_dir, _run_stages(cfg, run_dir)
+
+
+def _run_stages(cfg: RunConfig, run_dir: Path) -> TrainResult:
+    """Train (or continue) the run's stages: a diffusion run whose first stage is not given trains
+    its own first, in ``run_dir/first_stage`` with the ``first_stage_train`` settings."""
+    resume = bool(ckpt.list_checkpoints(run_dir / "checkpoints"))
+    first_stage = None
+    if cfg.stage == "diffusion" and cfg.first_stage.kind != "identity":
+        source = cfg.first_stage_run
+        if not source:
+            source = run_dir / FIRST_STAGE_DIR
+            first_cfg = dataclasses.replace(cfg, stage="first_stage", train=cfg.first_stage_train, run_dir=str(source))
+            if distributed.is_main():
+                source.mkdir(parents=True, exist_ok=True)
+                save_config(first_cfg, source / CONFIG_NAME)
+                print(f"stage 1/2: first stage in {source}", file=sys.stderr)
+            _train(first_cfg, source, None, resume=True)  # a finished first stage returns at once
+            if distributed.is_main():
+                print(f"stage 2/2: diffusion model in {run_dir}", file=sys.stderr)
+        if not resume:  # once the diffusion model has a checkpoint, the first stage's weights are in it
+            first_cfg, first_stage = load_first_stage(source)
+            if distributed.is_main() and first_cfg != cfg.first_stage:
+                print(f"note: first_stage settings taken from {source}", file=sys.stderr)
+            cfg.first_stage = first_cfg
+            if distributed.is_main():
+                save_config(cfg, run_dir / CONFIG_NAME)
+    return _train(cfg, run_dir, first_stage, resume=resume)
 
 
 def read_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

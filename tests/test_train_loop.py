@@ -1,0 +1,141 @@
+"""The training loop on tiny stand-in models: exact resume, data order, EMA, schedules, NaN stop."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from disdis.errors import ConfigError
+from disdis.train import NonFiniteLossError, TrainConfig, train
+from disdis.train.checkpoint import list_checkpoints, load_checkpoint
+from disdis.train.ema import EMA
+from disdis.train.loop import _Schedule
+from disdis.train.logger import read_csv_log
+from disdis.train.sampler import StepBatchSampler
+from train_standins import TinyDenoiser, TinyImages
+
+STEP_KIMG = 16 / 1000  # one step of batch 16
+
+
+def config(**kw):
+    base = dict(batch_size=16, total_kimg=12 * STEP_KIMG, lr=3e-3, ema_halflife_kimg=0.1, refit_every=1,
+                refit_unit="epochs", refit_images=32, checkpoint_every_kimg=4 * STEP_KIMG,
+                log_every_kimg=4 * STEP_KIMG, keep_checkpoints=5, num_workers=0, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def run(cfg, run_dir, resume=False, seed=0):
+    torch.manual_seed(seed)
+    return train(TinyDenoiser(), TinyImages(64), cfg, run_dir, resume=resume)
+
+
+@pytest.mark.parametrize("source", ["subset", "recent"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, source):
+    cfg = config(refit_source=source)
+    run(cfg, tmp_path / "a")
+    # "interrupted" after 6 steps: the newest checkpoint (step 6) is lost, resume from step 4
+    run(dataclasses.replace(cfg, total_kimg=6 * STEP_KIMG), tmp_path / "b")
+    (tmp_path / "b/checkpoints/ckpt-000000006.safetensors").unlink()
+    run(cfg, tmp_path / "b", resume=True, seed=123)  # a different global seed must not matter
+    a, meta_a = load_checkpoint(tmp_path / "a/checkpoints/ckpt-000000012.safetensors")
+    b, meta_b = load_checkpoint(tmp_path / "b/checkpoints/ckpt-000000012.safetensors")
+    assert sorted(a) == sorted(b) and any(k.startswith("anchors/") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert meta_a == meta_b
+    # the log reads as if the run had never stopped
+    steps = [row["step"] for row in read_csv_log(tmp_path / "b/logs/train.csv")]
+    assert steps == [4, 8, 12]
+    # one fit per epoch (4 steps), saved under the run
+    assert sorted(p.name for p in (tmp_path / "a/fits").iterdir()) == [f"fit-{s:09d}.safetensors" for s in (4, 8, 12)]
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path):
+    cfg = config(total_kimg=4 * STEP_KIMG)
+    run(cfg, tmp_path)
+    before = load_checkpoint(tmp_path / "checkpoints/ckpt-000000004.safetensors")[0]
+    result = run(cfg, tmp_path, resume=True)
+    assert result.step == 4 and [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt-000000004.safetensors"]
+    after = load_checkpoint(tmp_path / "checkpoints/ckpt-000000004.safetensors")[0]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class ExplodingDenoiser(TinyDenoiser):
+    """Its loss becomes NaN from the 7th call on."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, images):
+        out = super().forward(images)
+        self.calls += 1
+        if self.calls >= 7:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 6.*ckpt-000000004"):
+        train(ExplodingDenoiser(), TinyImages(64), config(), tmp_path)
+    found = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in found] == ["ckpt-000000004.safetensors"]
+    tensors, _ = load_checkpoint(found[-1])
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+
+
+def test_sampler_splits_the_global_batch_and_resumes_in_place():
+    full = StepBatchSampler(50, 8, seed=1)
+    halves = [StepBatchSampler(50, 8, seed=1, rank=r, world_size=2) for r in range(2)]
+    it_full, it_halves = iter(full), [iter(h) for h in halves]
+    seen = []
+    for step in range(14):  # 6 steps per epoch (2 images left out each epoch)
+        batch = next(it_full)
+        assert batch == next(it_halves[0]) + next(it_halves[1]) == full.global_batch(step).tolist()
+        seen.append(batch)
+    assert len(set(sum(seen[:6], []))) == 48  # an epoch visits distinct images
+    assert seen[6:12] != seen[:6]  # and the next epoch is a new permutation
+    resumed = iter(StepBatchSampler(50, 8, seed=1, start_step=9))
+    assert [next(resumed) for _ in range(5)] == seen[9:14]
+    with pytest.raises(ConfigError, match="divisible"):
+        StepBatchSampler(50, 9, seed=1, world_size=2)
+
+
+def test_ema_matches_the_half_life_in_images():
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    ema = EMA(net, halflife_images=1000, warmup=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    for _ in range(10):  # 10 steps of 100 images = one half-life
+        ema.update(net, images_per_step=100)
+    assert math.isclose(float(ema.module.weight), 0.5, rel_tol=1e-6)
+    warm = EMA(net, halflife_images=1e9, warmup=True)
+    assert warm.decay(512) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+
+
+def test_schedule_counts_images():
+    cfg = config(batch_size=512, total_kimg=51200, checkpoint_every_kimg=512, log_every_kimg=25.6, refit_every=1)
+    sched = _Schedule.build(cfg, num_items=480000, anchoring=True)
+    assert (sched.total, sched.checkpoint, sched.log, sched.refit) == (100000, 1000, 50, 937)
+    kimg = _Schedule.build(dataclasses.replace(cfg, refit_every=256, refit_unit="kimg"), 480000, True)
+    assert kimg.refit == 500 and _Schedule.build(cfg, 480000, anchoring=False).refit == 0
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("batch_size", 0, "train.batch_size"), ("total_kimg", -1, "train.total_kimg"),
+    ("refit_every", 0, "train.refit_every"), ("grad_clip", 0.0, "train.grad_clip"),
+])
+def test_bad_train_settings(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config(**{key: value})
+
+
+def test_step_seed_streams_differ():
+    from disdis.train.loop import FIT_STREAM, step_seed
+    seeds = {step_seed(0, s, r) for s in range(5) for r in (0, 1, FIT_STREAM)}
+    assert len(seeds) == 15 and all(0 <= s < 2**63 for s in seeds)
+    assert np.isscalar(step_seed(0, 1, 0))
