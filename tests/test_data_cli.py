@@ -1,0 +1,173 @@
+"""``disdis data`` end to end, and every kind of bad input: one line naming the file, exit 2."""
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+from conftest import write_shapes3d_h5
+from PIL import Image
+
+from disdis.cli import main
+from disdis.data import open_dataset
+from disdis.errors import DataError
+
+
+def run_fail(capsys, argv, *expected):
+    """Run the CLI expecting exit status 2 and one stderr line containing ``expected``."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def test_make_shapes3d_end_to_end_then_show_and_subset(tmp_path, capsys):
+    """The real generator at 4x4: published layout and labels, contact sheet, sub-grid npz."""
+    out = tmp_path / "3dshapes.h5"
+    assert main(["data", "make", "shapes3d", "--out", str(out), "--resolution", "4"]) == 0
+    with h5py.File(out) as f:
+        assert f["images"].shape == (480000, 4, 4, 3) and f["images"].dtype == np.uint8
+        assert f["labels"].shape == (480000, 6) and f["labels"].dtype == np.float64
+        assert np.allclose(f["labels"][479999], [0.9, 0.9, 0.9, 1.25, 3.0, 30.0])
+        assert np.allclose(f["labels"][15 * 4 * 2 + 15 + 1], [0, 0, 0, 0.75 + 2 * 0.5 / 7, 1, -30 + 60 / 14])
+    assert [n for n in os.listdir(tmp_path)] == ["3dshapes.h5"]  # no temporary left behind
+    png = tmp_path / "sheet.png"
+    assert main(["data", "show", str(out), "--out", str(png)]) == 0
+    with Image.open(png) as im:
+        assert im.size[0] > 15 * 48 and im.size[1] > 6 * 48
+    small = tmp_path / "small.npz"
+    assert main(["data", "subset", str(out), "--out", str(small), "--keep", "floor_hue=0,3,6",
+                 "--keep", "shape=0,1", "--resolution", "2"]) == 0
+    ds = open_dataset(small)
+    assert ds.factor_sizes == (3, 10, 10, 8, 2, 15) and ds.resolution == 2
+    assert main(["data", "info", str(small)]) == 0
+    assert "factor shape: 2" in capsys.readouterr().out
+
+
+def test_celeba_info_and_show(tmp_path, capsys):
+    from test_data_formats import write_celeba
+    write_celeba(tmp_path / "celeba")
+    assert main(["data", "info", str(tmp_path / "celeba")]) == 0
+    assert "40 binary" in capsys.readouterr().out
+    assert main(["data", "show", str(tmp_path / "celeba"), "--out", str(tmp_path / "c.png")]) == 0
+
+
+def test_missing_file(tmp_path, capsys):
+    run_fail(capsys, ["data", "show", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x.png")],
+             "nope.h5", "file not found")
+
+
+def test_unknown_npz_keys(tmp_path, capsys):
+    np.savez(tmp_path / "odd.npz", pictures=np.zeros((2, 4, 4, 3), np.uint8))
+    run_fail(capsys, ["data", "info", str(tmp_path / "odd.npz")], "odd.npz", "pictures",
+             "'imgs' (dSprites)")
+
+
+def test_missing_h5_dataset(tmp_path, capsys):
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["images"] = np.zeros((3, 4, 4, 3), np.uint8)
+    run_fail(capsys, ["data", "info", str(tmp_path / "a.h5")], "a.h5", "missing dataset 'labels'")
+
+
+def test_missing_grid_key(tmp_path):
+    np.savez(tmp_path / "g.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match="g.npz: missing array 'factor_sizes'"):
+        open_dataset(tmp_path / "g.npz", kind="grid")
+
+
+@pytest.mark.parametrize("images,labels,message", [
+    (np.zeros((480000, 2, 2, 3), np.float32), None, "'images' is (480000, 2, 2, 3) float32, "
+                                                   "expected (480000, R, R, 3) uint8"),
+    (np.zeros((1000, 2, 2, 3), np.uint8), None, "expected (480000, R, R, 3) uint8"),
+    (np.zeros((480000, 2, 3, 3), np.uint8), None, "expected (480000, R, R, 3) uint8"),
+    (np.zeros((480000, 2, 2, 3), np.uint8), np.zeros((480000, 5)), "'labels' is (480000, 5)"),
+    (np.zeros((480000, 2, 2, 3), np.uint8), np.zeros((480000, 6)), "has 1 distinct values, expected 10"),
+], ids=["dtype", "rows", "not-square", "labels-shape", "labels-values"])
+def test_shapes3d_wrong_shape_or_dtype(tmp_path, images, labels, message):
+    from disdis.data.base import canonical_factors
+    from disdis.data.shapes3d import label_values
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["images"] = images
+        f["labels"] = labels if labels is not None else label_values(
+            canonical_factors((10, 10, 10, 8, 4, 15)))
+    with pytest.raises(DataError, match="s.h5: .*" + message.replace("(", r"\(").replace(")", r"\)")):
+        open_dataset(tmp_path / "s.h5")
+
+
+def test_shapes3d_labels_out_of_order(tmp_path):
+    from disdis.data.base import canonical_factors
+    from disdis.data.shapes3d import label_values
+    labels = label_values(canonical_factors((10, 10, 10, 8, 4, 15)))
+    labels[[0, 1]] = labels[[1, 0]]
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["images"] = np.zeros((480000, 1, 1, 3), np.uint8)
+        f["labels"] = labels
+    with pytest.raises(DataError, match="not in canonical order.*'orientation' at row 0"):
+        open_dataset(tmp_path / "s.h5")
+
+
+def test_truncated_h5(tmp_path, capsys):
+    path = tmp_path / "t.h5"
+    write_shapes3d_h5(path, resolution=2)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    run_fail(capsys, ["data", "info", str(path)], "t.h5", "truncated or corrupt")
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_truncated_npz(tmp_path, capsys, compressed):
+    path = tmp_path / "mpi3d_toy.npz"
+    (np.savez_compressed if compressed else np.savez)(
+        path, images=np.zeros((6 * 6 * 2 * 3 * 3 * 40 * 40, 1, 1, 3), np.uint8))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 100)
+    run_fail(capsys, ["data", "info", str(path), "--kind", "mpi3d"], "mpi3d_toy.npz", "corrupt")
+
+
+def test_dsprites_wrong_rows(tmp_path, capsys):
+    np.savez(tmp_path / "d.npz", imgs=np.zeros((10, 64, 64), np.uint8))
+    run_fail(capsys, ["data", "info", str(tmp_path / "d.npz")], "d.npz",
+             "'imgs' is (10, 64, 64) uint8, expected (737280, R, R) uint8")
+
+
+def test_pickled_array_is_never_loaded(tmp_path):
+    np.savez(tmp_path / "g.npz", images=np.zeros((2, 1, 1, 3), np.uint8),
+             factor_sizes=np.array([2, 1], dtype=object))
+    with pytest.raises(DataError, match="factor_sizes"):
+        open_dataset(tmp_path / "g.npz")
+
+
+def test_cars3d_wrong_mat_contents(tmp_path, capsys):
+    folder = tmp_path / "cars"
+    folder.mkdir()
+    for car in range(183):
+        scipy.io.savemat(folder / f"car_{car + 1:03d}_mesh.mat",
+                         {"im": np.zeros((2, 2, 3, 24, 4), np.uint8)})
+    scipy.io.savemat(folder / "car_007_mesh.mat", {"im": np.zeros((2, 2, 3, 12, 4), np.uint8)})
+    run_fail(capsys, ["data", "info", str(folder)], "car_007_mesh.mat",
+             "'im' is (2, 2, 3, 12, 4) uint8, expected (128, 128, 3, 24, 4) uint8")
+    scipy.io.savemat(folder / "car_007_mesh.mat", {"depth": np.zeros(3)})
+    run_fail(capsys, ["data", "info", str(folder)], "car_007_mesh.mat", "missing variable 'im'")
+    (folder / "car_007_mesh.mat").write_bytes(b"not a mat file at all")
+    run_fail(capsys, ["data", "info", str(folder)], "car_007_mesh.mat", "not a readable .mat")
+    os.remove(folder / "car_007_mesh.mat")
+    run_fail(capsys, ["data", "info", str(folder)], "found 182 .mat files, expected 183")
+
+
+def test_celeba_without_attribute_file(tmp_path, capsys):
+    from test_data_formats import write_celeba
+    write_celeba(tmp_path)
+    os.remove(tmp_path / "list_attr_celeba.txt")
+    run_fail(capsys, ["data", "info", str(tmp_path), "--kind", "celeba"],
+             str(tmp_path), "missing attribute file list_attr_celeba.txt")
+
+
+def test_factor_indices_out_of_range(tmp_path, capsys, shapes3d_grid_npz):
+    run_fail(capsys, ["data", "subset", str(shapes3d_grid_npz), "--out", str(tmp_path / "s.npz"),
+                      "--keep", "shape=0,4"], "shapes3d_small.npz", "'shape' must keep classes in 0..3")
+    run_fail(capsys, ["data", "subset", str(shapes3d_grid_npz), "--out", str(tmp_path / "s.npz"),
+                      "--keep", "shape"], "expected FACTOR=I,J")
+    assert not (tmp_path / "s.npz").exists()
