@@ -1,0 +1,91 @@
+"""Latent units and their tokens (DESIGN 2.2).
+
+:class:`FeatureExtractor` maps an image to N scalar *latent units*;
+:class:`UnitTokenizer` lifts each unit to a D-dimensional *token* with its own
+small MLP. The tokens (B, N, D) condition the U-Net through cross-attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from disdis.errors import ConfigError
+
+
+@dataclass
+class UnitsConfig:
+    """Feature extractor and token MLP sizes; defaults are the paper's (released) configuration."""
+
+    num_units: int = 20
+    token_dim: int = 32
+    extractor_width: int = 64  # d: the 7x7 convolution's width; the strided ones use 2d, 4d, 4d, 4d
+    fc_hidden: int = 256
+    mlp_hidden: tuple[int, ...] = (256, 512)
+    in_channels: int = 3
+    resolution: int = 64
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, padding: int) -> list[nn.Module]:
+    # the convolution has no bias: BatchNorm's shift right after it would cancel one
+    return [nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class FeatureExtractor(nn.Module):
+    """Image (B, C, r, r) -> latent units (B, N).
+
+    7x7 conv (width d, stride 1), then four 4x4 stride-2 convs (2d, 4d, 4d, 4d), each
+    conv followed by BatchNorm and ReLU; flatten (4d * (r/16)^2 values, 4096 at r=64);
+    fully connected to ``fc_hidden``, ReLU, fully connected to N.
+    """
+
+    def __init__(self, cfg: UnitsConfig):
+        super().__init__()
+        if cfg.resolution % 16:
+            raise ConfigError(f"units.resolution: {cfg.resolution} must be a multiple of 16 (four stride-2 convolutions)")
+        d = cfg.extractor_width
+        widths = [d, 2 * d, 4 * d, 4 * d, 4 * d]
+        layers = _conv_bn_relu(cfg.in_channels, d, 7, 1, 3)
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers += _conv_bn_relu(cin, cout, 4, 2, 1)
+        self.convs = nn.Sequential(*layers)
+        flat = widths[-1] * (cfg.resolution // 16) ** 2
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, cfg.fc_hidden), nn.ReLU(inplace=True),
+                                nn.Linear(cfg.fc_hidden, cfg.num_units))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.convs(x)
+        # flatten in (C, H, W) order whatever the memory format, so weights mean the same
+        return self.fc(h.contiguous())
+
+
+class UnitTokenizer(nn.Module):
+    """Units (B, N) -> tokens (B, N, D): an independent MLP 1 -> 256 -> 512 -> D per unit.
+
+    ReLU follows every layer, the last included (released). The N MLPs run at once as
+    batched matrix products over stacked weights ``W_k`` of shape (N, fan_in, fan_out);
+    each is initialised like ``nn.Linear``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    """
+
+    def __init__(self, cfg: UnitsConfig):
+        super().__init__()
+        sizes = [1, *cfg.mlp_hidden, cfg.token_dim]
+        self.num_units = cfg.num_units
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(cfg.num_units, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(cfg.num_units, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, units: torch.Tensor) -> torch.Tensor:
+        if units.ndim != 2 or units.shape[1] != self.num_units:
+            raise ValueError(f"expected units of shape (B, {self.num_units}), got {tuple(units.shape)}")
+        # (B, N) -> (N, B, 1): one batch of B rows per unit for torch.baddbmm
+        h = units.t().unsqueeze(-1)
+        for w, b in zip(self.weights, self.biases):
+            h = torch.relu(torch.baddbmm(b.unsqueeze(1), h, w))
+        return h.transpose(0, 1).contiguous()  # (B, N, D)
