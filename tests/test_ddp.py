@@ -1,0 +1,59 @@
+"""Two processes with DDP on the CPU (gloo): both ranks end with the same weights and anchors."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from train_standins import tiny_run_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, cfg_dict: dict, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from disdis.config import config_from_dict
+    from disdis.models import build_model
+    from disdis.run_config import RunConfig
+    from disdis.train import distributed, train
+    from disdis.train.run import open_training_data
+
+    cfg = config_from_dict(RunConfig, cfg_dict)
+    distributed.init("cpu")
+    torch.manual_seed(cfg.train.seed + rank)  # different initial weights per rank: DDP must sync them
+    model = build_model(cfg)
+    train(model, open_training_data(cfg), cfg.train, cfg.run_dir)
+    state = {f"param/{k}": v.detach() for k, v in model.named_parameters()}
+    state.update({f"anchors/{k}": v for k, v in model.anchors.to_tensors().items()})
+    # evaluation's gather: shards come back in canonical order on every rank
+    mine = torch.tensor(list(distributed.shard(7)), dtype=torch.float32).view(-1, 1) * 10  # rank 0: 0..3, rank 1: 4..6
+    state["gathered"] = distributed.gather_shards(mine, 7)
+    state["broadcast"] = distributed.broadcast_tensors({"x": torch.arange(3) + 100} if rank == 0 else None)["x"]
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    distributed.shutdown()
+
+
+def test_two_ranks_hold_the_same_weights_and_anchors(tmp_path, shapes3d_grid_npz):
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run", train={"total_kimg": 0.16})  # 10 steps, 2 fits
+    mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
+    assert sorted(r0) == sorted(r1) and any(k.startswith("anchors/") for k in r0)
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+    assert torch.equal(r0["gathered"], torch.arange(7.0).view(7, 1) * 10)
+    assert torch.equal(r1["broadcast"], torch.arange(3) + 100)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ckpt-000000005.safetensors",
+                                                                       "ckpt-000000010.safetensors"]
+    assert sorted(p.name for p in (run / "fits").iterdir()) == ["fit-000000005.safetensors", "fit-000000010.safetensors"]
+    from disdis.train.logger import read_csv_log
+    assert [row["step"] for row in read_csv_log(run / "logs/train.csv")] == [5, 10]

@@ -1,0 +1,99 @@
+"""End to end on the real (tiny) model: `disdis train`, loss falls, SIGKILL and resume, first stage."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from disdis.cli import main
+from disdis.train.checkpoint import list_checkpoints, load_checkpoint
+from disdis.train.logger import read_csv_log
+from train_standins import tiny_run_config, write_yaml
+
+
+@contextmanager
+def one_thread():
+    """Same arithmetic as a subprocess started with OMP_NUM_THREADS=1."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_tiny_run_learns_and_fills_its_folder(tmp_path, shapes3d_grid_npz, capsys):
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "run",
+                                                                train={"total_kimg": 0.64, "log_every_kimg": 0.16}))
+    with one_thread():
+        assert main(["train", config]) == 0
+    run = tmp_path / "run"
+    rows = read_csv_log(run / "logs/train.csv")
+    assert [r["step"] for r in rows] == [10, 20, 30, 40]
+    assert rows[-1]["loss"] < 0.9 * rows[0]["loss"]
+    assert (run / "config.yaml").is_file() and "done: step 40" in capsys.readouterr().out
+    assert [p.name for p in sorted((run / "fits").iterdir())][:2] == ["fit-000000005.safetensors", "fit-000000010.safetensors"]
+    tensors, meta = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
+    assert meta["step"] == 40 and "anchors/means" in tensors and "ema/unet.out.2.weight" in tensors
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes3d_grid_npz):
+    total = 0.32  # 20 steps of 16; a checkpoint every 5 steps
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "killed",
+                                                                train={"total_kimg": total}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "disdis.cli", "train", config], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpts = tmp_path / "killed/checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if list_checkpoints(ckpts):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = [p.name for p in list_checkpoints(ckpts)]
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert "ckpt-000000020.safetensors" not in stopped_at
+
+    with one_thread():
+        assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
+        assert main(["train", config, f"run_dir={tmp_path / 'straight'}"]) == 0
+    a, _ = load_checkpoint(tmp_path / "killed/checkpoints/ckpt-000000020.safetensors")
+    b, _ = load_checkpoint(tmp_path / "straight/checkpoints/ckpt-000000020.safetensors")
+    assert sorted(a) == sorted(b)
+    diff = {k: (a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()}
+    assert max(diff.values()) == 0.0, {k: v for k, v in diff.items() if v}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_diffusion_run_trains_its_own_first_stage_then_resumes(tmp_path, shapes3d_grid_npz):
+    """A VQ first stage (f=2) trained inside the run, then the diffusion model on its 8x8 latents."""
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run",
+                          first_stage={"kind": "vq", "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                                       "codebook_size": 32},
+                          unet={"resolution": 8},
+                          first_stage_train={"batch_size": 16, "total_kimg": 0.096, "checkpoint_every_kimg": 0.048,
+                                             "log_every_kimg": 0.048, "num_workers": 0, "device": "cpu", "lr": 1e-3},
+                          train={"total_kimg": 0.16})
+    config = write_yaml(tmp_path / "vq.yaml", cfg)
+    with one_thread():
+        assert main(["train", config]) == 0
+    run = tmp_path / "run"
+    first = load_checkpoint(list_checkpoints(run / "first_stage/checkpoints")[-1])[0]
+    second = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])[0]
+    # the diffusion model carries the trained (frozen) first stage, and the latent scale it fitted
+    shared = [k for k in first if k.startswith("model/first_stage.")]
+    assert shared and all(torch.equal(first[k], second[k]) for k in shared)
+    assert float(second["model/scaler.fitted"]) == 1.0
+    # extending a finished run continues it (and the first stage is not retrained)
+    with one_thread():
+        assert main(["train", "--resume", str(run), "train.total_kimg=0.32"]) == 0
+    assert list_checkpoints(run / "checkpoints")[-1].name == "ckpt-000000020.safetensors"
+    assert list_checkpoints(run / "first_stage/checkpoints")[-1].name == "ckpt-000000006.safetensors"
