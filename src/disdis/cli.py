@@ -15,7 +15,7 @@ import sys
 from disdis import __version__
 from disdis.errors import DisdisError
 
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("data", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
