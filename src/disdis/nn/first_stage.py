@@ -148,7 +148,7 @@ class PerceptualLoss(nn.Module):
 
     def __init__(self, path: str | Path):
         super().__init__()
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -156,7 +156,7 @@ class PerceptualLoss(nn.Module):
             raise ConfigError(f"first_stage.perceptual_weights: {path} is not a file")
         try:
             state = load_file(str(path))
-        except (SafetensorsError, OSError) as err:
+        except (SafetensorError, OSError) as err:
             raise ConfigError(f"first_stage.perceptual_weights: {path} is not a safetensors file ({err})") from None
         layers: list[nn.Module] = []
         cin = 3
