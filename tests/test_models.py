@@ -1,0 +1,102 @@
+"""The assembled models: the paper's method (and EncDiff / ablations as configurations), first stage."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from disdis.config import config_from_dict
+from disdis.errors import ConfigError
+from disdis.models import MODELS, build_model
+from disdis.run_config import RunConfig
+from train_standins import tiny_run_config
+
+
+def tiny(**sections) -> RunConfig:
+    return config_from_dict(RunConfig, tiny_run_config("unused.npz", "unused", **sections))
+
+
+def images(n=8, seed=0):
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_registry_names():
+    assert {"disentangled_diffusion", "first_stage"} <= set(MODELS)
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        build_model(dataclasses.replace(tiny(), model="nope"))
+
+
+def test_training_loss_and_tokens():
+    torch.manual_seed(0)
+    model = build_model(tiny())
+    x = images()
+    model.setup(x)
+    assert bool(model.scaler.fitted) and float(model.scaler.scale) == pytest.approx(1 / x.double().std().item(), rel=1e-5)
+    out = model(x)
+    assert out["loss"].ndim == 0 and out["tokens"].shape == (8, 4, 8) and not out["tokens"].requires_grad
+    out["loss"].backward()
+    assert model.unet.out[2].weight.grad is not None and model.tokenizer.weights[0].grad is not None
+    assert all(p.grad is None for p in model.first_stage.parameters())
+
+
+def fitted(model, x):
+    tokens = model.unit_tokens(x).detach()
+    model.load_anchors(model.fit_anchors(tokens.transpose(0, 1).contiguous(), seed=0))
+    return tokens
+
+
+def test_anchoring_shifts_tokens_only_when_enabled_and_fitted():
+    torch.manual_seed(0)
+    model = build_model(tiny()).eval()
+    x = images(32)
+    units, before = model.encode_units(x)
+    assert units.shape == (32, 4) and torch.equal(before, model.unit_tokens(x))  # no anchoring before a fit
+    tokens = fitted(model, x)
+    anchors = model.anchors.anchors_of(tokens, unit_dim=1)
+    _, after = model.encode_units(x)
+    assert torch.allclose(after, tokens + 0.1 * (anchors - tokens), atol=1e-6)
+    encdiff = build_model(tiny(anchoring={"enabled": False}, unet={"skip_dropout": 0.0})).eval()
+    encdiff.load_state_dict(model.state_dict())
+    fitted(encdiff, x)
+    assert torch.equal(encdiff.encode_units(x)[1], tokens)
+
+
+def test_sampling_and_interchange():
+    torch.manual_seed(0)
+    model = build_model(tiny()).eval()
+    x = images(3)
+    model.setup(x)
+    context = model.encode_units(x)[1]
+    noise = torch.randn(model.latent_shape(3), generator=torch.Generator().manual_seed(1))
+    a = model.sample(context, noise=noise, steps=3)
+    assert a.shape == x.shape and a.abs().max() <= 1 and torch.equal(a, model.sample(context, noise=noise, steps=3))
+    assert model.invert(x, steps=3).shape == noise.shape
+    # swapping a unit's token with the target's own token changes nothing
+    own = model.interchange(x[:1], x[:1], unit=2, noise=noise[:1], steps=3)
+    assert torch.allclose(own, model.sample(context[:1], noise=noise[:1], steps=3))
+    swapped = model.interchange(x[:1], x[1:], unit=2, noise=noise[1:], steps=3)
+    assert swapped.shape == (2, 3, 16, 16)
+
+
+def test_first_stage_training_model():
+    cfg = tiny(stage="first_stage", first_stage={"kind": "vq", "base_channels": 8, "channel_mult": [1, 2],
+                                                  "num_res_blocks": 1, "codebook_size": 16, "use_discriminator": True,
+                                                  "disc_channels": 8, "disc_layers": 2})
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    out = model(images(4))
+    assert {"loss", "recon_l1", "codebook", "disc_loss"} <= set(out) and int(model.step) == 1
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.first_stage.discriminator.parameters())
+    with pytest.raises(ConfigError, match="identity"):
+        build_model(tiny(stage="first_stage"))
+
+
+def test_paper_configuration_builds():
+    from disdis.run_config import load_run_config
+    cfg = load_run_config("configs/shapes3d.yaml", ["data.path=unused.h5"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.unet.cfg.resolution == 16 and model.tokenizer.num_units == 20
+    assert model.first_stage.downsample_factor == 4 and model.first_stage.latent_channels == 3
+    assert all(not p.requires_grad for p in model.first_stage.parameters())

@@ -1,0 +1,57 @@
+"""Run configs: the shipped configs load; mismatched sections and bad commands fail with one line."""
+
+from pathlib import Path
+
+import pytest
+
+from disdis.cli import main
+from disdis.errors import ConfigError
+from disdis.run_config import load_run_config
+from train_standins import tiny_run_config, write_yaml
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", ["shapes3d", "mpi3d", "cars3d", "celeba", "first_stage_vq_f4", "demo"])
+def test_shipped_configs_load(name):
+    cfg = load_run_config(CONFIGS / f"{name}.yaml", ["data.path=somewhere"])
+    assert cfg.train.lr == 1e-4 or name == "demo"
+
+
+def test_released_hyperparameters():
+    cfg = load_run_config(CONFIGS / "shapes3d.yaml", ["data.path=x"])
+    assert (cfg.train.batch_size, cfg.train.total_kimg * 1000 / cfg.train.batch_size) == (512, 100000)
+    assert (cfg.units.num_units, cfg.units.token_dim, cfg.unet.skip_dropout, cfg.anchoring.enabled) == (20, 32, 0.2, True)
+    assert (cfg.train.refit_every, cfg.train.refit_unit) == (1, "epochs")
+    assert load_run_config(CONFIGS / "celeba.yaml", ["data.path=x"]).train.batch_size == 64
+    assert load_run_config(CONFIGS / "cars3d.yaml", ["data.path=x"]).train.refit_every == 5
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["unet.resolution=8"], "unet.resolution: 8 does not match the latent size 16"),
+    (["units.resolution=32"], "units.resolution: 32 differs from data.resolution 16"),
+    (["unet.context_dim=4"], "unet.context_dim: 4 differs from units.token_dim 8"),
+    (["data.path="], "data.path: required"),
+    (["stage=first_stage"], "identity"),
+    (["train.refit_unit=steps"], "train.refit_unit: expected one of 'epochs', 'kimg'"),
+    (["train.batch_size=0"], "train.batch_size"),
+])
+def test_mismatched_sections(tmp_path, overrides, message):
+    path = write_yaml(tmp_path / "c.yaml", tiny_run_config("data.npz", tmp_path / "run"))
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(path, overrides)
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys, shapes3d_grid_npz):
+    path = write_yaml(tmp_path / "c.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "run"))
+    assert main(["train", path, "unet.resolution=8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("disdis train: error: unet.resolution")
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    # a run folder that already holds a run is not overwritten
+    (tmp_path / "run/checkpoints").mkdir(parents=True)
+    (tmp_path / "run/checkpoints/ckpt-000000001.safetensors").write_bytes(b"x")
+    assert main(["train", path]) == 2
+    assert "already holds a run" in capsys.readouterr().err
