@@ -29,6 +29,10 @@ class MeanAnchors:
     def __init__(self, means: torch.Tensor):
         self.means = means  # (U, D)
 
+    @property
+    def num_components(self) -> list[int]:
+        return [1] * len(self.means)
+
     def shift(self, tokens: torch.Tensor, strength: float) -> torch.Tensor:
         return tokens + strength * (self.means.to(tokens) - tokens).detach()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 class CSVLogger:
-    def __init__(self, path: str | Path, resume_step: int | None = None):
+    def __init__(self, path: str | Path, resume_step: int | None = None, tensorboard: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fields: list[str] | None = None
@@ -19,7 +19,7 @@ class CSVLogger:
             self._truncate_after(resume_step)
         elif self.path.exists():
             self.path.unlink()
-        self.tensorboard = _tensorboard_writer(self.path.parent)
+        self.tensorboard = _tensorboard_writer(self.path.parent) if tensorboard else None
 
     def log(self, row: dict[str, float | int]) -> None:
         if self.fields is None:

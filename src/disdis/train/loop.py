@@ -194,7 +194,9 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     if anchoring and cfg.refit_source == "subset":
         subset = np.sort(np.random.default_rng([cfg.seed, 1]).choice(len(dataset), size=min(cfg.refit_images, len(dataset)), replace=False))
 
-    logger = CSVLogger(run_dir / "logs" / "train.csv", resume_step=start if state is not None else None) if main else None
+    resume_step = start if state is not None else None
+    logger = CSVLogger(run_dir / "logs" / "train.csv", resume_step) if main else None
+    fit_log = CSVLogger(run_dir / "logs" / "fits.csv", resume_step, tensorboard=False) if main and anchoring else None
     last_ckpt = state.path if state is not None else None
     bar = progress(total=sched.total, initial=start, desc="train", unit="step", disable=None if main else True)
     totals: dict[str, torch.Tensor] = {}
@@ -228,7 +230,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
             bar.update(1)
 
             if sched.refit and done % sched.refit == 0:
-                _refit(model, ema, dataset, subset, recent, cfg, device, use_bf16, done, run_dir)
+                _refit(model, ema, dataset, subset, recent, cfg, device, use_bf16, done, run_dir, fit_log)
             if done % sched.checkpoint == 0 or done == sched.total:
                 if main:
                     last_ckpt = _save(run_dir / "checkpoints", model, ema, optimizer, recent, cfg, done, sched)
@@ -248,8 +250,9 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
                 window_start, window_steps = time.perf_counter(), 0
     finally:
         bar.close()
-        if logger is not None:
-            logger.close()
+        for log in (logger, fit_log):
+            if log is not None:
+                log.close()
         del data
     distributed.barrier()
     return TrainResult(step=sched.total, checkpoint=last_ckpt, final_loss=loss_value)
@@ -273,8 +276,9 @@ class _TokenBuffer:
 
 
 def _refit(model, ema: EMA, dataset, subset, recent: _TokenBuffer | None, cfg: TrainConfig, device: torch.device,
-           use_bf16: bool, step: int, run_dir: Path) -> None:
+           use_bf16: bool, step: int, run_dir: Path, fit_log: CSVLogger | None) -> None:
     """Fit the anchors on tokens from every rank, once on rank 0, and broadcast the fit."""
+    start = time.perf_counter()
     if recent is not None:
         tokens = recent.tokens
     else:
@@ -293,6 +297,10 @@ def _refit(model, ema: EMA, dataset, subset, recent: _TokenBuffer | None, cfg: T
     if distributed.is_main():
         (run_dir / "fits").mkdir(parents=True, exist_ok=True)
         model.anchors.save(run_dir / "fits" / f"fit-{step:09d}.safetensors")
+        counts = model.anchors.num_components
+        fit_log.log({"step": step, "tokens": len(tokens), "seconds": time.perf_counter() - start,
+                     "components_mean": sum(counts) / len(counts), "components_min": min(counts),
+                     "components_max": max(counts)})
 
 
 # ---------------------------------------------------------------------------------------------

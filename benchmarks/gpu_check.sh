@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# GPU check, within 8 minutes on one GPU: the training-step benchmark at batch 512 in bf16, then a
+# short training run at the paper configuration (configs/shapes3d.yaml: VQ first stage trained in
+# the run, then the diffusion model at batch 512, bf16, with DyGA refits), killed and resumed.
+# Prints one table at the end. Usage: benchmarks/gpu_check.sh [OUT_DIR]   (default: a temp dir)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${1:-$(mktemp -d)}
+mkdir -p "$OUT"
+ROWS="$OUT/rows.txt"
+: > "$ROWS"
+row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$ROWS"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+
+# 1. training-step benchmark (networks helper's script), at the paper configuration
+if [ -f benchmarks/train_step.py ]; then
+  timeout 150 "$PY" benchmarks/train_step.py --batch 512 --bf16 --device cuda 2>&1 | tee "$OUT/train_step.txt"
+  row "train_step.py (batch 512, bf16)" "exit $? (table above, $OUT/train_step.txt)"
+else
+  row "train_step.py" "missing"
+fi
+
+# 2. a Shapes3D-like grid at 64x64: all hues, 2 scales, 4 shapes, 3 orientations = 24,000 images
+DATA="$OUT/shapes3d_64.npz"
+t0=$SECONDS
+"$PY" - "$DATA" <<'PY'
+import sys
+import numpy as np
+from disdis.data import render_shapes3d, write_grid_npz
+from disdis.data.base import canonical_factors
+from disdis.data.render_shapes3d import FACTOR_NAMES
+keep = [np.arange(10), np.arange(10), np.arange(10), np.array([0, 7]), np.arange(4), np.array([0, 7, 14])]
+classes = canonical_factors([len(k) for k in keep])
+rows = np.stack([keep[k][classes[:, k]] for k in range(6)], axis=1)
+write_grid_npz(sys.argv[1], images=render_shapes3d(rows, 64), factor_sizes=[len(k) for k in keep], factor_names=FACTOR_NAMES)
+PY
+row "generate 24,000 64x64 images" "$((SECONDS - t0)) s"
+
+# 3. the paper configuration, short: 20 kimg of first stage (batch 64), then 300 steps of batch 512
+#    (refits every epoch = 46 steps on 24,000 images); stopped after the step-200 checkpoint and resumed
+RUN="$OUT/run"
+ARGS=(data.path="$DATA" run_dir="$RUN" first_stage_train.total_kimg=19.2 first_stage_train.checkpoint_every_kimg=9.6
+      first_stage_train.log_every_kimg=3.2 train.total_kimg=102.4 train.checkpoint_every_kimg=51.2
+      train.log_every_kimg=12.8 train.refit_images=24000)
+t0=$SECONDS
+timeout 170 .venv/bin/disdis train configs/shapes3d.yaml "${ARGS[@]}" train.total_kimg=51.2 > "$OUT/train1.log" 2>&1
+rc1=$?
+t1=$SECONDS
+timeout 100 .venv/bin/disdis train --resume "$RUN" train.total_kimg=153.6 > "$OUT/train2.log" 2>&1
+rc2=$?
+t2=$SECONDS
+tail -3 "$OUT/train1.log"; tail -3 "$OUT/train2.log"
+row "run: first stage + 100 diffusion steps" "exit $rc1, $((t1 - t0)) s"
+row "resume to 300 diffusion steps" "exit $rc2, $((t2 - t1)) s"
+"$PY" - "$RUN" "$ROWS" <<'PY'
+import sys
+from pathlib import Path
+from disdis.train.logger import read_csv_log
+run, rows_path = Path(sys.argv[1]), sys.argv[2]
+out = []
+for name, path in [("first stage (batch 64, bf16)", run / "first_stage/logs/train.csv"),
+                   ("diffusion (batch 512, bf16)", run / "logs/train.csv")]:
+    if not path.is_file():
+        out.append((name, "no log"))
+        continue
+    rows = read_csv_log(path)
+    steady = rows[1:] or rows
+    rate = sorted(r["img_per_s"] for r in steady)[len(steady) // 2]
+    out.append((f"{name} img/s (median)", f"{rate:.0f}"))
+    out.append((f"{name} loss first -> last", f"{rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f} at step {rows[-1]['step']:.0f}"))
+fits = run / "logs/fits.csv"
+if fits.is_file():
+    rows = read_csv_log(fits)
+    out.append(("anchoring refits", f"{len(rows)}, median {sorted(r['seconds'] for r in rows)[len(rows) // 2]:.1f} s "
+                f"(encode + fit of {rows[-1]['tokens']:.0f} tokens), components/unit {rows[-1]['components_mean']:.1f}"))
+with open(rows_path, "a") as f:
+    for k, v in out:
+        line = f"{k:<44} {v}"
+        print(line)
+        f.write(line + "\n")
+PY
+grep -h "resuming\|error" "$OUT"/train*.log | tail -4
+echo
+echo "== gpu_check summary ($OUT) =="
+cat "$ROWS"
