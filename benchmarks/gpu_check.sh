@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 # 1. training-step benchmark (networks helper's script), at the paper configuration
 if [ -f benchmarks/train_step.py ]; then
-  timeout 150 "$PY" benchmarks/train_step.py --batch 512 --bf16 --device cuda 2>&1 | tee "$OUT/train_step.txt"
+  timeout 150 "$PY" benchmarks/train_step.py --config paper --batch 512 --bf16 --device cuda --steps 5 --warmup 2 2>&1 | tee "$OUT/train_step.txt"
   row "train_step.py (batch 512, bf16)" "exit $? (table above, $OUT/train_step.txt)"
 else
   row "train_step.py" "missing"

@@ -33,8 +33,16 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
+    """``disdis evaluate`` / ``interchange``; metric sample sizes default to disentanglement_lib's."""
     batch_size: int = 256
     representation: Literal["tokens_pca", "scalar"] = "tokens_pca"  # DESIGN 5
+    metrics: list[str] = field(default_factory=lambda: ["factor_vae", "dci", "mig", "beta_vae", "sap",
+                                                        "modularity_explicitness", "downstream"])
+    num_train: int = 10000
+    num_test: int = 5000
+    num_eval: int = 5000
+    num_variance_estimate: int = 10000
+    seed: int = 0
     ddim_steps: int = 100
 
 
