@@ -1,0 +1,226 @@
+"""disentanglement_lib's own metric tests, ported (the oracle for the metric code),
+plus sampling-order, PCA, TAD and bad-input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import disdis.metrics as M
+from disdis.errors import DisdisError
+from disdis.metrics.sampling import sample_factor_batches
+
+DIAG = np.diag(5.0 * np.ones(5))
+IDENTITY_GRID = (10,) * 10  # disentanglement_lib's IdentityObservationsData: 10 factors, 10 values
+
+
+# --- analytic importance matrices (dci_test.py) --------------------------------------------
+
+@pytest.mark.parametrize("matrix, disentanglement, completeness", [
+    (DIAG, 1.0, 1.0),
+    (np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), 1.0, 1.0),           # empty code
+    (np.zeros((10, 10)), 0.0, 0.0),
+    (np.vstack([DIAG, DIAG]), 1.0, 1.0 - np.log(2) / np.log(10)),         # redundant codes
+    (DIAG[:2, :], 1.0, 1.0),                                              # missed factors
+    (np.hstack([DIAG, DIAG]), 1.0 - np.log(2) / np.log(10), 1.0),         # one code, two factors
+])
+def test_dci_from_importance(matrix, disentanglement, completeness):
+    assert M.dci_disentanglement(matrix) == pytest.approx(disentanglement, abs=1e-7)
+    assert M.dci_completeness(matrix) == pytest.approx(completeness, abs=1e-7)
+
+
+# --- analytic mutual-information matrices (modularity_explicitness_test.py) ---------------
+
+@pytest.mark.parametrize("matrix, expected", [
+    (DIAG, 1.0),
+    (np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), 2.0 / 3.0),
+    (np.zeros((10, 10)), 0.0),
+    (np.vstack([DIAG, DIAG]), 1.0),
+    (DIAG[:2, :], 1.0),
+    (np.hstack([DIAG, DIAG]), 1.0 - 1.0 / 9.0),
+])
+def test_modularity_from_mutual_information(matrix, expected):
+    assert M.modularity(matrix) == pytest.approx(expected)
+
+
+# --- utils_test.py -------------------------------------------------------------------------
+
+def test_histogram_discretizer():
+    target = np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]]).T
+    assert M.histogram_discretize(target, 3).T.tolist() == [[1, 1, 2, 2, 3, 3], [3, 3, 2, 2, 1, 1]]
+
+
+def test_entropy_and_mutual_information():
+    target = np.array([[1, 1, 2, 2, 3, 3], [3, 3, 2, 2, 1, 1]]).T
+    np.testing.assert_allclose(M.entropy(target), [np.log(3)] * 2)
+    xs = np.array([[1, 2, 1, 2], [1, 1, 2, 2]]).T
+    ys = np.array([[1, 2, 1, 2], [2, 2, 1, 1]]).T
+    np.testing.assert_allclose(M.mutual_information(xs, ys), [[np.log(2), 0.0], [0.0, np.log(2)]],
+                               atol=1e-12)
+
+
+def test_mutual_information_equals_sklearn():
+    from sklearn.metrics import mutual_info_score
+    rs = np.random.RandomState(0)
+    codes, factors = rs.randint(20, size=(500, 3)), rs.randint(7, size=(500, 2))
+    expected = [[mutual_info_score(factors[:, k], codes[:, d]) for k in range(2)] for d in range(3)]
+    np.testing.assert_allclose(M.mutual_information(codes, factors), expected, rtol=1e-12, atol=1e-15)
+
+
+# --- sampled identity / zero / permuted / duplicated representations -----------------------
+
+def _identity_samples(n, seed=0, transform=lambda f: f.astype(np.float64)):
+    factors = np.random.RandomState(seed).randint(10, size=(n, 10))
+    return transform(factors), factors
+
+
+def test_mig_identity_zero_duplicated():
+    codes, factors = _identity_samples(3000)
+    assert 0.9 <= M.mig(codes, factors, num_bins=10) <= 1.0
+    assert 0.0 <= M.mig(np.zeros_like(codes), factors) <= 0.2
+    assert 0.0 <= M.mig(np.hstack([codes, codes]), factors, num_bins=10) <= 0.1
+
+
+def test_sap_identity_zero_duplicated():
+    (codes, factors), (test_codes, test_factors) = _identity_samples(3000, 0), _identity_samples(3000, 1)
+    assert 0.9 <= M.sap(codes, factors, test_codes, test_factors, continuous=True) <= 1.0
+    assert 0.0 <= M.sap(np.zeros_like(codes), factors, test_codes, test_factors, continuous=True) <= 0.2
+    dup = np.hstack([codes, codes])
+    assert 0.0 <= M.sap(dup, factors, np.hstack([test_codes, test_codes]), test_factors,
+                        continuous=True) <= 0.2
+
+
+def _permuted(factors, seed=0):
+    rs = np.random.RandomState(seed)
+    return np.stack([rs.permutation(row) for row in factors.astype(np.float64)])
+
+
+def test_modularity_identity_permuted_duplicated():
+    (codes, factors), (test_codes, test_factors) = _identity_samples(3000, 0), _identity_samples(3000, 1)
+    assert 0.9 <= M.modularity_explicitness(codes, factors, test_codes, test_factors,
+                                            num_bins=10)["modularity_score"] <= 1.0
+    dup = M.modularity_explicitness(np.hstack([codes, codes]), factors,
+                                    np.hstack([test_codes, test_codes]), test_factors, num_bins=10)
+    assert 0.9 <= dup["modularity_score"] <= 1.0
+    (p_codes, p_factors), (pt_codes, pt_factors) = _identity_samples(20000, 2), _identity_samples(2000, 3)
+    bad = M.modularity_explicitness(_permuted(p_factors), p_factors, _permuted(pt_factors, 1), pt_factors,
+                                    num_bins=10)
+    assert 0.0 <= bad["modularity_score"] <= 0.2
+
+
+def test_dci_identity_and_permuted():
+    (codes, factors), (test_codes, test_factors) = _identity_samples(400, 0), _identity_samples(200, 1)
+    small = slice(0, 4)  # 4 of the 10 factors keep the boosted trees quick
+    good = M.dci(codes[:, small], factors[:, small], test_codes[:, small], test_factors[:, small],
+                 random_state=0, n_jobs=2)
+    assert 0.9 <= good["disentanglement"] <= 1.0 and 0.9 <= good["completeness"] <= 1.0
+    bad = M.dci(_permuted(factors[:, small]), factors[:, small], _permuted(test_factors[:, small], 1),
+                test_factors[:, small], random_state=0, n_jobs=2)
+    assert 0.0 <= bad["disentanglement"] <= 0.2 and 0.0 <= bad["completeness"] <= 0.2
+
+
+def test_factor_vae_and_beta_vae_identity_and_zero():
+    grid = (10, 10, 10, 10)
+    table = np.stack(np.unravel_index(np.arange(10 ** 4), grid), 1).astype(np.float64)
+    good = M.factor_vae(table, grid, 0, 5, 3000, 2000, 2500)
+    assert 0.9 <= good["train_accuracy"] <= 1.0 and 0.9 <= good["eval_accuracy"] <= 1.0
+    zero = M.factor_vae(np.zeros_like(table), grid, 0, 5, 3000, 2000, 2500)
+    assert zero == {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
+    beta = M.beta_vae(table, grid, 0, 5, 2000, 2000)
+    assert 0.9 <= beta["train_accuracy"] <= 1.0 and 0.9 <= beta["eval_accuracy"] <= 1.0
+
+
+# --- sampling order -----------------------------------------------------------------------
+
+def test_sampling_matches_per_factor_randint_order():
+    sizes = np.array([3, 4, 5])
+    ours = sample_factor_batches(sizes, 37, np.random.RandomState(7), batch_size=16)
+    rs = np.random.RandomState(7)
+    expected = np.vstack([np.stack([rs.randint(s, size=b) for s in sizes], 1) for b in (16, 16, 5)])
+    np.testing.assert_array_equal(ours, expected)
+    assert np.array_equal(M.index_of(expected, sizes),
+                          np.ravel_multi_index(tuple(expected.T), tuple(sizes)))
+
+
+# --- gradient-boosted trees vs scikit-learn -------------------------------------------------
+
+def test_boosted_trees_match_sklearn():
+    from sklearn.ensemble import GradientBoostingClassifier
+    from disdis.metrics.gbt import fit_boosted_trees
+    rs = np.random.RandomState(0)
+    x = rs.randn(300, 4)
+    y = np.digitize(x[:, 0] + 0.5 * rs.randn(300), [-0.5, 0.5])
+    x_test = rs.randn(200, 4)
+    ours, theirs = fit_boosted_trees(x, y, 0), GradientBoostingClassifier(random_state=0).fit(x, y)
+    assert np.array_equal(ours.predict(x), theirs.predict(x))
+    assert np.mean(ours.predict(x_test) == theirs.predict(x_test)) >= 0.97  # ties: other thresholds
+    np.testing.assert_allclose(ours.feature_importances, theirs.feature_importances_, atol=0.02)
+    binary = (y > 0).astype(int)
+    ours, theirs = fit_boosted_trees(x, binary, 0), GradientBoostingClassifier(random_state=0).fit(x, binary)
+    assert np.array_equal(ours.predict(x), theirs.predict(x))
+
+
+# --- PCA reduction, TAD ---------------------------------------------------------------------
+
+def test_reduce_units_by_pca():
+    rs = np.random.RandomState(0)
+    signal = rs.randn(500, 3)
+    direction = rs.randn(3, 8)
+    tokens = signal[:, :, None] * direction[None, :, :] + 0.01 * rs.randn(500, 3, 8) + 4.0
+    codes = M.reduce_units_by_pca(tokens)
+    assert codes.shape == (500, 3)
+    for u in range(3):
+        assert abs(np.corrcoef(codes[:, u], signal[:, u])[0, 1]) > 0.999
+    np.testing.assert_allclose(codes.mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_array_equal(M.reduce_units_by_pca(-tokens), M.reduce_units_by_pca(-tokens))
+    flipped = M.reduce_units_by_pca(2 * 4.0 - tokens)  # sign-flipped tokens: same codes up to sign
+    np.testing.assert_allclose(np.abs(flipped), np.abs(codes), atol=1e-9)
+
+
+def test_tad_perfect_and_random():
+    from sklearn.metrics import roc_auc_score
+    rs = np.random.RandomState(0)
+    attrs = rs.randint(2, size=(2000, 3))
+    codes = np.hstack([attrs + 0.1 * rs.randn(2000, 3), rs.randn(2000, 2)])
+    result = M.tad(codes, attrs)
+    assert result["num_attributes_captured"] == 3 and result["tad"] > 1.4  # best AUROC ~1, second ~0.5 per attribute
+    from disdis.metrics.tad import aurocs
+    expected = [[max(a, 1 - a) for a in (roc_auc_score(attrs[:, i], codes[:, j]) for j in range(5))]
+                for i in range(3)]
+    np.testing.assert_allclose(aurocs(codes, attrs), expected, atol=1e-12)
+    assert M.tad(rs.randn(2000, 4), attrs)["num_attributes_captured"] == 0
+    # an attribute that duplicates another is explained by it: not counted
+    assert M.tad(codes, np.hstack([attrs, attrs[:, :1]]))["num_attributes_captured"] == 2
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_codes_are_rejected(bad):
+    codes, factors = _identity_samples(100)
+    codes[3, 2] = bad
+    for call in (lambda: M.mig(codes, factors), lambda: M.sap(codes, factors, codes, factors),
+                 lambda: M.dci(codes, factors, codes, factors),
+                 lambda: M.modularity_explicitness(codes, factors, codes, factors)):
+        with pytest.raises(DisdisError, match="NaN or infinite"):
+            call()
+
+
+def test_shape_and_factor_errors():
+    codes, factors = _identity_samples(100)
+    with pytest.raises(DisdisError, match="rows but the codes have"):
+        M.mig(codes, factors[:50])
+    constant = factors.copy()
+    constant[:, 4] = 3
+    with pytest.raises(DisdisError, match="factor 4 takes a single value"):
+        M.mig(codes, constant)
+    with pytest.raises(DisdisError, match="grid"):
+        M.factor_vae(np.zeros((99, 3)), (10, 10), 0)
+    with pytest.raises(DisdisError, match="at least 2 values"):
+        M.factor_vae(np.zeros((10, 3)), (10, 1), 0)
+    with pytest.raises(DisdisError, match="train and test columns differ"):
+        M.sap(codes, factors, codes[:, :5], factors)
+    with pytest.raises(DisdisError, match="at least 2 factors"):
+        M.dci_disentanglement(np.ones((3, 1)))
+    with pytest.raises(DisdisError, match="binary"):
+        M.tad(codes, factors)
