@@ -1,0 +1,206 @@
+"""Dynamic Gaussian Anchoring: the EM step against a float64 reference, the fit on separated
+clusters at several scales, determinism, unit independence, the shift, and serialisation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import multivariate_normal
+
+from disdis.anchoring import AnchoringConfig, GaussianAnchors, unit_seeds
+from disdis.anchoring.em import Mixture, em_step
+from disdis.errors import ConfigError, DataError, DisdisError
+
+
+def separated_clusters(count: int, dim: int, per: int, scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` anisotropic Gaussian clusters, far apart (> 7 sd between neighbours), times ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+    if dim <= 3:  # on a grid, spacing 10
+        side = math.ceil(count ** (1 / dim))
+        grid = torch.stack(torch.meshgrid(*[torch.arange(side)] * dim, indexing="ij"), -1).reshape(-1, dim)
+        centres = 10.0 * grid[:count].double()
+    else:  # random directions on a sphere: pairwise distances about 40
+        centres = torch.randn(count, dim, generator=g, dtype=torch.float64)
+        centres = 5.0 * math.sqrt(dim) * centres / centres.norm(dim=1, keepdim=True)
+    points, labels = [], []
+    for i in range(count):
+        mix = torch.eye(dim, dtype=torch.float64) + 0.3 * torch.randn(dim, dim, generator=g, dtype=torch.float64)
+        points.append(centres[i] + torch.randn(per, dim, generator=g, dtype=torch.float64) @ mix.T)
+        labels.append(torch.full((per,), i))
+    return (torch.cat(points) * scale).float(), torch.cat(labels)
+
+
+def purities(assign: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per used component: the share of its hard members that come from its most common cluster."""
+    table = torch.zeros(int(assign.max()) + 1, int(labels.max()) + 1)
+    table.index_put_((assign, labels), torch.ones(len(assign)), accumulate=True)
+    used = table.sum(1) > 0
+    return table.max(1).values[used] / table.sum(1)[used]
+
+
+# ------------------------------------------------------------------ EM step
+def test_em_step_matches_float64_reference():
+    rng = np.random.default_rng(0)
+    groups, m, d, k, reg = 2, 40, 3, 3, 1e-6
+    x = rng.normal(size=(groups, m, d)) * 2
+    w = rng.uniform(0.2, 1.5, size=(groups, m))
+    w[1, -7:] = 0  # padding points of group 1
+    means = rng.normal(size=(groups, k, d))
+    a = rng.normal(size=(groups, k, d, d))
+    covs = a @ a.transpose(0, 1, 3, 2) / d + 0.3 * np.eye(d)
+    pi = rng.dirichlet(np.ones(k), size=groups)
+
+    new, loglik = em_step(torch.tensor(x), torch.tensor(w),
+                          Mixture(torch.tensor(means), torch.tensor(covs), torch.tensor(np.log(pi))), reg)
+
+    for g in range(groups):
+        logp = np.stack([np.log(pi[g, j]) + multivariate_normal(means[g, j], covs[g, j] + reg * np.eye(d)).logpdf(x[g])
+                         for j in range(k)], axis=1)
+        lse = np.logaddexp.reduce(logp, axis=1)
+        r = np.exp(logp - lse[:, None]) * w[g][:, None]
+        nk = r.sum(0)
+        mu = (r.T @ x[g]) / nk[:, None]
+        cov = np.stack([((x[g] - mu[j]).T * r[:, j]) @ (x[g] - mu[j]) / nk[j] for j in range(k)])
+        np.testing.assert_allclose(new.means[g].numpy(), mu, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(new.covs[g].numpy(), cov, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(new.log_weights[g].exp().numpy(), nk / nk.sum(), rtol=1e-10)
+        np.testing.assert_allclose(loglik[g].item(), (w[g] * lse).sum() / w[g].sum(), rtol=1e-10)
+
+
+# ------------------------------------------------------------------ fit
+@pytest.mark.parametrize("count,dim", [(16, 32), (12, 3)])
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_fit_separates_more_clusters_than_initial_components(count, dim, scale):
+    x, labels = separated_clusters(count, dim, 300, scale, seed=1)
+    anchors = GaussianAnchors.fit(x, seed=0)
+    (k,) = anchors.num_components
+    assert count <= k <= 32
+    assign = anchors.assign(x)
+    assert assign.shape == (len(x),) and assign.dtype == torch.long
+    assert purities(assign, labels).min() >= 0.99
+
+
+def test_fit_in_two_dimensions_resolves_a_grid():
+    x, labels = separated_clusters(16, 2, 300, 1.0, seed=2)
+    anchors = GaussianAnchors.fit(x, seed=3)
+    assert 16 <= anchors.num_components[0] <= 32
+    assert purities(anchors.assign(x), labels).min() >= 0.99
+
+
+def test_released_spread_rule_depends_on_scale_and_valley_rule_does_not():
+    x, labels = separated_clusters(16, 3, 200, 1.0, seed=4)
+    valley = [GaussianAnchors.fit(x * s, seed=0).num_components[0] for s in (0.01, 100.0)]
+    spread = [GaussianAnchors.fit(x * s, seed=0, split_rule="spread").num_components[0] for s in (0.01, 100.0)]
+    assert valley[0] == valley[1] >= 16
+    assert spread[0] <= 8  # tiny tokens: no component is ever "spread" enough to split
+    assert spread[1] > valley[1]  # large tokens: pure components are split too
+
+
+def test_same_seed_same_fit_and_units_independent():
+    clusters = [separated_clusters(c, 8, 1440 // c, s, seed=c)[0] for c, s in ((9, 1.0), (10, 0.1), (12, 30.0))]
+    tokens = torch.stack(clusters)  # (U=3, N, D): same N for every unit
+    first = GaussianAnchors.fit(tokens, seed=7)
+    again = GaussianAnchors.fit(tokens, seed=7)
+    for key, value in first.to_tensors().items():
+        assert torch.equal(value, again.to_tensors()[key]), key
+    assert first.assign(tokens).shape == tokens.shape[:2]
+    seeds = unit_seeds(7, 3)
+    for u in range(3):
+        alone = GaussianAnchors.fit(tokens[u], seed=[seeds[u]])
+        assert alone.num_components[0] == first.num_components[u]
+        torch.testing.assert_close(alone.means[0], first.means[u], rtol=1e-5, atol=1e-5 * float(tokens[u].abs().max()))
+        assert torch.equal(alone.assign(tokens[u]), first.assign(tokens)[u])
+
+
+# ------------------------------------------------------------------ shift
+@pytest.fixture(scope="module")
+def relu_anchors():
+    """Anchors for 3 units of ReLU tokens with many exact zeros, and such tokens."""
+    g = torch.Generator().manual_seed(0)
+    units = []
+    for u in range(3):
+        s = torch.randint(4, (600,), generator=g).double() + 0.05 * torch.randn(600, generator=g, dtype=torch.float64)
+        w = torch.randn(1, 16, generator=g, dtype=torch.float64)
+        units.append(torch.relu(s[:, None] * w - 1.0))
+    tokens = torch.stack(units)
+    return GaussianAnchors.fit(tokens, seed=0), tokens
+
+
+def test_shift_moves_each_token_toward_its_anchor_by_the_strength(relu_anchors):
+    anchors, tokens = relu_anchors
+    lam = 0.3
+    shifted = anchors.shift(tokens, lam)
+    mu = anchors.anchors_of(tokens)
+    assert shifted.dtype == torch.float64
+    torch.testing.assert_close(shifted - tokens, lam * (mu - tokens), rtol=0, atol=1e-12)
+    k = anchors.assign(tokens)
+    expected = torch.stack([anchors.means[u].double()[k[u]] for u in range(3)])
+    torch.testing.assert_close(mu, expected, rtol=0, atol=0)
+    # the model's (B, U, D) layout
+    batch = tokens.transpose(0, 1)
+    torch.testing.assert_close(anchors.shift_batch(batch, lam), shifted.transpose(0, 1), rtol=0, atol=0)
+    assert torch.equal(anchors.assign(batch, unit_dim=1), k.T)
+    # the anchor is a constant: d c~ / d c = 1 - lambda
+    c = batch.clone().requires_grad_(True)
+    anchors.shift_batch(c, lam).sum().backward()
+    torch.testing.assert_close(c.grad, torch.full_like(c, 1 - lam))
+
+
+def test_default_strength_and_modes(relu_anchors):
+    anchors, tokens = relu_anchors
+    mu = anchors.anchors_of(tokens)
+    torch.testing.assert_close(anchors.shift(tokens) - tokens, 0.1 * (mu - tokens), rtol=0, atol=1e-12)
+    # tokens with exact zeros (in every other dimension) where their anchors are not zero
+    zeros = mu * (torch.arange(16) % 2)
+    strength = {}
+    for mode in ("safe", "released"):
+        moved = GaussianAnchors.from_tensors(anchors.to_tensors(), AnchoringConfig(strength_mode=mode))
+        out, target = moved.shift(zeros), moved.anchors_of(zeros)
+        assert torch.isfinite(out).all()
+        strength[mode] = ((out - zeros) * (target - zeros)).sum((1, 2)) / (target - zeros).square().sum((1, 2))
+    # the released lambda divides by the zero tokens and vanishes (for units whose anchors are not
+    # zero in those dimensions); the safe one stays in [0.1/e, 0.1]
+    assert strength["released"].min() < 1e-30
+    assert (strength["safe"] >= 0.1 / math.e - 1e-12).all() and (strength["safe"] <= 0.1 + 1e-12).all()
+
+
+def test_released_space_fits_and_shifts(relu_anchors):
+    _, tokens = relu_anchors
+    anchors = GaussianAnchors.fit(tokens.float(), seed=0, space="released", strength_mode="released")
+    out = anchors.shift(tokens.float())
+    assert out.shape == tokens.shape and torch.isfinite(out).all()
+    # the released shift mixes the normalised anchor (<= 0) with the raw token
+    assert (anchors.means_padded <= tokens.amax(dim=(1, 2))[:, None, None] + 1e-5).all()
+
+
+# ------------------------------------------------------------------ serialisation, config
+def test_save_load_round_trip(relu_anchors, tmp_path):
+    anchors, tokens = relu_anchors
+    path = tmp_path / "fits" / "anchors.safetensors"
+    anchors.save(path)
+    loaded = GaussianAnchors.load(path)
+    assert loaded.config == anchors.config and loaded.num_components == anchors.num_components
+    for key, value in anchors.to_tensors().items():
+        assert torch.equal(loaded.to_tensors()[key], value), key
+    assert torch.equal(loaded.assign(tokens), anchors.assign(tokens))
+    assert torch.equal(anchors.to("cpu").shift(tokens), anchors.shift(tokens))
+    assert [p.name for p in path.parent.iterdir()] == ["anchors.safetensors"]  # no temp file left
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError):
+        GaussianAnchors.load(bad)
+
+
+def test_config_and_input_errors():
+    with pytest.raises(ConfigError):
+        AnchoringConfig(max_components=4)
+    with pytest.raises(ConfigError):
+        GaussianAnchors.fit(torch.zeros(10, 2), no_such_option=1)
+    with pytest.raises(DisdisError):
+        GaussianAnchors.fit(torch.full((10, 2), math.nan))
+    anchors = GaussianAnchors.fit(torch.randn(2, 50, 4), seed=0)
+    with pytest.raises(DisdisError):
+        anchors.assign(torch.randn(3, 50, 4))
