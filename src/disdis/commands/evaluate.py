@@ -33,9 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("--codes", help="npz with 'codes' (N, U) or 'tokens' (N, U, D) in canonical order")
     parser.add_argument("--dataset", help="dataset file or folder whose factor grid the codes cover "
                         "(with --codes)")
-    parser.add_argument("--dci-backend", choices=("exact", "sklearn", "hist"), default="exact",
-                        help="DCI/downstream classifiers (with --codes): exact (default, the reference "
-                        "protocol), sklearn (scikit-learn's own, slow), hist (FAST MODE, not comparable)")
+    parser.add_argument("--dci-backend", choices=("exact", "sklearn"), default="exact",
+                        help="DCI/downstream classifiers (with --codes): exact (default; scikit-learn's "
+                        "protocol, presorted) or sklearn (scikit-learn's own, slow)")
     parser.add_argument("--jobs", type=int, default=2, help="threads for the per-factor fits (default 2)")
     parser.set_defaults(func=run)
 

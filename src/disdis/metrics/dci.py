@@ -19,8 +19,6 @@ Backends for the classifiers:
   "exact"   (default) disdis.metrics.gbt: scikit-learn's GradientBoostingClassifier
             protocol re-implemented with presorting; same trees up to exact ties.
   "sklearn" scikit-learn's GradientBoostingClassifier itself (the reference, slow).
-  "hist"    FAST MODE, not the reference protocol: HistGradientBoostingClassifier
-            (binned features, early stopping off); values differ from the paper's.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from disdis.errors import DisdisError
 from disdis.metrics.inputs import check_train_test
 from disdis.metrics.parallel import parallel_map, single_threaded_blas
 
-BACKENDS = ("exact", "sklearn", "hist")
+BACKENDS = ("exact", "sklearn")
 
 
 def dci(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarray,
@@ -39,8 +37,8 @@ def dci(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarr
         n_jobs: int = 1) -> dict[str, float]:
     """DCI scores; one classifier per factor, fitted on ``n_jobs`` threads.
 
-    ``random_state`` seeds scikit-learn's tree tie-breaking for backend "sklearn"
-    (disentanglement_lib leaves it unseeded) and the "hist" backend."""
+    ``random_state`` seeds the trees' tie-breaking between features
+    (disentanglement_lib leaves it unseeded)."""
     importance, train_acc, test_acc = importance_matrix(
         codes_train, factors_train, codes_test, factors_test, random_state, backend, n_jobs)
     return {"disentanglement": dci_disentanglement(importance),
@@ -56,7 +54,7 @@ def importance_matrix(codes_train, factors_train, codes_test, factors_test, rand
         raise DisdisError(f"dci backend: expected one of {BACKENDS}, got {backend!r}")
     codes_train, factors_train, codes_test, factors_test = check_train_test(
         codes_train, factors_train, codes_test, factors_test)
-    fit = {"exact": _fit_exact, "sklearn": _fit_sklearn, "hist": _fit_hist}[backend]
+    fit = {"exact": _fit_exact, "sklearn": _fit_sklearn}[backend]
     seeds = _factor_seeds(random_state, factors_train.shape[1])
     with single_threaded_blas():
         results = parallel_map(
@@ -77,19 +75,6 @@ def _fit_sklearn(x_train, y_train, x_test, y_test, random_state):
     from sklearn.ensemble import GradientBoostingClassifier
     model = GradientBoostingClassifier(random_state=random_state).fit(x_train, y_train)
     return (np.abs(model.feature_importances_), np.mean(model.predict(x_train) == y_train),
-            np.mean(model.predict(x_test) == y_test))
-
-
-def _fit_hist(x_train, y_train, x_test, y_test, random_state):
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.inspection import permutation_importance
-    model = HistGradientBoostingClassifier(early_stopping=False, random_state=random_state)
-    model.fit(x_train, y_train)
-    # Histogram boosting has no impurity importances: use the drop in training
-    # accuracy when a code is shuffled (clipped at 0).
-    importance = permutation_importance(model, x_train, y_train, n_repeats=1,
-                                        random_state=0 if random_state is None else random_state).importances_mean
-    return (np.clip(importance, 0, None), np.mean(model.predict(x_train) == y_train),
             np.mean(model.predict(x_test) == y_test))
 
 
