@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 # 1. training-step benchmark (networks helper's script), at the paper configuration
 if [ -f benchmarks/train_step.py ]; then
-  timeout 150 "$PY" benchmarks/train_step.py --config paper --batch 512 --bf16 --device cuda --steps 5 --warmup 2 2>&1 | tee "$OUT/train_step.txt"
+  timeout 120 "$PY" benchmarks/train_step.py --config paper --batch 512 --bf16 --device cuda --steps 5 --warmup 2 2>&1 | tee "$OUT/train_step.txt"
   row "train_step.py (batch 512, bf16)" "exit $? (table above, $OUT/train_step.txt)"
 else
   row "train_step.py" "missing"
@@ -46,10 +46,10 @@ ARGS=(data.path="$DATA" run_dir="$RUN" first_stage_train.total_kimg=19.2 first_s
       first_stage_train.log_every_kimg=3.2 train.total_kimg=102.4 train.checkpoint_every_kimg=51.2
       train.log_every_kimg=12.8 train.refit_images=24000)
 t0=$SECONDS
-timeout 170 .venv/bin/disdis train configs/shapes3d.yaml "${ARGS[@]}" train.total_kimg=51.2 > "$OUT/train1.log" 2>&1
+timeout 150 .venv/bin/disdis train configs/shapes3d.yaml "${ARGS[@]}" train.total_kimg=51.2 > "$OUT/train1.log" 2>&1
 rc1=$?
 t1=$SECONDS
-timeout 100 .venv/bin/disdis train --resume "$RUN" train.total_kimg=153.6 > "$OUT/train2.log" 2>&1
+timeout 90 .venv/bin/disdis train --resume "$RUN" train.total_kimg=153.6 > "$OUT/train2.log" 2>&1
 rc2=$?
 t2=$SECONDS
 tail -3 "$OUT/train1.log"; tail -3 "$OUT/train2.log"
