@@ -12,6 +12,7 @@ from scipy.stats import multivariate_normal
 
 from disdis.anchoring import AnchoringConfig, GaussianAnchors, unit_seeds
 from disdis.anchoring.em import Mixture, em_step
+from disdis.anchoring.fit import _removal_costs, _replace
 from disdis.errors import ConfigError, DataError, DisdisError
 
 
@@ -68,6 +69,37 @@ def test_em_step_matches_float64_reference():
         np.testing.assert_allclose(new.covs[g].numpy(), cov, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(new.log_weights[g].exp().numpy(), nk / nk.sum(), rtol=1e-10)
         np.testing.assert_allclose(loglik[g].item(), (w[g] * lse).sum() / w[g].sum(), rtol=1e-10)
+
+
+def test_removal_costs_match_direct_float64_computation():
+    rng = np.random.default_rng(1)
+    m, d, k = 60, 2, 3
+    x = rng.normal(size=(1, m, d)) * 3
+    means = rng.normal(size=(1, k, d)) * 3
+    covs = np.stack([np.eye(d) * s for s in (0.5, 1.0, 2.0)])[None]
+    pi = np.array([[0.2, 0.5, 0.3]])
+    mix = Mixture(torch.tensor(means), torch.tensor(covs), torch.tensor(np.log(pi)))
+    cost = _removal_costs(torch.tensor(x), torch.ones(1, m, dtype=torch.float64), mix, 1e-6)
+    dens = np.stack([pi[0, j] * multivariate_normal(means[0, j], covs[0, j] + 1e-6 * np.eye(d)).pdf(x[0])
+                     for j in range(k)], axis=1)
+    for j in range(k):
+        without = np.delete(dens, j, axis=1).sum(1) / (1 - pi[0, j])
+        np.testing.assert_allclose(cost[0, j].item(), np.sum(np.log(dens.sum(1)) - np.log(without)), rtol=1e-9)
+
+
+def test_split_children_take_the_parent_slot_and_the_next_free_slot():
+    d = 2
+    eye = torch.eye(d, dtype=torch.float64)
+    parent = Mixture(torch.arange(3, dtype=torch.float64)[None, :, None].expand(1, 3, d).clone(),
+                     eye.expand(1, 3, d, d).clone(), torch.log(torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)))
+    children = Mixture(torch.tensor([[[10.0, 10], [11, 11]], [[20, 20], [21, 21]]], dtype=torch.float64),
+                       eye.expand(2, 2, d, d).clone(), torch.log(torch.tensor([[0.25, 0.75], [0.5, 0.5]], dtype=torch.float64)))
+    settled = torch.ones(1, 3, dtype=torch.bool)
+    mix, settled, n = _replace(parent, children, torch.tensor([0, 0]), torch.tensor([0, 2]), torch.tensor([True, True]), settled)
+    assert n == 2
+    assert mix.means[0, :, 0].tolist() == [10, 1, 20, 11, 21]
+    torch.testing.assert_close(mix.log_weights[0].exp(), torch.tensor([0.125, 0.3, 0.1, 0.375, 0.1], dtype=torch.float64))
+    assert settled[0].tolist() == [False, True, False, False, False]
 
 
 # ------------------------------------------------------------------ fit
@@ -169,11 +201,13 @@ def test_default_strength_and_modes(relu_anchors):
 
 def test_released_space_fits_and_shifts(relu_anchors):
     _, tokens = relu_anchors
-    anchors = GaussianAnchors.fit(tokens.float(), seed=0, space="released", strength_mode="released")
+    anchors = GaussianAnchors.fit(tokens.float(), seed=0, space="released")
     out = anchors.shift(tokens.float())
     assert out.shape == tokens.shape and torch.isfinite(out).all()
-    # the released shift mixes the normalised anchor (<= 0) with the raw token
-    assert (anchors.means_padded <= tokens.amax(dim=(1, 2))[:, None, None] + 1e-5).all()
+    # the released shift mixes the normalised anchor (in [-1, 0]) with the raw token (>= 0),
+    # so it pulls every token toward or below zero
+    assert (anchors.fit_means <= 1e-6).all()
+    assert (out <= tokens.float() + 1e-6).all() and (out < tokens.float() - 1e-3).any()
 
 
 # ------------------------------------------------------------------ serialisation, config

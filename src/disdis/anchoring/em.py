@@ -106,6 +106,15 @@ def component_log_probs(x: Tensor, f: Factorised) -> tuple[Tensor, Tensor]:
     return f.log_norm.unsqueeze(-1) - 0.5 * torch.linalg.vector_norm(y, dim=-1).square_(), y
 
 
+def log_responsibilities(logp: Tensor) -> tuple[Tensor, Tensor]:
+    """log sum_k exp(logp_k) (G, m) and the responsibilities (G, K, m), with one exp pass
+    (log-sum-exp around the largest term)."""
+    top = logp.amax(dim=1, keepdim=True)
+    e = torch.exp(logp - top)
+    total = e.sum(dim=1, keepdim=True)
+    return (top + total.log()).squeeze(1), e / total
+
+
 def chunks(x: Tensor, k: int):
     """(group slice, point slice) blocks whose (G, K, m, D) intermediates fit the workspace
     (small enough to stay in cache: the E- and M-step make several passes over them)."""
@@ -132,8 +141,8 @@ def em_step(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> tuple[Mixtu
         part = Factorised(f.chol[gs], f.means[gs], f.whitening[gs], f.log_norm[gs])
         logp, y = component_log_probs(x[gs, ms], part)
         w = weights[gs, ms]
-        lse = torch.logsumexp(logp, dim=1)
-        r = torch.exp(logp - lse.unsqueeze(1)) * w.unsqueeze(1)
+        lse, r = log_responsibilities(logp)
+        r = r * w.unsqueeze(1)
         nk[gs] += r.sum(-1, dtype=torch.float64)
         s1[gs] += (r.unsqueeze(-2) @ y).squeeze(-2).double()
         y.mul_(r.sqrt().unsqueeze(-1))  # y <- sqrt(r) y, so that y^T y = sum r y y^T
@@ -199,7 +208,7 @@ def memberships(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> tuple[T
     for gs, ms in chunks(x, k):
         part = Factorised(f.chol[gs], f.means[gs], f.whitening[gs], f.log_norm[gs])
         logp, _ = component_log_probs(x[gs, ms], part)
-        r = torch.softmax(logp, dim=1)
+        _, r = log_responsibilities(logp)
         best, arg = r.max(dim=1)
         w = weights[gs, ms]
         labels[gs, ms] = torch.where((best > 0.5) & (w > 0), arg, -1)

@@ -1,5 +1,11 @@
 """The DyGA fit of DESIGN 2.3 for U units at once: initialise, EM, split, filter, EM.
 
+Stages (:func:`fit_mixture`): K0 components at random tokens; EM; up to
+``split_rounds`` split rounds; drop components with soft count below
+``min_soft_count``; prune components that the likelihood does not pay for
+(:func:`prune`); EM; drop components that are the most responsible one for
+fewer than max(min_soft_count, D + 1) tokens.
+
 All units advance together through every stage; inside a stage the work is
 batched over units and components (see :mod:`disdis.anchoring.em`). The
 per-unit random draws (initial tokens, the members a split is fitted on, the
@@ -45,7 +51,8 @@ import torch
 from torch import Tensor
 
 from disdis.anchoring.config import AnchoringConfig
-from disdis.anchoring.em import Factorised, Mixture, chunks, component_log_probs, memberships, run_em
+from disdis.anchoring.em import (Factorised, Mixture, chunks, component_log_probs, log_responsibilities, memberships,
+                                 run_em)
 
 HIST_BINS = 32
 VALLEY_SIGMAS = 3.0
@@ -100,19 +107,25 @@ def prune(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> Mixture:
 
 
 def _removal_costs(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> Tensor:
-    """(G, K) log-likelihood lost by removing each component on its own (see :func:`prune`)."""
+    """(G, K) log-likelihood lost by removing each component on its own (see :func:`prune`).
+
+    Per token, log p - log p_-k = log(1 - pi_k) - log(1 - r_k) for every k but the most
+    responsible one, and log p - log sum_{j != top} pi_j N_j + log(1 - pi_top) for that one;
+    both forms are exact and stable (r_k <= 1/2, resp. no cancellation).
+    """
     g, _, _ = x.shape
     k = mix.means.shape[1]
     f = Factorised.of(mix, reg, x.dtype)
-    others = torch.where(torch.eye(k, dtype=torch.bool, device=x.device), -math.inf, 0.0).to(x.dtype)
-    renorm = torch.log1p(-mix.log_weights.exp().clamp_max(1 - 1e-12)).to(x.dtype)  # log(1 - pi_k)
+    renorm = torch.log1p(-mix.log_weights.exp().clamp_max(1 - 1e-12)).to(x.dtype).unsqueeze(-1)  # log(1 - pi_k)
     cost = torch.zeros(g, k, dtype=torch.float64, device=x.device)
     for gs, ms in chunks(x, k):
         part = Factorised(f.chol[gs], f.means[gs], f.whitening[gs], f.log_norm[gs])
         logp, _ = component_log_probs(x[gs, ms], part)
-        full = torch.logsumexp(logp, dim=1)                                            # (G, m)
-        without = torch.logsumexp(logp.unsqueeze(1) + others[:, :, None], dim=2)      # (G, K, m)
-        loss = full.unsqueeze(1) - (without - renorm[gs].unsqueeze(-1))
+        lse, r = log_responsibilities(logp)
+        top = logp.argmax(dim=1, keepdim=True)
+        is_top = torch.zeros_like(logp, dtype=torch.bool).scatter_(1, top, True)
+        others = torch.logsumexp(logp.masked_fill(is_top, -math.inf), dim=1, keepdim=True)
+        loss = torch.where(is_top, lse.unsqueeze(1) - others, -torch.log1p(-r.clamp_max(0.5))) + renorm[gs]
         cost[gs] += (loss * weights[gs, ms].unsqueeze(1)).sum(-1, dtype=torch.float64)
     return cost
 
