@@ -15,7 +15,7 @@ import sys
 from disdis import __version__
 from disdis.errors import DisdisError
 
-COMMANDS: tuple[str, ...] = ("data", "train", "evaluate", "interchange")
+COMMANDS: tuple[str, ...] = ("data", "train", "evaluate", "interchange", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
