@@ -31,6 +31,7 @@ the same threads. Timings are medians over ``--steps`` timed steps after
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from typing import Callable
@@ -79,14 +80,15 @@ def matmul_rate(n: int = 2048, repeats: int = 7) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
-def make_anchors(units: UnitsConfig):
-    """A DyGA mixture fitted once on random tokens, or None when disdis.anchoring is missing."""
+@functools.lru_cache(maxsize=None)
+def make_anchors(num_units: int, token_dim: int):
+    """A DyGA mixture fitted once on random ReLU tokens, or None when disdis.anchoring is missing."""
     try:
         from disdis.anchoring import GaussianAnchors
     except ImportError:
         return None
     g = torch.Generator().manual_seed(0)
-    tokens = torch.relu(torch.randn(units.num_units, 2000, units.token_dim, generator=g))
+    tokens = torch.relu(torch.randn(num_units, 2000, token_dim, generator=g))
     return GaussianAnchors.fit(tokens, seed=0)
 
 
@@ -100,7 +102,7 @@ class Step:
         self.extractor = FeatureExtractor(cfg["units"])
         self.tokenizer = UnitTokenizer(cfg["units"])
         self.unet = UNet(cfg["unet"])
-        self.anchors = make_anchors(cfg["units"])
+        self.anchors = make_anchors(cfg["units"].num_units, cfg["units"].token_dim)
         self.loss = NoiseLoss(NoiseSchedule.from_config(DiffusionConfig()))
         self.scaler = LatentScaler()
         params = [*self.extractor.parameters(), *self.tokenizer.parameters(), *self.unet.parameters()]
@@ -180,7 +182,7 @@ def main() -> None:
     peak = matmul_rate()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"fp32 matmul 2048^3: {peak / 1e9:.1f} GFLOP/s (measured now)")
-    anchors = "with DyGA shift" if make_anchors(UnitsConfig(num_units=1)) is not None else "no DyGA (disdis.anchoring missing)"
+    anchors = "DyGA shift" if make_anchors(20, 32) is not None else "no DyGA (disdis.anchoring missing)"
     print(f"step = encode (no_grad) + extractor + tokens + {anchors} + U-Net + L1 noise loss + backward + AdamW")
     print("step GFLOP/img = 3 x forward of the trained nets + forward of the frozen encoder\n")
     header = (f"{'config':<7} {'variant':<14} {'batch':>5} {'img/s':>8} {'s/step':>7} {'fwd GF/img':>10} "
