@@ -24,7 +24,7 @@ convolutions, attention) on one forward pass: the step does 3x the forward FLOPs
 of the trained networks (forward + backward) plus one forward of the frozen
 encoder. Achieved FLOP/s = step FLOPs / step time, shown beside the rate of a
 large fp32 matmul (2048^3, median of repeats) measured in the same process with
-the same threads. Timings are medians over ``--steps`` timed steps after
+the same threads, right before and after each row's timed steps. Timings are medians over ``--steps`` timed steps after
 ``--warmup`` untimed ones; on a shared machine they vary with its load.
 """
 
@@ -144,23 +144,27 @@ class Step:
         return trained, encode
 
 
-def run(name: str, variant: str, batch: int, steps: int, warmup: int, peak: float) -> dict:
+def run(name: str, variant: str, batch: int, steps: int, warmup: int) -> dict:
     build_start = time.perf_counter()
     step = Step(name, batch, variant)
     for _ in range(warmup):
         step()
     first = time.perf_counter() - build_start  # build + warm-up (compilation happens here)
+    # the matmul rate is taken right before and after the timed steps: on a shared machine the
+    # load drifts, and the ratio is only meaningful against a rate measured under the same load
+    peak_before = matmul_rate()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+    peak = (peak_before + matmul_rate()) / 2
     seconds = statistics.median(times)
     trained, encode = step.forward_flops()
     step_flops = 3 * trained + encode
     return dict(config=name, variant=variant, batch=batch, img_s=batch / seconds, s_step=seconds,
                 fwd=trained / batch, step=step_flops / batch, rate=step_flops / seconds,
-                pct=100 * step_flops / seconds / peak, setup=first)
+                peak=peak, pct=100 * step_flops / seconds / peak, setup=first)
 
 
 def main() -> None:
@@ -179,29 +183,27 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     variants = list(dict.fromkeys(args.variants + (["compiled"] if args.compile else [])))
 
-    peak = matmul_rate()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"fp32 matmul 2048^3: {peak / 1e9:.1f} GFLOP/s (measured now)")
+          f"fp32 matmul 2048^3 now: {matmul_rate() / 1e9:.1f} GFLOP/s (per row: mean of before/after its timed steps)")
     anchors = "DyGA shift" if make_anchors(20, 32) is not None else "no DyGA (disdis.anchoring missing)"
     print(f"step = encode (no_grad) + extractor + tokens + {anchors} + U-Net + L1 noise loss + backward + AdamW")
     print("step GFLOP/img = 3 x forward of the trained nets + forward of the frozen encoder\n")
     header = (f"{'config':<7} {'variant':<14} {'batch':>5} {'img/s':>8} {'s/step':>7} {'fwd GF/img':>10} "
-              f"{'step GF/img':>11} {'GFLOP/s':>8} {'% matmul':>8} {'setup s':>8}")
+              f"{'step GF/img':>11} {'GFLOP/s':>8} {'matmul':>7} {'% matmul':>8} {'setup s':>8}")
     print(header)
     print("-" * len(header))
     rows = []
     for name in args.config:
         for variant in variants:
-            r = run(name, variant, args.batch, args.steps, args.warmup, peak)
+            r = run(name, variant, args.batch, args.steps, args.warmup)
             rows.append(r)
             print(f"{r['config']:<7} {r['variant']:<14} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
-                  f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['pct']:>7.0f}% "
+                  f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "
                   f"{r['setup']:>8.1f}", flush=True)
     base = {r["config"]: r["img_s"] for r in rows if r["variant"] == variants[0]}
     if len(variants) > 1:
         print(f"\nspeed-up over '{variants[0]}': " + ", ".join(
             f"{r['config']}/{r['variant']} x{r['img_s'] / base[r['config']]:.2f}" for r in rows if r["variant"] != variants[0]))
-    print(f"\nmatmul re-measured after the runs: {matmul_rate() / 1e9:.1f} GFLOP/s (load drift check)")
 
 
 if __name__ == "__main__":
