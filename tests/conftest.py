@@ -7,6 +7,9 @@
   published layout and labels) at 4x4 whose every pixel encodes the image's own
   index as RGB = index in base 256 (see ``decode_index``), so reads can be checked
   exactly.
+- ``one_torch_thread``: runs a test with torch on one thread (tiny networks: OpenMP
+  synchronisation dominates on a busy machine, and one thread gives the same
+  arithmetic as a subprocess started with OMP_NUM_THREADS=1).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from disdis.data import render_shapes3d, write_grid_npz
 from disdis.data.base import canonical_factors
@@ -66,3 +70,11 @@ def shapes3d_h5_small(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "3dshapes_4x4.h5"
     write_shapes3d_h5(path)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

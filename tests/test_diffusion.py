@@ -9,13 +9,7 @@ from disdis.diffusion import (DiffusionConfig, NoiseLoss, NoiseSchedule, ddim_in
 from disdis.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP synchronisation costs, which dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def schedule(**kw) -> NoiseSchedule:

@@ -11,13 +11,7 @@ from disdis.nn.first_stage import (FirstStageConfig, LatentScaler, PerceptualLos
 TINY = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, codebook_size=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets: one thread avoids OpenMP synchronisation costs, which dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,13 @@ from disdis.train.logger import read_csv_log
 from train_standins import tiny_run_config, write_yaml
 
 
-@contextmanager
-def one_thread():
-    """Same arithmetic as a subprocess started with OMP_NUM_THREADS=1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_run_learns_and_fills_its_folder(tmp_path, shapes3d_grid_npz, capsys):
     config = write_yaml(tmp_path / "tiny.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "run",
                                                                 train={"total_kimg": 0.64, "log_every_kimg": 0.16}))
-    with one_thread():
-        assert main(["train", config]) == 0
+    assert main(["train", config]) == 0
     run = tmp_path / "run"
     rows = read_csv_log(run / "logs/train.csv")
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
@@ -62,9 +52,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes3d_grid_npz):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     assert "ckpt-000000020.safetensors" not in stopped_at
 
-    with one_thread():
-        assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
-        assert main(["train", config, f"run_dir={tmp_path / 'straight'}"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
+    assert main(["train", config, f"run_dir={tmp_path / 'straight'}"]) == 0
     a, _ = load_checkpoint(tmp_path / "killed/checkpoints/ckpt-000000020.safetensors")
     b, _ = load_checkpoint(tmp_path / "straight/checkpoints/ckpt-000000020.safetensors")
     assert sorted(a) == sorted(b)
@@ -83,8 +72,7 @@ def test_diffusion_run_trains_its_own_first_stage_then_resumes(tmp_path, shapes3
                                              "log_every_kimg": 0.048, "num_workers": 0, "device": "cpu", "lr": 1e-3},
                           train={"total_kimg": 0.16})
     config = write_yaml(tmp_path / "vq.yaml", cfg)
-    with one_thread():
-        assert main(["train", config]) == 0
+    assert main(["train", config]) == 0
     run = tmp_path / "run"
     first = load_checkpoint(list_checkpoints(run / "first_stage/checkpoints")[-1])[0]
     second = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])[0]
@@ -93,7 +81,6 @@ def test_diffusion_run_trains_its_own_first_stage_then_resumes(tmp_path, shapes3
     assert shared and all(torch.equal(first[k], second[k]) for k in shared)
     assert float(second["model/scaler.fitted"]) == 1.0
     # extending a finished run continues it (and the first stage is not retrained)
-    with one_thread():
-        assert main(["train", "--resume", str(run), "train.total_kimg=0.32"]) == 0
+    assert main(["train", "--resume", str(run), "train.total_kimg=0.32"]) == 0
     assert list_checkpoints(run / "checkpoints")[-1].name == "ckpt-000000020.safetensors"
     assert list_checkpoints(run / "first_stage/checkpoints")[-1].name == "ckpt-000000006.safetensors"

@@ -11,13 +11,7 @@ TINY = dict(base_channels=16, channel_mult=(1, 2), attention_resolutions=(1, 2),
             context_dim=8, resolution=8, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one thread avoids OpenMP synchronisation costs, which dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def expected_unet_parameters(cfg: UNetConfig) -> int:

@@ -8,13 +8,7 @@ from disdis.errors import ConfigError
 from disdis.nn.units import FeatureExtractor, UnitsConfig, UnitTokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one thread avoids OpenMP synchronisation costs, which dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def count(module: nn.Module) -> int:
