@@ -1,0 +1,35 @@
+"""`disdis demo` end to end on a tiny configuration (seconds): data, both stages, evaluation, report."""
+
+import json
+
+from PIL import Image
+
+from disdis.cli import main
+
+# the demo's own config, shrunk: a few training steps, tiny networks, small metric samples, 2 DDIM steps
+TINY = ["first_stage_train.total_kimg=0.064", "first_stage_train.batch_size=32", "first_stage.base_channels=8",
+        "train.total_kimg=0.128", "train.batch_size=32", "train.refit_every=0.064", "train.refit_images=200",
+        "units.num_units=4", "units.token_dim=8", "units.extractor_width=4", "units.fc_hidden=16",
+        "units.mlp_hidden=[8]", "unet.context_dim=8", "unet.base_channels=8", "unet.channel_mult=[1,2]",
+        "unet.attention_resolutions=[2]", "unet.num_heads=2", "eval.ddim_steps=2", "eval.num_train=200",
+        "eval.num_test=100", "eval.num_eval=100", "eval.num_variance_estimate=200"]
+
+
+def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
+    out, data = tmp_path / "run", tmp_path / "grid.npz"
+    args = ["demo", "--out", str(out), "--data", str(data), "--threads", "1", *TINY]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "demo wall time" in printed and "FactorVAE" in printed and "reduced protocol" in printed
+    for name in ("metrics.json", "metrics_scalar.json"):
+        result = json.loads((out / name).read_text())
+        assert set(result["metrics"]) == {"factor_vae", "dci", "mig"} and result["protocol"]["reference"] is False
+    report = (out / "report.md").read_text()
+    assert "tokens_pca" in report and "scalar" in report
+    for name in ("reconstructions.png", "interchange.png"):
+        assert name in report
+        Image.open(out / "figures" / name).verify()
+    assert (out / "first_stage" / "config.yaml").is_file()
+    # a second call reuses the cached data and the finished run: it only re-evaluates
+    assert main(args) == 0
+    assert "data: cached" in capsys.readouterr().err
