@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from disdis.errors import DataError, DisdisError
+from disdis.factor_grid import canonical_factors, sample_factors  # noqa: F401 (canonical_factors re-exported)
 
 
 class GroundTruthDataset:
@@ -82,10 +83,7 @@ class GroundTruthDataset:
         """``n`` factor rows drawn like disentanglement_lib's ``SplitDiscreteStateSpace``:
         for each factor in order, one ``random_state.randint(size_k, size=n)``."""
         self._require_grid("sample_factors")
-        out = np.zeros((n, len(self.factor_sizes)), dtype=np.int64)
-        for k, size in enumerate(self.factor_sizes):
-            out[:, k] = random_state.randint(size, size=n)
-        return out
+        return sample_factors(self.factor_sizes, n, random_state)
 
     def sample_observations_from_factors(self, factors, random_state=None) -> np.ndarray:
         """Images of the given factor rows (``random_state`` is unused: every factor is observed)."""
@@ -210,11 +208,6 @@ class ResizedView(GroundTruthDataset):
 
     def close(self) -> None:
         self.parent.close()
-
-
-def canonical_factors(sizes: Sequence[int]) -> np.ndarray:
-    """All factor-class rows (N, K) int64 of a grid in canonical order (last factor fastest)."""
-    return np.stack([g.reshape(-1) for g in np.indices(tuple(sizes))], axis=1).astype(np.int64)
 
 
 def area_downscale(images: np.ndarray, resolution: int) -> np.ndarray:

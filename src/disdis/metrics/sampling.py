@@ -15,23 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def sample_factors(factor_sizes: np.ndarray, num: int, random_state: np.random.RandomState) -> np.ndarray:
-    """(num, K) factor classes, one ``randint`` call per factor (disentanglement_lib's order)."""
-    factors = np.empty((num, len(factor_sizes)), dtype=np.int64)
-    for k, size in enumerate(factor_sizes):
-        factors[:, k] = random_state.randint(size, size=num)
-    return factors
-
-
-def grid_strides(factor_sizes: np.ndarray) -> np.ndarray:
-    """Row stride of each factor in the canonical (row-major) order."""
-    return np.cumprod(np.r_[1, np.asarray(factor_sizes)[:0:-1]])[::-1].astype(np.int64)
-
-
-def index_of(factors: np.ndarray, factor_sizes: np.ndarray) -> np.ndarray:
-    """Canonical row index of each factor combination (last axis holds the factors)."""
-    return np.asarray(factors, dtype=np.int64) @ grid_strides(factor_sizes)
+from disdis.factor_grid import grid_strides, index_of, sample_factors  # noqa: F401 (re-exported)
 
 
 def sample_factor_batches(factor_sizes: np.ndarray, num: int, random_state: np.random.RandomState,
