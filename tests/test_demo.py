@@ -30,6 +30,16 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
         assert name in report
         Image.open(out / "figures" / name).verify()
     assert (out / "first_stage" / "config.yaml").is_file()
-    # a second call reuses the cached data and the finished run: it only re-evaluates
-    assert main(args) == 0
+
+
+def test_demo_data_is_cached(tmp_path, capsys):
+    from disdis.commands.demo import DEMO_GRID, make_demo_data
+    from disdis.data import open_dataset
+    path = tmp_path / "grid.npz"
+    make_demo_data(path, 16)
+    data = open_dataset(path)
+    assert len(data) == 729 and list(data.factor_sizes) == [len(v) for v in DEMO_GRID.values()]
+    make_demo_data(path, 16)
     assert "data: cached" in capsys.readouterr().err
+    make_demo_data(path, 32)  # another resolution renders again
+    assert open_dataset(path).resolution == 32
