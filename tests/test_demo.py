@@ -30,6 +30,10 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
         assert name in report
         Image.open(out / "figures" / name).verify()
     assert (out / "first_stage" / "config.yaml").is_file()
+    # run again with a longer schedule: the finished demo continues from its checkpoint
+    assert main(args + ["train.total_kimg=0.192"]) == 0
+    assert "resuming from" in capsys.readouterr().err
+    assert (out / "logs" / "train.csv").read_text().splitlines()[-1].startswith("6,")
 
 
 def test_demo_data_is_cached(tmp_path, capsys):

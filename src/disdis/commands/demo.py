@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     clock.lap("data")
     _phase("2/4 training (first stage, then the diffusion model)")
     if ckpt.list_checkpoints(out / "checkpoints"):
-        resume_run(out)
+        resume_run(out, args.overrides)  # e.g. a larger train.total_kimg lengthens a finished demo
     else:
         start_run(cfg)
     clock.lap("training")
