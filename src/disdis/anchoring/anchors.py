@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from disdis.anchoring.config import AnchoringConfig
-from disdis.anchoring.em import POINT_CHUNK, Factorised, Mixture, cholesky, component_log_probs
+from disdis.anchoring.em import POINT_CHUNK, Mixture, cholesky, component_log_probs, Factorised
 from disdis.anchoring.fit import fit_mixture
 from disdis.errors import ConfigError, DataError, DisdisError
 
@@ -64,7 +64,12 @@ class GaussianAnchors:
         self.log_weights = log_weights.float()
         self.num_components_tensor = num_components.long()
         _check_shapes(self)
-        self._factorised = Factorised.from_cholesky(self.chol, self.fit_means, self.log_weights, torch.float32)
+        whitening = torch.linalg.solve_triangular(
+            chol.double(), torch.eye(chol.shape[-1], dtype=torch.float64, device=chol.device).expand_as(chol),
+            upper=False)
+        log_det_half = torch.diagonal(chol.double(), dim1=-2, dim2=-1).log().sum(-1)
+        log_norm = log_weights.double() - log_det_half - 0.5 * chol.shape[-1] * math.log(2 * math.pi)
+        self._factorised = Factorised(self.chol, self.fit_means, whitening.float(), log_norm.float())
         self.means_padded = self.offset.unsqueeze(1) + self.scale[:, None, None] * self.fit_means
 
     # ----------------------------------------------------------------- fitting
@@ -208,7 +213,7 @@ class GaussianAnchors:
         labels = []
         for m0 in range(0, z.shape[1], POINT_CHUNK):
             logp, _ = component_log_probs(z[:, m0:m0 + POINT_CHUNK], self._factorised)
-            labels.append(logp.argmax(dim=-1))
+            labels.append(logp.argmax(dim=1))
         return torch.cat(labels, dim=1) if labels else z.new_zeros(z.shape[:2], dtype=torch.long)
 
     def _units_first(self, tokens: Tensor, unit_dim: int) -> tuple[Tensor, Callable[[Tensor], Tensor]]:

@@ -93,21 +93,17 @@ def prune(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> Mixture:
     dimension can leave on a few dozen tokens of two groups, which no split test can resolve, and
     keeps any component that explains its tokens much better than its neighbours could. The
     cost is a likelihood ratio, so the rule does not depend on the scale of the tokens.
-    Units are independent, so a unit with nothing left to remove is not priced again.
     """
     d = x.shape[-1]
     price = 0.5 * (1 + d + d * (d + 1) / 2) * torch.log(weights.sum(1, dtype=torch.float64).clamp_min(2))
-    mix = Mixture(mix.means.clone(), mix.covs.clone(), mix.log_weights.clone())
-    active = torch.arange(x.shape[0], device=x.device)
-    while active.numel():
-        part = mix.index(active)
-        cost = _removal_costs(x[active], weights[active], part, reg)
-        removable = part.present & (part.present.sum(1, keepdim=True) > 1) & (cost < price[active].unsqueeze(1))
-        worst = torch.where(removable, cost - price[active].unsqueeze(1), math.inf).argmin(1, keepdim=True)
+    while True:
+        cost = _removal_costs(x, weights, mix, reg)
+        removable = mix.present & (mix.present.sum(1, keepdim=True) > 1) & (cost < price.unsqueeze(1))
+        if not removable.any():
+            return mix
+        worst = torch.where(removable, cost - price.unsqueeze(1), math.inf).argmin(1, keepdim=True)
         chosen = torch.zeros_like(removable).scatter_(1, worst, True) & removable
-        mix.put(active, drop(part, chosen))
-        active = active[removable.any(1)]
-    return mix
+        mix = drop(mix, chosen)
 
 
 def _removal_costs(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> Tensor:
@@ -120,15 +116,17 @@ def _removal_costs(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> Tens
     g, _, _ = x.shape
     k = mix.means.shape[1]
     f = Factorised.of(mix, reg, x.dtype)
-    renorm = torch.log1p(-mix.log_weights.exp().clamp_max(1 - 1e-12)).to(x.dtype).unsqueeze(1)  # log(1 - pi_k)
+    renorm = torch.log1p(-mix.log_weights.exp().clamp_max(1 - 1e-12)).to(x.dtype).unsqueeze(-1)  # log(1 - pi_k)
     cost = torch.zeros(g, k, dtype=torch.float64, device=x.device)
     for gs, ms in chunks(x, k):
-        logp, _ = component_log_probs(x[gs, ms], f[gs])
+        part = Factorised(f.chol[gs], f.means[gs], f.whitening[gs], f.log_norm[gs])
+        logp, _ = component_log_probs(x[gs, ms], part)
         lse, r = log_responsibilities(logp)
-        is_top = torch.zeros_like(logp, dtype=torch.bool).scatter_(-1, logp.argmax(dim=-1, keepdim=True), True)
-        others = torch.logsumexp(logp.masked_fill(is_top, -math.inf), dim=-1, keepdim=True)
-        loss = torch.where(is_top, lse.unsqueeze(-1) - others, -torch.log1p(-r.clamp_max(0.5))) + renorm[gs]
-        cost[gs] += (loss * weights[gs, ms].unsqueeze(-1)).sum(1, dtype=torch.float64)
+        top = logp.argmax(dim=1, keepdim=True)
+        is_top = torch.zeros_like(logp, dtype=torch.bool).scatter_(1, top, True)
+        others = torch.logsumexp(logp.masked_fill(is_top, -math.inf), dim=1, keepdim=True)
+        loss = torch.where(is_top, lse.unsqueeze(1) - others, -torch.log1p(-r.clamp_max(0.5))) + renorm[gs]
+        cost[gs] += (loss * weights[gs, ms].unsqueeze(1)).sum(-1, dtype=torch.float64)
     return cost
 
 
