@@ -3,7 +3,7 @@ machine's matrix-multiply rate.
 
     python benchmarks/train_step.py [--config paper small] [--batch 32] [--steps 3]
                                     [--warmup 1] [--variants eager channels_last]
-                                    [--compile] [--threads N]
+                                    [--compile] [--threads N] [--device cuda] [--bf16]
 
 A step: frozen first-stage encode (VQ, no_grad) and 1/std scaling; feature extractor
 and per-unit token MLPs; Dynamic Gaussian Anchoring shift (fitted once on random
@@ -18,6 +18,8 @@ Variants: ``eager`` (default memory format, torch's default foreach AdamW),
 ``channels_last`` (modules and images channels-last, oneDNN's fast convolution layout,
 and the single-kernel ``fused=True`` AdamW), ``compiled`` (channels_last plus
 torch.compile of the extractor and the U-Net; compile time is in the "setup s" column).
+``--device cuda --bf16`` runs the same step on a GPU under bf16 autocast (as the training
+loop does there); the reference rate is then a bf16 matmul.
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls,
 convolutions, attention) on one forward pass: the step does 3x the forward FLOPs
@@ -31,6 +33,7 @@ the same threads, right before and after each row's timed steps. Timings are med
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import statistics
 import time
@@ -68,14 +71,22 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def matmul_rate(n: int = 2048, repeats: int = 7) -> float:
-    """fp32 FLOP/s of an n x n x n matmul (median of repeats)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 7) -> float:
+    """FLOP/s of an n x n x n matmul in ``dtype`` (median of repeats; n = 2048 on CPU, 8192 on GPU)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / statistics.median(times)
 
@@ -95,19 +106,23 @@ def make_anchors(num_units: int, token_dim: int):
 class Step:
     """One training step of the paper's model, built for a configuration and a variant."""
 
-    def __init__(self, name: str, batch: int, variant: str):
+    def __init__(self, name: str, batch: int, variant: str, device: torch.device, bf16: bool):
         cfg = CONFIGS[name]
         torch.manual_seed(0)
-        self.first_stage = build_first_stage(cfg["first_stage"]).eval().requires_grad_(False)
-        self.extractor = FeatureExtractor(cfg["units"])
-        self.tokenizer = UnitTokenizer(cfg["units"])
-        self.unet = UNet(cfg["unet"])
+        self.first_stage = build_first_stage(cfg["first_stage"]).eval().requires_grad_(False).to(device)
+        self.extractor = FeatureExtractor(cfg["units"]).to(device)
+        self.tokenizer = UnitTokenizer(cfg["units"]).to(device)
+        self.unet = UNet(cfg["unet"]).to(device)
         self.anchors = make_anchors(cfg["units"].num_units, cfg["units"].token_dim)
+        if self.anchors is not None:
+            self.anchors = self.anchors.to(device)
         self.loss = NoiseLoss(NoiseSchedule.from_config(DiffusionConfig()))
-        self.scaler = LatentScaler()
+        self.scaler = LatentScaler().to(device)
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
+                         else contextlib.nullcontext())
         params = [*self.extractor.parameters(), *self.tokenizer.parameters(), *self.unet.parameters()]
         self.opt = torch.optim.AdamW(params, lr=1e-4, fused=variant != "eager")
-        self.images = torch.rand(batch, 3, cfg["resolution"], cfg["resolution"]) * 2 - 1
+        self.images = torch.rand(batch, 3, cfg["resolution"], cfg["resolution"], device=device) * 2 - 1
         if variant in ("channels_last", "compiled"):
             for module in (self.first_stage, self.extractor, self.unet):
                 module.to(memory_format=torch.channels_last)
@@ -119,16 +134,17 @@ class Step:
             self.unet_fn = torch.compile(self.unet)
         with torch.no_grad():
             self.scaler.fit(self.first_stage.encode(self.images))
-        self.generator = torch.Generator().manual_seed(1)
+        self.generator = torch.Generator(device).manual_seed(1)
 
     def tokens(self) -> torch.Tensor:
         tokens = self.tokenizer(self.extractor_fn(self.images))
         return tokens if self.anchors is None else self.anchors.shift_batch(tokens)
 
     def __call__(self) -> float:
-        with torch.no_grad():
-            z0 = self.scaler(self.first_stage.encode(self.images))
-        loss = self.loss(self.unet_fn, z0, self.tokens(), generator=self.generator)
+        with self.autocast:
+            with torch.no_grad():
+                z0 = self.scaler(self.first_stage.encode(self.images)).float()
+            loss = self.loss(self.unet_fn, z0, self.tokens(), generator=self.generator)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -139,26 +155,27 @@ class Step:
         with torch.no_grad():
             encode = count_flops(lambda: self.first_stage.encode(self.images))
             z0 = self.first_stage.encode(self.images)
-            t = torch.zeros(len(z0), dtype=torch.long)
+            t = torch.zeros(len(z0), dtype=torch.long, device=z0.device)
             trained = count_flops(lambda: self.unet(z0, t, self.tokenizer(self.extractor(self.images))))
         return trained, encode
 
 
-def run(name: str, variant: str, batch: int, steps: int, warmup: int) -> dict:
+def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool) -> dict:
     build_start = time.perf_counter()
-    step = Step(name, batch, variant)
+    step = Step(name, batch, variant, device, bf16)
+    matmul_dtype = torch.bfloat16 if bf16 else torch.float32
     for _ in range(warmup):
         step()
     first = time.perf_counter() - build_start  # build + warm-up (compilation happens here)
     # the matmul rate is taken right before and after the timed steps: on a shared machine the
     # load drifts, and the ratio is only meaningful against a rate measured under the same load
-    peak_before = matmul_rate()
+    peak_before = matmul_rate(device, matmul_dtype)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = (peak_before + matmul_rate()) / 2
+    peak = (peak_before + matmul_rate(device, matmul_dtype)) / 2
     seconds = statistics.median(times)
     trained, encode = step.forward_flops()
     step_flops = 3 * trained + encode
@@ -178,13 +195,20 @@ def main() -> None:
                         default=["eager", "channels_last"])
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile variant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU); the reference rate is a bf16 matmul")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.bf16 and device.type != "cuda":
+        parser.error("--bf16 is for GPUs (the training loop uses bf16 autocast only on CUDA)")
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = list(dict.fromkeys(args.variants + (["compiled"] if args.compile else [])))
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"fp32 matmul 2048^3 now: {matmul_rate() / 1e9:.1f} GFLOP/s (per row: mean of before/after its timed steps)")
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, {where}; {str(dtype).split('.')[-1]} matmul now: "
+          f"{matmul_rate(device, dtype) / 1e9:.1f} GFLOP/s (per row: mean of before/after its timed steps)")
     anchors = "DyGA shift" if make_anchors(20, 32) is not None else "no DyGA (disdis.anchoring missing)"
     print(f"step = encode (no_grad) + extractor + tokens + {anchors} + U-Net + L1 noise loss + backward + AdamW")
     print("step GFLOP/img = 3 x forward of the trained nets + forward of the frozen encoder\n")
@@ -195,7 +219,7 @@ def main() -> None:
     rows = []
     for name in args.config:
         for variant in variants:
-            r = run(name, variant, args.batch, args.steps, args.warmup)
+            r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16)
             rows.append(r)
             print(f"{r['config']:<7} {r['variant']:<14} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
                   f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "
