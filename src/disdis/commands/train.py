@@ -20,7 +20,7 @@ def register(subparsers) -> None:
         "Multi-GPU (or multi-process CPU) training: torchrun --nproc_per_node N -m disdis train ...\n"
         "train.batch_size is the global batch; the learning rate is never rescaled.\n\n"
         "examples:\n"
-        "  disdis train configs/shapes3d_first_stage.yaml data.path=3dshapes.h5\n"
+        "  disdis train configs/first_stage_vq_f4.yaml data.path=3dshapes.h5 name=shapes3d\n"
         "  disdis train configs/shapes3d.yaml data.path=3dshapes.h5 first_stage_run=runs/00000-shapes3d-first_stage\n"
         "  disdis train --resume runs/00001-shapes3d-diffusion")
     parser.add_argument("config", nargs="?", help="run config YAML (omit with --resume)")
