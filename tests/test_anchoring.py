@@ -11,7 +11,8 @@ import torch
 from scipy.stats import multivariate_normal
 
 from disdis.anchoring import AnchoringConfig, GaussianAnchors, unit_seeds
-from disdis.anchoring.em import Mixture, em_step
+from disdis.anchoring import em
+from disdis.anchoring.em import Bounds, Factorised, Mixture, em_step, memberships
 from disdis.anchoring.fit import _removal_costs, _replace
 from disdis.errors import ConfigError, DataError, DisdisError
 
@@ -69,6 +70,54 @@ def test_em_step_matches_float64_reference():
         np.testing.assert_allclose(new.covs[g].numpy(), cov, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(new.log_weights[g].exp().numpy(), nk / nk.sum(), rtol=1e-10)
         np.testing.assert_allclose(loglik[g].item(), (w[g] * lse).sum() / w[g].sum(), rtol=1e-10)
+
+
+def random_mixture(groups: int, k: int, d: int, seed: int, spread: float = 6.0) -> Mixture:
+    """Far-apart, strongly anisotropic components (as tokens on curves make them), float64."""
+    g = torch.Generator().manual_seed(seed)
+    means = spread * torch.randn(groups, k, d, generator=g, dtype=torch.float64)
+    a = torch.randn(groups, k, d, d, generator=g, dtype=torch.float64)
+    scales = torch.logspace(-2, 0.5, d, dtype=torch.float64)  # eigenvalue spread of about 1e5
+    covs = a @ torch.diag_embed(scales.expand(groups, k, d)) @ a.transpose(-1, -2) / d + 1e-4 * torch.eye(d, dtype=torch.float64)
+    log_weights = torch.log_softmax(torch.randn(groups, k, generator=g, dtype=torch.float64), -1)
+    log_weights[0, -1] = -math.inf  # an absent component
+    return Mixture(means, covs, log_weights)
+
+
+def sample(mix: Mixture, per: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    chol = torch.linalg.cholesky(mix.covs)
+    z = torch.randn(*mix.means.shape[:2], per, mix.means.shape[-1], generator=g, dtype=torch.float64)
+    x = mix.means.unsqueeze(2) + z @ chol.transpose(-1, -2)  # (G, K, per, D)
+    return x.flatten(1, 2)
+
+
+def test_density_bound_is_an_upper_bound():
+    mix = random_mixture(2, 5, 6, seed=3, spread=1.0)
+    x = sample(mix, 50, seed=4) + 0.5 * torch.randn(2, 250, 6, dtype=torch.float64)
+    f = Factorised.of(mix, 1e-6, torch.float64)
+    exact, _ = em.component_log_probs(x, f)  # (G, K, m)
+    upper = Bounds.of(mix, f).upper(x).transpose(1, 2)
+    present = mix.present.unsqueeze(-1).expand_as(exact)
+    assert torch.all(upper[present] >= exact[present] - 1e-9 * exact[present].abs().clamp_min(1))
+    assert torch.all(torch.isneginf(upper[~present]))
+
+
+def test_pruned_pairs_give_the_same_em_step_and_memberships_as_all_pairs(monkeypatch):
+    mix = random_mixture(3, 6, 8, seed=5)
+    x = sample(mix, 200, seed=6)  # float64, so that only the pruning could make a difference
+    x[1, :100] = mix.means[1, 0]  # points exactly at a mean
+    w = torch.ones(x.shape[:2], dtype=torch.float64)
+    w[2, -50:] = 0
+    pruned = em_step(x, w, mix, 1e-6), memberships(x, w, mix, 1e-6)
+    monkeypatch.setattr(em, "TRUNCATION", math.inf)  # every pair of a present component
+    full = em_step(x, w, mix, 1e-6), memberships(x, w, mix, 1e-6)
+    (new_p, ll_p), (lab_p, cnt_p) = pruned
+    (new_f, ll_f), (lab_f, cnt_f) = full
+    for a, b in [(new_p.means, new_f.means), (new_p.covs, new_f.covs), (new_p.log_weights, new_f.log_weights),
+                 (ll_p, ll_f), (cnt_p, cnt_f)]:
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert torch.equal(lab_p, lab_f)
 
 
 def test_removal_costs_match_direct_float64_computation():

@@ -16,13 +16,14 @@ import torch
 from torch import Tensor
 
 from disdis.anchoring.config import AnchoringConfig
-from disdis.anchoring.em import POINT_CHUNK, Mixture, cholesky, component_log_probs, Factorised
+from disdis.anchoring.em import Factorised, Mixture, cholesky, component_log_probs
 from disdis.anchoring.fit import fit_mixture
 from disdis.errors import ConfigError, DataError, DisdisError
 
 FORMAT = "disdis.gaussian_anchors"
 VERSION = "1"
 TENSOR_KEYS = ("offset", "scale", "means", "chol", "log_weights", "num_components")
+ASSIGN_CHUNK = 512  # tokens per dense (U, K, chunk, D) evaluation in assign and shift
 
 
 def unit_seeds(seed: int, num_units: int) -> list[int]:
@@ -211,8 +212,8 @@ class GaussianAnchors:
 
     def _assign_fit_space(self, z: Tensor) -> Tensor:
         labels = []
-        for m0 in range(0, z.shape[1], POINT_CHUNK):
-            logp, _ = component_log_probs(z[:, m0:m0 + POINT_CHUNK], self._factorised)
+        for m0 in range(0, z.shape[1], ASSIGN_CHUNK):
+            logp, _ = component_log_probs(z[:, m0:m0 + ASSIGN_CHUNK], self._factorised)
             labels.append(logp.argmax(dim=1))
         return torch.cat(labels, dim=1) if labels else z.new_zeros(z.shape[:2], dtype=torch.long)
 

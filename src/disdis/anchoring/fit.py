@@ -51,8 +51,7 @@ import torch
 from torch import Tensor
 
 from disdis.anchoring.config import AnchoringConfig
-from disdis.anchoring.em import (Factorised, Mixture, chunks, component_log_probs, log_responsibilities, memberships,
-                                 run_em)
+from disdis.anchoring.em import Bounds, Factorised, Mixture, memberships, relevant_pairs, run_em, tiles
 
 HIST_BINS = 32
 VALLEY_SIGMAS = 3.0
@@ -111,23 +110,32 @@ def _removal_costs(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> Tens
 
     Per token, log p - log p_-k = log(1 - pi_k) - log(1 - r_k) for every k but the most
     responsible one, and log p - log sum_{j != top} pi_j N_j + log(1 - pi_top) for that one;
-    both forms are exact and stable (r_k <= 1/2, resp. no cancellation).
+    both forms are exact and stable (r_k <= 1/2, resp. no cancellation). The sums run over
+    the relevant pairs of each token (:func:`~disdis.anchoring.em.relevant_pairs` with
+    ``runner_up``, which keeps every component that matters for the sum over j != top).
     """
     g, _, _ = x.shape
     k = mix.means.shape[1]
     f = Factorised.of(mix, reg, x.dtype)
-    renorm = torch.log1p(-mix.log_weights.exp().clamp_max(1 - 1e-12)).to(x.dtype).unsqueeze(-1)  # log(1 - pi_k)
-    cost = torch.zeros(g, k, dtype=torch.float64, device=x.device)
-    for gs, ms in chunks(x, k):
-        part = Factorised(f.chol[gs], f.means[gs], f.whitening[gs], f.log_norm[gs])
-        logp, _ = component_log_probs(x[gs, ms], part)
-        lse, r = log_responsibilities(logp)
-        top = logp.argmax(dim=1, keepdim=True)
-        is_top = torch.zeros_like(logp, dtype=torch.bool).scatter_(1, top, True)
-        others = torch.logsumexp(logp.masked_fill(is_top, -math.inf), dim=1, keepdim=True)
-        loss = torch.where(is_top, lse.unsqueeze(1) - others, -torch.log1p(-r.clamp_max(0.5))) + renorm[gs]
-        cost[gs] += (loss * weights[gs, ms].unsqueeze(1)).sum(-1, dtype=torch.float64)
+    # every token pays log(1 - pi_k) (weights renormalised); the rest only where r_k is not negligible
+    cost = torch.log1p(-mix.log_weights.exp().clamp_max(1 - 1e-12)) * weights.sum(1, dtype=torch.float64).unsqueeze(1)
+    bounds = Bounds.of(mix, f)
+    for gs, ms in tiles(g, x.shape[1], k):
+        p = relevant_pairs(x[gs, ms], weights[gs, ms], f[gs], bounds[gs], runner_up=True)
+        top = p.lse.new_full(p.lse.shape, -math.inf).scatter_reduce_(0, p.point, p.logp, "amax")
+        is_top = p.logp == top[p.point]
+        others = _point_logsumexp(p.logp.masked_fill(is_top, -math.inf), p.point, p.lse.numel())  # j != top
+        loss = torch.where(is_top, p.lse[p.point] - others[p.point], -torch.log1p(-p.r.clamp_max(0.5)))
+        cost.view(-1)[gs.start * k:gs.stop * k] += p.per_component(torch.where(p.weight > 0, loss * p.weight, 0.0),
+                                                                      (gs.stop - gs.start) * k)
     return cost
+
+
+def _point_logsumexp(values: Tensor, point: Tensor, points: int) -> Tensor:
+    """log sum exp of ``values`` per ``point`` index (points,), -inf where there is none."""
+    top = values.new_full((points,), -math.inf).scatter_reduce_(0, point, values, "amax")
+    shift = torch.where(torch.isfinite(top), top, 0.0)
+    return shift + torch.zeros_like(top).index_add_(0, point, torch.exp(values - shift[point])).log()
 
 
 def min_size(cfg: AnchoringConfig, dim: int) -> float:
