@@ -60,6 +60,11 @@ Additions, each measured (benchmarks/anchors.py, tests/test_anchoring.py):
   tokens of two groups (they broke the purity of the fit in about 1 run in 20
   without them).
 * The two-component fit of a split uses at most ``split_fit_limit`` random members.
+* Every E-step evaluates the exact density only of the (component, token) pairs
+  whose responsibility can exceed e^-30, found with a cheap upper bound on each
+  density (:mod:`disdis.anchoring.em`); the sums are the exact ones up to float
+  rounding, and a fit costs a small multiple of one density per token instead of
+  one per component and token.
 """
 
 from disdis.anchoring.anchors import GaussianAnchors, unit_seeds

@@ -29,7 +29,7 @@ class AnchoringConfig:
     spread_threshold: float = 0.5      # "spread" (released): split when the mean distance of the hard
                                        # members to their mean exceeds this, in token units (absolute)
     random_split: bool = False         # (released) also split any component with probability 1/2
-    split_fit_limit: int = 2048        # the two-component fit of a split uses at most this many members
+    split_fit_limit: int = 1024        # the two-component fit of a split uses at most this many members
     min_soft_count: float = 10.0       # drop components with fewer responsibility-weighted tokens
     covariance_reg: float = 1e-6       # added to every covariance before factorising, in the fit space
     space: Literal["token", "released"] = "token"

@@ -168,13 +168,39 @@ class Rows:
         logp = f.log_norm.flatten()[component].unsqueeze(1) - 0.5 * torch.linalg.vector_norm(y, dim=-1).square_()
         return cls(component, point, y, logp.view(-1))
 
-    def __add__(self, other: Rows) -> Rows:
-        return Rows(torch.cat([self.component, other.component]), torch.cat([self.point, other.point]),
-                    torch.cat([self.y, other.y]), torch.cat([self.logp, other.logp]))
-
     def at_points(self, points: int) -> Tensor:
         """(points + 1,) the log density of each point's row, for rows with one row per point (-inf elsewhere)."""
         return self.logp.new_full((points + 1,), -math.inf).index_copy_(0, self.point, self.logp)
+
+
+@dataclass
+class Pairs:
+    """Several :class:`Rows` of one chunk taken together: their rows' ``component`` (per
+    block), ``point`` and ``logp`` concatenated, each point's log-sum-exp ``lse`` (g m + 1,)
+    over its rows, the responsibilities ``r`` within them, and each row's point ``weight``
+    (0 on padding rows). The whitened residuals stay in their ``parts`` (no copy)."""
+
+    parts: list[Rows]
+    component: Tensor
+    point: Tensor
+    logp: Tensor
+    lse: Tensor
+    r: Tensor
+    weight: Tensor
+
+    @classmethod
+    def of(cls, parts: list[Rows], weights: Tensor) -> Pairs:
+        """Responsibilities per point over the rows of ``parts``, for the chunk's point weights
+        (g, m). The log-sum-exp is taken around each point's largest term; terms below e^-80 of
+        it count as 0 (they add nothing, and float32 exp is slow on CPUs where it turns
+        subnormal). The padding rows only touch the sentinel entry."""
+        component, point, logp = (torch.cat([getattr(p, name) for p in parts]) for name in ("component", "point", "logp"))
+        top = logp.new_full((weights.numel() + 1,), -math.inf).scatter_reduce_(0, point, logp, "amax")
+        d = logp - top[point]
+        e = torch.exp(d.clamp_min(-80.0)).masked_fill_(d < -80.0, 0.0)
+        total = torch.zeros_like(top).index_add_(0, point, e)
+        weight = _with_sentinel(weights.reshape(-1)).index_select(0, point)
+        return cls(parts, component, point, logp, top + total.log(), e / total[point], weight)
 
     @property
     def rows_component(self) -> Tensor:
@@ -186,29 +212,13 @@ class Rows:
         out = torch.zeros(components, *values.shape[1:], dtype=torch.float64, device=values.device)
         return out.index_add_(0, self.component, sums)
 
-
-@dataclass
-class Pairs(Rows):
-    """:class:`Rows` with each point's log-sum-exp ``lse`` (g m + 1,) over its rows, the
-    responsibilities ``r`` within them, and each row's point ``weight`` (0 on padding rows)."""
-
-    lse: Tensor
-    r: Tensor
-    weight: Tensor
-
-    @classmethod
-    def normalise(cls, rows: Rows, weights: Tensor) -> Pairs:
-        """Responsibilities per point over ``rows``, for the chunk's point weights (g, m). The
-        log-sum-exp is taken around each point's largest term; terms below e^-80 of it count
-        as 0 (they add nothing, and float32 exp is slow on CPUs where it turns subnormal).
-        The padding rows only touch the sentinel entry."""
-        points = weights.numel()
-        top = rows.logp.new_full((points + 1,), -math.inf).scatter_reduce_(0, rows.point, rows.logp, "amax")
-        d = rows.logp - top[rows.point]
-        e = torch.exp(d.clamp_min(-80.0)).masked_fill_(d < -80.0, 0.0)
-        total = torch.zeros_like(top).index_add_(0, rows.point, e)
-        weight = _with_sentinel(weights.reshape(-1)).index_select(0, rows.point)
-        return cls(rows.component, rows.point, rows.y, rows.logp, top + total.log(), e / total[rows.point], weight)
+    def blocks(self, values: Tensor):
+        """(part, per-row ``values`` of that part in block layout (blocks, BLOCK)) for each part."""
+        start = 0
+        for part in self.parts:
+            rows = part.point.numel()
+            yield part, values[start:start + rows].view(part.y.shape[:2])
+            start += rows
 
 
 def _with_sentinel(values: Tensor) -> Tensor:
@@ -259,7 +269,7 @@ class Bounds:
         proj = x @ self.linear  # (g, m, 2K)
         along = proj[..., k:] - self.centre.unsqueeze(1)
         upper = proj[..., :k] + self.offset.unsqueeze(1)
-        upper -= x.square().sum(-1, keepdim=True) * self.half_inv_second.unsqueeze(1)
+        upper -= torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_() * self.half_inv_second.unsqueeze(1)
         return upper.addcmul_(along.square_(), self.half_gap.unsqueeze(1))
 
 
@@ -274,20 +284,24 @@ def relevant_pairs(x: Tensor, weights: Tensor, f: Factorised, bounds: Bounds, ru
     of the fit need).
     """
     g, m = weights.shape
-    upper = bounds.upper(x)  # (g, m, K)
-    live = (weights > 0).unsqueeze(-1)
-    ranked = upper.topk(2 if runner_up and upper.shape[-1] > 1 else 1, dim=-1).indices
+    x = x.contiguous()  # a chunk of a larger tensor: copied once here, not in every Rows.of
+    upper = bounds.upper(x)  # (g, m, K), -inf for absent components
+    live = (weights > 0).unsqueeze(-1) & torch.isfinite(bounds.offset).unsqueeze(1)
+    if runner_up and upper.shape[-1] > 1:
+        ranked = upper.topk(2, dim=-1).indices
+    else:
+        ranked = upper.argmax(-1, keepdim=True)
     chosen = torch.zeros_like(live.expand_as(upper))
-    rows, reference = None, None
+    parts, reference = [], None
     for j in range(ranked.shape[-1]):
-        pick = torch.zeros_like(chosen).scatter_(2, ranked[..., j:j + 1], True) & live & torch.isfinite(upper)
-        picked = Rows.of(x, f, pick.transpose(1, 2))
-        density = picked.at_points(g * m)[:-1].view(g, m, 1)
+        pick = torch.zeros_like(chosen).scatter_(2, ranked[..., j:j + 1], True) & live
+        parts.append(Rows.of(x, f, pick.transpose(1, 2)))
+        density = parts[-1].at_points(g * m)[:-1].view(g, m, 1)
         reference = density if reference is None else torch.minimum(reference, density)
-        rows = picked if rows is None else rows + picked
         chosen |= pick
     rest = (upper >= reference - TRUNCATION) & live & ~chosen
-    return Pairs.normalise(rows + Rows.of(x, f, rest.transpose(1, 2)), weights)
+    parts.append(Rows.of(x, f, rest.transpose(1, 2)))
+    return Pairs.of(parts, weights)
 
 
 def tiles(groups: int, points: int, components: int) -> Iterator[tuple[slice, slice]]:
@@ -314,12 +328,12 @@ def em_step(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> tuple[Mixtu
     loglik = torch.zeros(g, **f64)
     for gs, ms in tiles(g, m, k):
         p = relevant_pairs(x[gs, ms], weights[gs, ms], f[gs], bounds[gs])
-        rb = (p.r * p.weight).view(p.y.shape[:2])
-        comp = p.component + gs.start * k
-        nk.index_add_(0, comp, rb.sum(1, dtype=torch.float64))
-        s1.index_add_(0, comp, (rb.unsqueeze(1) @ p.y).squeeze(1).double())
-        p.y.mul_(rb.sqrt().unsqueeze(-1))  # y <- sqrt(r) y, so that y^T y = sum r y y^T
-        s2.index_add_(0, comp, (p.y.transpose(-1, -2) @ p.y).double())
+        for part, rb in p.blocks(p.r * p.weight):
+            comp = part.component + gs.start * k
+            nk.index_add_(0, comp, rb.sum(1, dtype=torch.float64))
+            s1.index_add_(0, comp, (rb.unsqueeze(1) @ part.y).squeeze(1).double())
+            y = part.y.mul_(rb.sqrt().unsqueeze(-1))  # y <- sqrt(r) y, so that y^T y = sum r y y^T
+            s2.index_add_(0, comp, (y.transpose(-1, -2) @ y).double())
         w = weights[gs, ms]
         loglik[gs] += torch.where(w > 0, p.lse[:-1].view(w.shape) * w, 0.0).sum(-1, dtype=torch.float64)
     new = m_step(mix, f.chol, nk.view(g, k), s1.view(g, k, d), s2.view(g, k, d, d))

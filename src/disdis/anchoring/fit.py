@@ -95,14 +95,17 @@ def prune(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> Mixture:
     """
     d = x.shape[-1]
     price = 0.5 * (1 + d + d * (d + 1) / 2) * torch.log(weights.sum(1, dtype=torch.float64).clamp_min(2))
-    while True:
-        cost = _removal_costs(x, weights, mix, reg)
-        removable = mix.present & (mix.present.sum(1, keepdim=True) > 1) & (cost < price.unsqueeze(1))
-        if not removable.any():
-            return mix
-        worst = torch.where(removable, cost - price.unsqueeze(1), math.inf).argmin(1, keepdim=True)
+    mix = Mixture(mix.means, mix.covs, mix.log_weights.clone())
+    active = torch.arange(x.shape[0], device=x.device)  # units whose mixture changed since their last costs
+    while active.numel():
+        part = mix.index(active)
+        cost = _removal_costs(x[active], weights[active], part, reg) - price[active].unsqueeze(1)
+        removable = part.present & (part.present.sum(1, keepdim=True) > 1) & (cost < 0)
+        worst = torch.where(removable, cost, math.inf).argmin(1, keepdim=True)
         chosen = torch.zeros_like(removable).scatter_(1, worst, True) & removable
-        mix = drop(mix, chosen)
+        mix.log_weights[active] = drop(part, chosen).log_weights
+        active = active[removable.any(1)]
+    return mix
 
 
 def _removal_costs(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> Tensor:
