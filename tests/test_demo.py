@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 from PIL import Image
 
 from disdis.cli import main
@@ -24,8 +25,10 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     for name in ("metrics.json", "metrics_scalar.json"):
         result = json.loads((out / name).read_text())
         assert set(result["metrics"]) == {"factor_vae", "dci", "mig"} and result["protocol"]["reference"] is False
+        shares = np.asarray(result["unit_factor_shares"])  # units x factors, each row a split of the variance
+        assert shares.shape[1] == 6 and np.all(shares >= 0) and np.all(shares.sum(1) <= 1 + 1e-3)
     report = (out / "report.md").read_text()
-    assert "tokens_pca" in report and "scalar" in report
+    assert "tokens_pca" in report and "scalar" in report and "What each unit carries" in report
     for name in ("reconstructions.png", "interchange.png"):
         assert name in report
         Image.open(out / "figures" / name).verify()

@@ -224,3 +224,27 @@ def test_shape_and_factor_errors():
         M.dci_disentanglement(np.ones((3, 1)))
     with pytest.raises(DisdisError, match="binary"):
         M.tad(codes, factors)
+
+
+# ------------------------------------------------------------------ unit_factor_shares
+def test_unit_factor_shares_analytic_cases():
+    from disdis.factor_grid import canonical_factors
+    from disdis.metrics import unit_factor_shares
+
+    sizes = [3, 4, 2]
+    f = canonical_factors(sizes).astype(float)
+    codes = np.stack([
+        f[:, 1],                    # factor 1 alone
+        np.sin(f[:, 0]) * 5,        # any function of factor 0 alone
+        f[:, 0] + 2 * f[:, 2],      # additive: shares var(f0) : 4 var(f2)
+        (f[:, 1] - 1.5) * (f[:, 2] - 0.5),  # pure interaction: no main effect of factor 1 or 2
+        np.zeros(len(f)),           # constant
+    ], axis=1)
+    shares = unit_factor_shares(codes, sizes)
+    assert shares.shape == (5, 3)
+    np.testing.assert_allclose(shares[0], [0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(shares[1], [1, 0, 0], atol=1e-12)
+    v0, v2 = np.var([0, 1, 2]), 4 * np.var([0, 1])
+    np.testing.assert_allclose(shares[2], [v0 / (v0 + v2), 0, v2 / (v0 + v2)], atol=1e-12)
+    np.testing.assert_allclose(shares[3, 1:], [0, 0], atol=1e-12)
+    np.testing.assert_array_equal(shares[4], [0, 0, 0])

@@ -178,6 +178,19 @@ def report_summary(cfg, results: dict, clock: _Clock) -> str:
     return "\n".join(lines)
 
 
+def shares_table(result: dict, factor_names: list[str]) -> list[str]:
+    """Markdown: the share of each unit's variance that each factor explains (eta^2, disdis.metrics.shares)."""
+    shares = result.get("unit_factor_shares")
+    if not shares:
+        return []
+    lines = ["What each unit carries (tokens_pca; share of the unit's variance explained by each factor, "
+             "1 = that factor alone):", "", "| unit | " + " | ".join(factor_names) + " |",
+             "|---" * (len(factor_names) + 1) + "|"]
+    for unit, row in enumerate(shares):
+        lines.append(f"| {unit} | " + " | ".join(f"**{v:.2f}**" if v >= 0.5 else f"{v:.2f}" for v in row) + " |")
+    return lines
+
+
 def write_report(path: Path, cfg, results: dict, grid: Path, recon: Path, clock: _Clock) -> Path:
     from disdis.metrics import format_table
     rows = ["| representation | FactorVAE | DCI disentanglement | MIG |", "|---|---|---|---|"]
@@ -193,6 +206,7 @@ def write_report(path: Path, cfg, results: dict, grid: Path, recon: Path, clock:
         f"Data: the synthetic Shapes3D-like grid ({grid_names}; Shapes3D class indices), "
         f"{cfg.data.resolution}x{cfg.data.resolution}.", "",
         "Full metric table (tokens_pca):", "", "```", format_table(results[REPRESENTATIONS[0]]), "```", "",
+        *shares_table(results[REPRESENTATIONS[0]], list(DEMO_GRID)), "",
         f"Reconstructions (rows: images; first-stage reconstructions; DDIM from their inverted noise and own "
         f"tokens): ![]({recon.relative_to(path.parent)})", "",
         "Latent interchange (row u: the targets of the first row regenerated with unit u's token taken from "

@@ -68,7 +68,7 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
 
     from disdis.config import apply_overrides, config_from_dict, config_to_dict
     from disdis.errors import ConfigError
-    from disdis.metrics import evaluate_representation, reduce_units_by_pca, tad
+    from disdis.metrics import evaluate_representation, reduce_units_by_pca, tad, unit_factor_shares
     from disdis.run_config import EvalConfig
     from disdis.train import distributed
     from disdis.train.loop import resolve_device
@@ -96,6 +96,7 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
                                          num_test=e.num_test, num_eval=e.num_eval,
                                          num_variance_estimate=e.num_variance_estimate, metrics=tuple(e.metrics),
                                          seed=e.seed)
+        result["unit_factor_shares"] = unit_factor_shares(codes, dataset.factor_sizes).round(4).tolist()
     else:  # CelebA: attributes, no factor grid
         labels = dataset.labels(np.arange(len(dataset)))
         result = {"metrics": {"tad": tad(codes, labels)}, "seconds": {}, "protocol": {"reference": True}}

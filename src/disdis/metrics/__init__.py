@@ -18,6 +18,7 @@ from disdis.metrics.modularity import modularity, modularity_explicitness
 from disdis.metrics.pca import reduce_units_by_pca
 from disdis.metrics.sampling import index_of, sample_codes, sample_factors
 from disdis.metrics.sap import sap, sap_score_matrix
+from disdis.metrics.shares import unit_factor_shares
 from disdis.metrics.suite import Protocol, evaluate_representation, format_table
 from disdis.metrics.tad import tad
 
@@ -26,5 +27,5 @@ __all__ = [
     "downstream_efficiency", "entropy", "evaluate_representation", "factor_vae",
     "format_table", "histogram_discretize", "importance_matrix", "index_of", "mig",
     "modularity", "modularity_explicitness", "mutual_information", "reduce_units_by_pca",
-    "sample_codes", "sample_factors", "sap", "sap_score_matrix", "tad",
+    "sample_codes", "sample_factors", "sap", "sap_score_matrix", "tad", "unit_factor_shares",
 ]

@@ -1,0 +1,37 @@
+"""Which factor each unit carries: the share of a unit's variance that each factor explains.
+
+For a code table over the full factor grid (one row per image, canonical order)
+the factors are independent and balanced, so the variance of unit j splits as
+
+    Var(c_j) = sum_k Var_k(E[c_j | f_k]) + (interactions and noise),
+
+and the share of factor k is the correlation ratio (eta squared)
+
+    eta_jk^2 = Var(E[c_j | f_k]) / Var(c_j),
+
+the variance of the unit's mean over each value of factor k, over its total
+variance. A unit that is a function of factor k alone has share 1 for k and 0
+for every other factor; the shares of a unit sum to at most 1. Unlike the
+summary metrics this shows, unit by unit, what a representation encodes (and
+what it leaves out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from disdis.metrics.inputs import check_code_table
+
+
+def unit_factor_shares(code_table: np.ndarray, factor_sizes: Sequence[int]) -> np.ndarray:
+    """(units, factors) eta^2 of each unit for each factor (module docstring); 0 for a constant unit."""
+    table, sizes = check_code_table(code_table, factor_sizes)
+    grid = table.reshape(*sizes.tolist(), table.shape[1])
+    total = table.var(axis=0)
+    shares = np.zeros((table.shape[1], len(sizes)))
+    for k in range(len(sizes)):
+        means = grid.mean(axis=tuple(a for a in range(len(sizes)) if a != k))  # (sizes[k], units)
+        np.divide(means.var(axis=0), total, out=shares[:, k], where=total > 0)
+    return shares
