@@ -196,6 +196,23 @@ def test_same_seed_same_fit_and_units_independent():
         assert torch.equal(alone.assign(tokens[u]), first.assign(tokens)[u])
 
 
+def test_fit_with_units_split_over_threads_equals_the_one_thread_fit():
+    tokens = torch.stack([separated_clusters(c, 4, 720 // c, 1.0, seed=c)[0] for c in (9, 10, 12)])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = GaussianAnchors.fit(tokens, seed=2)
+        torch.set_num_threads(3)  # one unit per thread
+        split = GaussianAnchors.fit(tokens, seed=2)
+        assert torch.get_num_threads() == 3  # restored after the fit
+    finally:
+        torch.set_num_threads(threads)
+    assert split.num_components == one.num_components
+    for a, b in zip(split.means, one.means):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(split.assign(tokens), one.assign(tokens))
+
+
 # ------------------------------------------------------------------ shift
 @pytest.fixture(scope="module")
 def relu_anchors():

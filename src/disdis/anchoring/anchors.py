@@ -8,6 +8,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from disdis.anchoring.config import AnchoringConfig
 from disdis.anchoring.em import Factorised, Mixture, cholesky, component_log_probs
-from disdis.anchoring.fit import fit_mixture
+from disdis.anchoring.fit import concat_mixtures, fit_mixture
 from disdis.errors import ConfigError, DataError, DisdisError
 
 FORMAT = "disdis.gaussian_anchors"
@@ -110,7 +111,7 @@ class GaussianAnchors:
         dtype = torch.float64 if cfg.fit_dtype == "float64" else torch.float32
         z = ((x64 - offset.unsqueeze(1)) / scale[:, None, None]).to(dtype)
         spread_scale = scale if cfg.space == "token" else torch.ones_like(scale)
-        mix = fit_mixture(z, generators, cfg, spread_scale)
+        mix = _fit_in_parallel(z, generators, cfg, spread_scale)
         return cls._from_mixture(mix, offset, scale, cfg)
 
     @classmethod
@@ -295,6 +296,29 @@ class GaussianAnchors:
     def __repr__(self) -> str:
         return (f"GaussianAnchors(units={self.num_units}, dim={self.dim}, components={self.num_components}, "
                 f"space={self.config.space!r}, strength_mode={self.config.strength_mode!r})")
+
+
+def _fit_in_parallel(z: Tensor, generators: list[torch.Generator], cfg: AnchoringConfig,
+                     spread_scale: Tensor) -> Mixture:
+    """fit_mixture on the CPU with the units split over torch's threads, one unit group per thread.
+
+    Units are fitted independently, so the split changes nothing but the speed: most of the
+    fit's operations are too small for torch's own intra-op threads to pay, while whole units
+    in parallel keep every core busy (torch releases the GIL inside its operations).
+    """
+    workers = min(torch.get_num_threads(), z.shape[0]) if z.device.type == "cpu" else 1
+    if workers <= 1:
+        return fit_mixture(z, generators, cfg, spread_scale)
+    groups = [idx.tolist() for idx in torch.arange(z.shape[0]).tensor_split(workers)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(lambda idx: fit_mixture(z[idx], [generators[i] for i in idx], cfg, spread_scale[idx]),
+                                  groups))
+    finally:
+        torch.set_num_threads(threads)
+    return concat_mixtures(parts)
 
 
 def _normalisation(x: Tensor, space: str) -> tuple[Tensor, Tensor]:

@@ -341,3 +341,17 @@ def compact(mix: Mixture) -> Mixture:
     return Mixture(torch.gather(mix.means, 1, order.unsqueeze(-1).expand(-1, -1, d)),
                    torch.gather(mix.covs, 1, order[..., None, None].expand(-1, -1, d, d)),
                    torch.gather(mix.log_weights, 1, order))
+
+
+def concat_mixtures(parts: Sequence[Mixture]) -> Mixture:
+    """The groups of several mixtures in one, components padded to the largest count."""
+    k = max(p.log_weights.shape[1] for p in parts)
+
+    def pad(p: Mixture) -> Mixture:
+        g, kp, d = p.means.shape
+        eye = torch.eye(d, dtype=p.covs.dtype, device=p.covs.device).expand(g, k - kp, d, d)
+        return Mixture(torch.cat([p.means, p.means.new_zeros(g, k - kp, d)], 1), torch.cat([p.covs, eye], 1),
+                       torch.cat([p.log_weights, p.log_weights.new_full((g, k - kp), -math.inf)], 1))
+
+    padded = [pad(p) for p in parts]
+    return Mixture(*(torch.cat([getattr(p, name) for p in padded]) for name in ("means", "covs", "log_weights")))
