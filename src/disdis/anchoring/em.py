@@ -26,7 +26,7 @@ responsibility under one or two of a unit's components. So each pass first
 bounds every pair's log density from above, cheaply (:class:`Bounds`: the
 Mahalanobis distance is at least the squared projection on the component's
 principal axis over its largest eigenvalue plus the rest of the squared
-Euclidean distance over the second largest: two (m, D) x (D, K) products
+Euclidean distance over the second largest: one (m, D) x (D, 2K) product
 instead of K (m, D) x (D, D) ones), computes the exact density of the
 component with the highest bound, and then the exact densities of the pairs
 whose bound comes within ``TRUNCATION`` = 30 nats of it. A pair left out has
