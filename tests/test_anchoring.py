@@ -110,6 +110,10 @@ def test_pruned_pairs_give_the_same_em_step_and_memberships_as_all_pairs(monkeyp
     w = torch.ones(x.shape[:2], dtype=torch.float64)
     w[2, -50:] = 0
     pruned = em_step(x, w, mix, 1e-6), memberships(x, w, mix, 1e-6)
+    f = Factorised.of(mix, 1e-6, x.dtype)
+    pairs = em.relevant_pairs(x, w, f, Bounds.of(mix, f))
+    evaluated = int((pairs.point < w.numel()).sum())  # real rows (padding rows point past the end)
+    assert int((w > 0).sum()) <= evaluated < int((w > 0).sum()) * int(mix.present.sum(1).min()) // 2  # it prunes
     monkeypatch.setattr(em, "TRUNCATION", math.inf)  # every pair of a present component
     full = em_step(x, w, mix, 1e-6), memberships(x, w, mix, 1e-6)
     (new_p, ll_p), (lab_p, cnt_p) = pruned
