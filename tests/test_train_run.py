@@ -33,10 +33,11 @@ def test_tiny_run_learns_and_fills_its_folder(tmp_path, shapes3d_grid_npz, capsy
     assert meta["step"] == 40 and "anchors/means" in tensors and "ema/unet.out.2.weight" in tensors
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes3d_grid_npz):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes3d_grid_npz, channels_last):
     total = 0.32  # 20 steps of 16; a checkpoint every 5 steps
     config = write_yaml(tmp_path / "tiny.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "killed",
-                                                                train={"total_kimg": total}))
+                                                                train={"total_kimg": total, "channels_last": channels_last}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "disdis.cli", "train", config], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -119,6 +119,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, to
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # the saved moments are contiguous; give each its parameter's layout (e.g. channels-last), as fused
+    # optimizers expect moments laid out like their parameters
+    for param, slots in optimizer.state.items():
+        for name, value in slots.items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                slots[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -76,6 +76,8 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True                         # bf16 autocast; used on GPUs only
+    channels_last: bool = False               # 4-D weights and images channels-last: faster for the paper's networks
+                                              # (benchmarks/train_step.py), slower for the demo's tiny ones on CPUs
     num_workers: int = 4
 
     def __post_init__(self) -> None:
@@ -167,6 +169,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
         torch.backends.cudnn.benchmark = True
 
     model.to(device).train()
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank, world_size=world)
     state = _load_latest(run_dir / "checkpoints") if resume else None
     if state is None:
@@ -208,7 +212,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     try:
         for step in range(start, sched.total):
             torch.manual_seed(step_seed(cfg.seed, step, rank))
-            images = next(data).to(device, non_blocking=True)
+            images = next(data).to(device, non_blocking=True).contiguous(memory_format=layout)
             with _autocast(device, use_bf16):
                 out = ddp(images)
             loss = out["loss"]
