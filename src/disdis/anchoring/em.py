@@ -191,16 +191,11 @@ class Pairs:
     @classmethod
     def of(cls, parts: list[Rows], weights: Tensor) -> Pairs:
         """Responsibilities per point over the rows of ``parts``, for the chunk's point weights
-        (g, m). The log-sum-exp is taken around each point's largest term; terms below e^-80 of
-        it count as 0 (they add nothing, and float32 exp is slow on CPUs where it turns
-        subnormal). The padding rows only touch the sentinel entry."""
+        (g, m) (:func:`point_softmax`). The padding rows only touch the sentinel entry."""
         component, point, logp = (torch.cat([getattr(p, name) for p in parts]) for name in ("component", "point", "logp"))
-        top = logp.new_full((weights.numel() + 1,), -math.inf).scatter_reduce_(0, point, logp, "amax")
-        d = logp - top[point]
-        e = torch.exp(d.clamp_min(-80.0)).masked_fill_(d < -80.0, 0.0)
-        total = torch.zeros_like(top).index_add_(0, point, e)
+        lse, r = point_softmax(logp, point, weights.numel() + 1)
         weight = _with_sentinel(weights.reshape(-1)).index_select(0, point)
-        return cls(parts, component, point, logp, top + total.log(), e / total[point], weight)
+        return cls(parts, component, point, logp, lse, r, weight)
 
     @property
     def rows_component(self) -> Tensor:
@@ -219,6 +214,21 @@ class Pairs:
             rows = part.point.numel()
             yield part, values[start:start + rows].view(part.y.shape[:2])
             start += rows
+
+
+def point_softmax(values: Tensor, point: Tensor, points: int) -> tuple[Tensor, Tensor]:
+    """Per point index: log sum exp of its ``values`` (points,), -inf for a point without
+    any finite value, and each value's share exp(v - lse) (as ``values``).
+
+    The sum is taken around each point's largest term; terms below e^-80 of it count as 0
+    (they add nothing, and float32 exp is slow on CPUs where it turns subnormal).
+    """
+    top = values.new_full((points,), -math.inf).scatter_reduce_(0, point, values, "amax")
+    shift = torch.where(torch.isfinite(top), top, 0.0)
+    d = values - shift[point]
+    e = torch.exp(d.clamp_min(-80.0)).masked_fill_(d < -80.0, 0.0)
+    total = torch.zeros_like(top).index_add_(0, point, e)
+    return shift + total.log(), e / total[point].clamp_min(torch.finfo(total.dtype).tiny)
 
 
 def _with_sentinel(values: Tensor) -> Tensor:

@@ -51,7 +51,8 @@ import torch
 from torch import Tensor
 
 from disdis.anchoring.config import AnchoringConfig
-from disdis.anchoring.em import Bounds, Factorised, Mixture, memberships, relevant_pairs, run_em, tiles
+from disdis.anchoring.em import (Bounds, Factorised, Mixture, memberships, point_softmax, relevant_pairs, run_em,
+                                 tiles)
 
 HIST_BINS = 32
 VALLEY_SIGMAS = 3.0
@@ -98,12 +99,13 @@ def prune(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> Mixture:
     mix = Mixture(mix.means, mix.covs, mix.log_weights.clone())
     active = torch.arange(x.shape[0], device=x.device)  # units whose mixture changed since their last costs
     while active.numel():
-        part = mix.index(active)
-        cost = _removal_costs(x[active], weights[active], part, reg) - price[active].unsqueeze(1)
+        sel = active if active.numel() < x.shape[0] else slice(None)  # no copy of the tokens while all are active
+        part = mix.index(sel)
+        cost = _removal_costs(x[sel], weights[sel], part, reg) - price[sel].unsqueeze(1)
         removable = part.present & (part.present.sum(1, keepdim=True) > 1) & (cost < 0)
         worst = torch.where(removable, cost, math.inf).argmin(1, keepdim=True)
         chosen = torch.zeros_like(removable).scatter_(1, worst, True) & removable
-        mix.log_weights[active] = drop(part, chosen).log_weights
+        mix.log_weights[sel] = drop(part, chosen).log_weights
         active = active[removable.any(1)]
     return mix
 
@@ -127,18 +129,11 @@ def _removal_costs(x: Tensor, weights: Tensor, mix: Mixture, reg: float) -> Tens
         p = relevant_pairs(x[gs, ms], weights[gs, ms], f[gs], bounds[gs], runner_up=True)
         top = p.lse.new_full(p.lse.shape, -math.inf).scatter_reduce_(0, p.point, p.logp, "amax")
         is_top = p.logp == top[p.point]
-        others = _point_logsumexp(p.logp.masked_fill(is_top, -math.inf), p.point, p.lse.numel())  # j != top
+        others = point_softmax(p.logp.masked_fill(is_top, -math.inf), p.point, p.lse.numel())[0]  # j != top
         loss = torch.where(is_top, p.lse[p.point] - others[p.point], -torch.log1p(-p.r.clamp_max(0.5)))
         cost.view(-1)[gs.start * k:gs.stop * k] += p.per_component(torch.where(p.weight > 0, loss * p.weight, 0.0),
                                                                       (gs.stop - gs.start) * k)
     return cost
-
-
-def _point_logsumexp(values: Tensor, point: Tensor, points: int) -> Tensor:
-    """log sum exp of ``values`` per ``point`` index (points,), -inf where there is none."""
-    top = values.new_full((points,), -math.inf).scatter_reduce_(0, point, values, "amax")
-    shift = torch.where(torch.isfinite(top), top, 0.0)
-    return shift + torch.zeros_like(top).index_add_(0, point, torch.exp(values - shift[point])).log()
 
 
 def min_size(cfg: AnchoringConfig, dim: int) -> float:
