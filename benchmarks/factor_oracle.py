@@ -2,9 +2,9 @@
 
 The run's U-Net is trained from scratch with ground-truth tokens in place of the learned
 units: one token per factor, a learned embedding of its class, zeroed for the factors
-outside the group. The held-out noise-prediction loss (the same noise and timesteps for
-every group) is printed per timestep band, as does knowing nothing, and the gain of each
-group over knowing nothing. A factor whose gain is comparable to the others' is one the
+outside the group. Its noise-prediction loss on every image of the set, with fresh noise
+and timesteps (the same draws for every group), is printed per timestep band, for each
+group and for knowing nothing, with each group's gain over knowing nothing. A factor whose gain is comparable to the others' is one the
 loss rewards; if the learned units still miss it, the cause is the units' training, not
 the objective. A last line checks the other side: the run's feature extractor, trained with
 a linear classifier per factor on its units instead of the diffusion loss, and the share of
@@ -29,7 +29,7 @@ from disdis.nn.units import FeatureExtractor
 from disdis.run_config import load_run_config
 from disdis.train.run import load_first_stage, open_training_data
 
-BANDS = ((0, 100), (100, 300), (300, 500), (500, 700), (700, 1000))
+BAND_EDGES = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)  # timestep bands as fractions of T
 
 
 class OracleTokens(nn.Module):
@@ -45,30 +45,41 @@ class OracleTokens(nn.Module):
         return tokens * self.mask
 
 
+def bands(num_steps: int) -> list[tuple[int, int]]:
+    edges = [round(f * num_steps) for f in BAND_EDGES]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def fit(cfg, modules: list[nn.Module], batch_loss, size: int, steps: int, seed: int) -> None:
+    """``steps`` AdamW steps (the run's lr) on ``batch_loss(indices, generator)`` over random batches."""
+    opt = torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=cfg.train.lr,
+                            weight_decay=cfg.train.weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        loss = batch_loss(torch.randint(0, size, (cfg.train.batch_size,), generator=g), g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def train_oracle(cfg, z0, classes, known, steps, seed) -> tuple[UNet, OracleTokens]:
     torch.manual_seed(seed)
     unet = UNet(cfg.unet)
     tokens = OracleTokens([int(c.max()) + 1 for c in classes.T], cfg.unet.context_dim, known)
     loss_fn = NoiseLoss(NoiseSchedule.from_config(cfg.diffusion), cfg.diffusion.loss)
-    opt = torch.optim.AdamW([*unet.parameters(), *tokens.parameters()], lr=cfg.train.lr,
-                            weight_decay=cfg.train.weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        i = torch.randint(0, len(z0), (cfg.train.batch_size,), generator=g)
-        loss = loss_fn(unet, z0[i], tokens(classes[i]), generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    fit(cfg, [unet, tokens], lambda i, g: loss_fn(unet, z0[i], tokens(classes[i]), generator=g),
+        len(z0), steps, seed)
     return unet.eval(), tokens
 
 
 @torch.no_grad()
 def band_losses(cfg, unet, tokens, z0, classes, draws: int = 3) -> list[float]:
     """Mean loss over every image, ``draws`` noises each, per timestep band (fixed seeds)."""
-    loss_fn = NoiseLoss(NoiseSchedule.from_config(cfg.diffusion), cfg.diffusion.loss)
+    schedule = NoiseSchedule.from_config(cfg.diffusion)
+    loss_fn = NoiseLoss(schedule, cfg.diffusion.loss)
     g = torch.Generator().manual_seed(12345)
     out = []
-    for lo, hi in BANDS:
+    for lo, hi in bands(schedule.num_steps):
         total = 0.0
         for _ in range(draws):
             t = torch.randint(lo, hi, (len(z0),), generator=g)
@@ -83,15 +94,12 @@ def extractor_accuracy(cfg, images, classes, steps: int, seed: int) -> list[floa
     extractor = FeatureExtractor(cfg.units)
     sizes = [int(c.max()) + 1 for c in classes.T]
     heads = nn.ModuleList(nn.Linear(cfg.units.num_units, n) for n in sizes)
-    opt = torch.optim.AdamW([*extractor.parameters(), *heads.parameters()], lr=cfg.train.lr)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        i = torch.randint(0, len(images), (cfg.train.batch_size,), generator=g)
+
+    def batch_loss(i, g):
         units = extractor(images[i])
-        loss = sum(nn.functional.cross_entropy(h(units), classes[i, k]) for k, h in enumerate(heads))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return sum(nn.functional.cross_entropy(h(units), classes[i, k]) for k, h in enumerate(heads))
+
+    fit(cfg, [extractor, heads], batch_loss, len(images), steps, seed)
     with torch.no_grad():
         units = extractor.eval()(images)
         return [(h(units).argmax(1) == classes[:, k]).float().mean().item() for k, h in enumerate(heads)]
@@ -130,17 +138,19 @@ def main() -> None:
         groups[group] = group.split(",")
     groups["every factor"] = names
 
-    header = "| known factors | " + " | ".join(f"t {lo}-{hi - 1}" for lo, hi in BANDS) + " | mean | gain | s |"
-    print(f"{len(z0)} images, {args.steps} steps at batch {cfg.train.batch_size}; held-out loss per timestep band")
+    edges = bands(NoiseSchedule.from_config(cfg.diffusion).num_steps)
+    header = "| known factors | " + " | ".join(f"t {lo}-{hi - 1}" for lo, hi in edges) + " | mean | gain | s |"
+    print(f"{len(z0)} images, {args.steps} steps at batch {cfg.train.batch_size}; loss on fresh noise "
+          "per timestep band")
     print(header, flush=True)
-    print("|" + "---|" * (len(BANDS) + 4))
+    print("|" + "---|" * (len(edges) + 4))
     base = None
     for label, known in groups.items():
         start = time.perf_counter()
         unet, tokens = train_oracle(cfg, z0, classes, [n in known for n in names], args.steps, args.seed)
         losses = band_losses(cfg, unet, tokens, z0, classes)
         # the mean over uniform t: each band weighted by its width
-        mean = sum(v * (hi - lo) for v, (lo, hi) in zip(losses, BANDS)) / BANDS[-1][1]
+        mean = sum(v * (hi - lo) for v, (lo, hi) in zip(losses, edges)) / edges[-1][1]
         base = mean if base is None else base
         cells = " | ".join(f"{v:.4f}" for v in losses)
         print(f"| {label} | {cells} | {mean:.4f} | {base - mean:+.4f} | {time.perf_counter() - start:.0f} |",
