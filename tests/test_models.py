@@ -100,3 +100,37 @@ def test_paper_configuration_builds():
     assert model.unet.cfg.resolution == 16 and model.tokenizer.num_units == 20
     assert model.first_stage.downsample_factor == 4 and model.first_stage.latent_channels == 3
     assert all(not p.requires_grad for p in model.first_stage.parameters())
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("name", ["shapes3d", "mpi3d", "cars3d", "celeba"])
+def test_paper_configs_reproduce_the_released_code(name):
+    """The released networks and training details: 23,570,324 parameters in the extractor and token
+    MLPs, ResBlock dropout 0.1, Skip Dropout 0.2 on the 16x16 and 8x8 skips only (6 of 12), EMA of the
+    U-Net only, one constant learning rate."""
+    from disdis.run_config import load_run_config
+    cfg = load_run_config(f"configs/{name}.yaml", ["data.path=unused"])
+    model = build_model(cfg)
+    assert count(model.extractor) == 20_600_084 and count(model.tokenizer) == 2_970_240
+    assert cfg.unet.dropout == 0.1 and cfg.unet.skip_dropout == 0.2
+    assert [d.p for d in model.unet.skip_dropouts] == [0.0] * 6 + [0.2] * 6  # decoder order: 2x2, 4x4, 8x8, 16x16
+    assert cfg.train.ema_modules == ["unet"] and cfg.train.lr == 1e-4 and cfg.train.lr_warmup_kimg == 0
+    assert cfg.units.token_activation == "relu" and cfg.units.token_final_activation
+
+
+def test_encdiff_preset():
+    """EncDiff's recipe: no anchoring, no Skip Dropout, its 1 -> 64 -> 128 -> 16 ELU token MLP with a
+    linear last layer, lr 2.56e-4 after a 10k-step (at batch 128) linear warm-up."""
+    from disdis.run_config import load_run_config
+    cfg = load_run_config("configs/encdiff.yaml", ["data.path=unused"])
+    model = build_model(cfg)
+    per_unit = (64 + 64) + (64 * 128 + 128) + (128 * 16 + 16)
+    assert count(model.tokenizer) == 20 * per_unit
+    assert not cfg.anchoring.enabled and all(d.p == 0 for d in model.unet.skip_dropouts) and cfg.unet.dropout == 0
+    assert cfg.train.batch_size == 128 and cfg.train.lr == 2.56e-4
+    assert cfg.train.lr_warmup_kimg * 1000 / cfg.train.batch_size == 10_000
+    tokens = model.tokenizer(torch.randn(64, 20))
+    assert (tokens < 0).any()  # no final activation

@@ -117,6 +117,38 @@ def test_ema_matches_the_half_life_in_images():
     assert warm.decay(512) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
 
 
+def test_ema_scope_averages_the_named_modules_only():
+    """ema_modules: ["a"] averages a's weights; b's weights in the copy follow the live model."""
+    net = torch.nn.Sequential()
+    net.add_module("a", torch.nn.Linear(1, 1, bias=False))
+    net.add_module("b", torch.nn.Linear(1, 1, bias=False))
+    for p in net.parameters():
+        torch.nn.init.zeros_(p)
+    ema = EMA(net, halflife_images=1000, warmup=False, modules=["a"])
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+    for _ in range(10):
+        ema.update(net, images_per_step=100)
+    assert math.isclose(float(ema.module.a.weight), 0.5, rel_tol=1e-6)
+    assert float(ema.module.b.weight) == 1.0
+    everything = EMA(net, halflife_images=1000, warmup=False)
+    assert everything.averaged == {"a.weight", "b.weight"}
+    with pytest.raises(ConfigError, match="train.ema_modules.*'unet'"):
+        EMA(net, halflife_images=1000, modules=["unet"])
+
+
+def test_lr_warmup_is_linear_in_images():
+    """lr_warmup_kimg: the factor rises linearly from lr_warmup_start to 1 over that many images
+    (EncDiff: 10k steps of 128, from 1e-6), then stays at 1."""
+    from disdis.train.loop import lr_factor
+    cfg = config(batch_size=128, lr_warmup_kimg=1280, lr_warmup_start=1e-6)
+    assert lr_factor(cfg, 0) == pytest.approx(1e-6)
+    assert lr_factor(cfg, 5000) == pytest.approx(1e-6 + (1 - 1e-6) * 0.5)
+    assert lr_factor(cfg, 10000) == lr_factor(cfg, 10 ** 6) == 1.0
+    assert lr_factor(config(), 0) == 1.0  # no warm-up by default (released)
+
+
 def test_schedule_counts_images():
     cfg = config(batch_size=512, total_kimg=51200, checkpoint_every_kimg=512, log_every_kimg=25.6, refit_every=1)
     sched = _Schedule.build(cfg, num_items=480000, anchoring=True)

@@ -153,6 +153,24 @@ def test_skip_dropout_acts_at_configured_resolutions_only(resolutions, dropped):
         assert torch.equal(out, inp)
 
 
+def test_released_skip_dropout_placement():
+    """The released rule drops a skip when its spatial width is not among the attention
+    downsampling factors: at the paper's layout (16x16, mult (1, 2, 4, 4), attention at 1, 2, 4)
+    the 16x16 and 8x8 skips, 6 of 12; at the demo's (16x16, mult (1, 2, 2), attention at 2, 4)
+    4 of 6."""
+    for layout, dropped, count in [
+            (dict(channel_mult=(1, 2, 4, 4), attention_resolutions=(1, 2, 4), num_res_blocks=2), {16, 8}, 12),
+            (dict(channel_mult=(1, 2, 2), attention_resolutions=(2, 4), num_res_blocks=1), {16, 8}, 6)]:
+        cfg = UNetConfig(base_channels=8, resolution=16, num_heads=2, context_dim=4, dropout=0.0,
+                         skip_dropout=0.3, skip_dropout_resolutions="released", **layout)
+        assert UNetConfig().skip_dropout_resolutions == "released"
+        x, t, ctx = torch.randn(2, 3, 16, 16), torch.tensor([1, 2]), torch.randn(2, 3, 4)
+        records = _skip_dropout_records(UNet(cfg).train(), x, t, ctx)
+        assert len(records) == count
+        assert {inp.shape[-1] for p, inp, _ in records if p > 0} == dropped
+        assert sum(p > 0 for p, _, _ in records) == (6 if count == 12 else 4)
+
+
 def test_skip_dropout_bad_resolution_is_a_config_error():
     with pytest.raises(ConfigError, match="skip_dropout_resolutions"):
         UNet(UNetConfig(**TINY, skip_dropout_resolutions=[16]))

@@ -16,20 +16,36 @@ def count(module: nn.Module) -> int:
 
 
 def test_extractor_shapes_and_parameter_count():
-    cfg = UnitsConfig()
+    """The released image encoder at N = 20, 64 px: 20,600,084 parameters, 16,781,312 of them in
+    the 4096 x 4096 layer; 20,599,124 without the (redundant) conv biases."""
     d = 64
-    # bias-free convs, each followed by BatchNorm (weight + bias); then FC 4096 -> 256 -> 20
-    convs = 3 * d * 49 + 16 * (d * 2 * d + 2 * d * 4 * d + 4 * d * 4 * d + 4 * d * 4 * d)
-    norms = 2 * (d + 2 * d + 4 * d + 4 * d + 4 * d)
-    fcs = 4096 * 256 + 256 + 256 * 20 + 20
-    extractor = FeatureExtractor(cfg)
-    assert count(extractor) == convs + norms + fcs == 3_817_812
+    weights = 3 * d * 49 + 16 * (d * 2 * d + 2 * d * 4 * d + 4 * d * 4 * d + 4 * d * 4 * d)
+    conv_biases = d + 2 * d + 4 * d + 4 * d + 4 * d
+    norms = 2 * conv_biases  # BatchNorm weight + bias per channel
+    fcs = (4096 * 4096 + 4096) + (4096 * 256 + 256) + (256 * 20 + 20)
+    extractor = FeatureExtractor(UnitsConfig())
+    assert count(extractor) == weights + conv_biases + norms + fcs == 20_600_084
+    assert count(extractor.fc[1]) == 16_781_312
+    assert count(FeatureExtractor(UnitsConfig(conv_bias=False))) == 20_600_084 - conv_biases == 20_599_124
     assert extractor(torch.randn(2, 3, 64, 64)).shape == (2, 20)
+    released = count(extractor) + count(UnitTokenizer(UnitsConfig()))
+    assert released == 23_570_324
+
+
+def test_extractor_head_widths():
+    """fc_hidden lists the head's hidden widths; an empty list maps the features straight to N."""
+    narrow = FeatureExtractor(UnitsConfig(fc_hidden=(256,), conv_bias=False))
+    assert [m.out_features for m in narrow.fc if isinstance(m, nn.Linear)] == [256, 20]
+    assert count(narrow) == 3_817_812  # the earlier single-hidden-layer head
+    direct = FeatureExtractor(UnitsConfig(fc_hidden=(), resolution=32, extractor_width=8, num_units=5))
+    assert [(m.in_features, m.out_features) for m in direct.fc if isinstance(m, nn.Linear)] == [(128, 5)]
+    with pytest.raises(ConfigError, match="units.fc_hidden"):
+        UnitsConfig(fc_hidden=(0,))
 
 
 def test_extractor_other_resolution_and_bad_resolution():
     extractor = FeatureExtractor(UnitsConfig(resolution=32, extractor_width=8, num_units=5))
-    assert extractor.fc[1].in_features == 32 * 2 * 2
+    assert extractor.fc[1].in_features == 32 * 2 * 2 and extractor.fc[1].out_features == 4096
     assert extractor(torch.randn(3, 3, 32, 32)).shape == (3, 5)
     with pytest.raises(ConfigError, match="units.resolution"):
         FeatureExtractor(UnitsConfig(resolution=40))
@@ -54,10 +70,14 @@ def test_tokenizer_parameter_count_and_shapes():
     assert (tokens >= 0).all()  # ReLU after the last layer too (released)
 
 
-def test_tokenizer_matches_independent_mlps():
-    """Unit k's token is exactly MLP_k(unit k) for N separate nn.Linear MLPs with the same weights."""
+@pytest.mark.parametrize("variant", ["released", "encdiff"])
+def test_tokenizer_matches_independent_mlps(variant):
+    """Unit k's token is exactly MLP_k(unit k) for N separate nn.Linear MLPs with the same weights:
+    ReLU after every layer (released), or ELU after the hidden ones only (EncDiff)."""
     torch.manual_seed(0)
-    cfg = UnitsConfig(num_units=5, token_dim=6, mlp_hidden=(7, 9))
+    encdiff = variant == "encdiff"
+    cfg = UnitsConfig(num_units=5, token_dim=6, mlp_hidden=(7, 9), token_activation="elu" if encdiff else "relu",
+                      token_final_activation=not encdiff)
     tokenizer = UnitTokenizer(cfg)
     units = torch.randn(3, 5)
     tokens = tokenizer(units)
@@ -67,9 +87,12 @@ def test_tokenizer_matches_independent_mlps():
             lin = nn.Linear(w.shape[1], w.shape[2])
             lin.weight.data = w[k].t().clone()
             lin.bias.data = b[k].clone()
-            mlp += [lin, nn.ReLU()]
+            mlp += [lin, nn.ELU() if encdiff else nn.ReLU()]
+        if encdiff:
+            mlp.pop()  # no activation after the last layer
         expected = nn.Sequential(*mlp)(units[:, k:k + 1])
         torch.testing.assert_close(tokens[:, k], expected)
+    assert (tokens < 0).any() == encdiff
 
 
 def test_tokenizer_units_are_independent():

@@ -84,7 +84,7 @@ def tiny_run_config(data_path, run_dir, **sections) -> dict:
         "name": "tiny", "run_dir": str(run_dir),
         "data": {"path": str(data_path), "resolution": 16},
         "first_stage": {"kind": "identity"},
-        "units": {"num_units": 4, "token_dim": 8, "extractor_width": 4, "fc_hidden": 16, "mlp_hidden": [8, 8],
+        "units": {"num_units": 4, "token_dim": 8, "extractor_width": 4, "fc_hidden": [16], "mlp_hidden": [8, 8],
                   "resolution": 16},
         "unet": {"resolution": 16, "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
                  "attention_resolutions": [2], "num_heads": 2, "context_dim": 8},

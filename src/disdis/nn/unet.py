@@ -1,4 +1,4 @@
-"""The diffusion U-Net conditioned on unit tokens, with Skip Dropout (DESIGN 2.4).
+"""The diffusion U-Net conditioned on unit tokens, with Skip Dropout (docs/method.md, "U-Net").
 
 The layout follows the latent-diffusion U-Net (Rombach et al. 2022) in the
 released configuration: per level ``num_res_blocks`` residual blocks (scale-shift
@@ -11,7 +11,12 @@ has ``num_res_blocks + 1`` blocks per level.
 Skip Dropout (the paper's section 3.3): while training, every skip tensor popped
 on the decoder path at a configured spatial size is multiplied by a per-sample,
 per-channel Bernoulli(1 - p) mask and rescaled by 1 / (1 - p), so the decoder
-cannot rely on copying detail through the skips and must use the tokens.
+cannot rely on copying detail through the skips and must use the tokens. The
+released code drops a skip when its spatial *width* is not among the
+attention *downsampling factors* (a comparison of two different quantities);
+at the paper's 16x16 latent with factors (1, 2, 4) that is the 16x16 and 8x8
+skips, 6 of 12. ``skip_dropout_resolutions: released`` reproduces that rule
+(docs/released-code.md).
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ class UNetConfig:
     context_dim: int = 32
     dropout: float = 0.1
     skip_dropout: float = 0.2
-    # spatial sizes of the skip tensors that Skip Dropout acts on, or "all"
-    skip_dropout_resolutions: Union[Literal["all"], list[int]] = "all"
+    # the skip tensors Skip Dropout acts on: "released" (those whose spatial width is not in
+    # attention_resolutions, the released code's rule), "all", or a list of spatial sizes
+    skip_dropout_resolutions: Union[Literal["released", "all"], list[int]] = "released"
     use_checkpoint: bool = False
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
@@ -188,6 +194,8 @@ def _skip_dropout_sizes(cfg: UNetConfig, available: set[int]) -> set[int]:
     """The spatial sizes whose skip tensors get Skip Dropout; checks a given list against the net."""
     if cfg.skip_dropout_resolutions == "all":
         return available
+    if cfg.skip_dropout_resolutions == "released":
+        return {size for size in available if size not in cfg.attention_resolutions}
     sizes = set(cfg.skip_dropout_resolutions)
     unknown = sorted(sizes - available)
     if unknown:

@@ -1,4 +1,4 @@
-"""Latent units and their tokens (DESIGN 2.2).
+"""Latent units and their tokens (docs/method.md, "Units and tokens").
 
 :class:`FeatureExtractor` maps an image to N scalar *latent units*;
 :class:`UnitTokenizer` lifts each unit to a D-dimensional *token* with its own
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -23,15 +24,25 @@ class UnitsConfig:
     num_units: int = 20
     token_dim: int = 32
     extractor_width: int = 64  # d: the 7x7 convolution's width; the strided ones use 2d, 4d, 4d, 4d
-    fc_hidden: int = 256
+    fc_hidden: tuple[int, ...] = (4096, 256)  # hidden widths of the head after the convolutions (released)
+    conv_bias: bool = True     # released convolutions have biases (BatchNorm's shift makes them redundant)
     mlp_hidden: tuple[int, ...] = (256, 512)
+    token_activation: Literal["relu", "elu"] = "relu"  # released ReLU; EncDiff's token MLP uses ELU
+    token_final_activation: bool = True  # released: ReLU after the last layer too; EncDiff: none
     in_channels: int = 3
     resolution: int = 64
 
+    def __post_init__(self) -> None:
+        for key in ("num_units", "token_dim", "extractor_width", "in_channels"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"units.{key}: expected a positive integer, got {getattr(self, key)!r}")
+        for key in ("fc_hidden", "mlp_hidden"):
+            if any(w < 1 for w in getattr(self, key)):
+                raise ConfigError(f"units.{key}: widths must be positive, got {list(getattr(self, key))}")
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, padding: int) -> list[nn.Module]:
-    # the convolution has no bias: BatchNorm's shift right after it would cancel one
-    return [nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, padding: int, bias: bool) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, stride, padding, bias=bias), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class FeatureExtractor(nn.Module):
@@ -39,7 +50,8 @@ class FeatureExtractor(nn.Module):
 
     7x7 conv (width d, stride 1), then four 4x4 stride-2 convs (2d, 4d, 4d, 4d), each
     conv followed by BatchNorm and ReLU; flatten (4d * (r/16)^2 values, 4096 at r=64);
-    fully connected to ``fc_hidden``, ReLU, fully connected to N.
+    a fully connected layer to each width of ``fc_hidden`` with a ReLU after it (released:
+    4096, 256), then one to N with no activation.
     """
 
     def __init__(self, cfg: UnitsConfig):
@@ -48,13 +60,16 @@ class FeatureExtractor(nn.Module):
             raise ConfigError(f"units.resolution: {cfg.resolution} must be a multiple of 16 (four stride-2 convolutions)")
         d = cfg.extractor_width
         widths = [d, 2 * d, 4 * d, 4 * d, 4 * d]
-        layers = _conv_bn_relu(cfg.in_channels, d, 7, 1, 3)
+        layers = _conv_bn_relu(cfg.in_channels, d, 7, 1, 3, cfg.conv_bias)
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += _conv_bn_relu(cin, cout, 4, 2, 1)
+            layers += _conv_bn_relu(cin, cout, 4, 2, 1, cfg.conv_bias)
         self.convs = nn.Sequential(*layers)
-        flat = widths[-1] * (cfg.resolution // 16) ** 2
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, cfg.fc_hidden), nn.ReLU(inplace=True),
-                                nn.Linear(cfg.fc_hidden, cfg.num_units))
+        head: list[nn.Module] = [nn.Flatten()]
+        fan_in = widths[-1] * (cfg.resolution // 16) ** 2
+        for width in cfg.fc_hidden:
+            head += [nn.Linear(fan_in, width), nn.ReLU(inplace=True)]
+            fan_in = width
+        self.fc = nn.Sequential(*head, nn.Linear(fan_in, cfg.num_units))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.convs(x)
@@ -65,7 +80,9 @@ class FeatureExtractor(nn.Module):
 class UnitTokenizer(nn.Module):
     """Units (B, N) -> tokens (B, N, D): an independent MLP 1 -> 256 -> 512 -> D per unit.
 
-    ReLU follows every layer, the last included (released). The N MLPs run at once as
+    The activation (ReLU, or EncDiff's ELU) follows every hidden layer, and the last one
+    too when ``token_final_activation`` is set (released: ReLU everywhere; EncDiff:
+    1 -> 64 -> ELU -> 128 -> ELU -> 16 with a linear last layer). The N MLPs run at once as
     batched matrix products over stacked weights ``W_k`` of shape (N, fan_in, fan_out);
     each is initialised like ``nn.Linear``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     """
@@ -74,6 +91,8 @@ class UnitTokenizer(nn.Module):
         super().__init__()
         sizes = [1, *cfg.mlp_hidden, cfg.token_dim]
         self.num_units = cfg.num_units
+        self.activation = torch.relu if cfg.token_activation == "relu" else nn.functional.elu
+        self.final_activation = cfg.token_final_activation
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
@@ -86,6 +105,9 @@ class UnitTokenizer(nn.Module):
             raise ValueError(f"expected units of shape (B, {self.num_units}), got {tuple(units.shape)}")
         # (B, N) -> (N, B, 1): one batch of B rows per unit for torch.baddbmm
         h = units.t().unsqueeze(-1)
-        for w, b in zip(self.weights, self.biases):
-            h = torch.relu(torch.baddbmm(b.unsqueeze(1), h, w))
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w)
+            if i < last or self.final_activation:
+                h = self.activation(h)
         return h.transpose(0, 1).contiguous()  # (B, N, D)

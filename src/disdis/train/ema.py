@@ -9,22 +9,38 @@ released code's LitEma does, so early averages are not dominated by the random
 initialisation. The released decay 0.9999 per step at batch 512 is a half-life
 of ln 0.5 / ln 0.9999 * 512 ~= 3.55 M images.
 Buffers (BatchNorm statistics, the latent scale) are copied, not averaged.
+
+``modules`` limits the average to the parameters of the named submodules (the
+released code averages the U-Net only, ``["unet"]``); every other parameter of
+the copy follows the live model, so the copy is a complete model either way.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from disdis.errors import ConfigError
+
 
 class EMA:
-    def __init__(self, model: nn.Module, halflife_images: float, warmup: bool = True):
+    def __init__(self, model: nn.Module, halflife_images: float, warmup: bool = True,
+                 modules: Sequence[str] | None = None):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.halflife_images = halflife_images
         self.warmup = warmup
         self.num_updates = 0
+        names = dict(model.named_modules())
+        unknown = [m for m in modules or () if m not in names or not m]
+        if unknown:
+            raise ConfigError(f"train.ema_modules: the model has no submodule '{unknown[0]}' "
+                              f"(top-level ones: {', '.join(n for n, _ in model.named_children())})")
+        prefixes = None if modules is None else tuple(f"{m}." for m in modules)
+        self.averaged = {name for name, _ in model.named_parameters()
+                         if prefixes is None or name.startswith(prefixes)}
 
     def decay(self, images_per_step: int) -> float:
         beta = 0.5 ** (images_per_step / max(self.halflife_images, 1e-8))
@@ -38,8 +54,12 @@ class EMA:
         self.num_updates += 1
         ema_params = dict(self.module.named_parameters())
         for name, param in model.named_parameters():
-            if param.requires_grad:
+            if not param.requires_grad:
+                continue
+            if name in self.averaged:
                 ema_params[name].lerp_(param.detach(), 1.0 - beta)
+            else:
+                ema_params[name].copy_(param.detach())
         ema_buffers = dict(self.module.named_buffers())
         for name, buf in model.named_buffers():
             ema_buffers[name].copy_(buf)

@@ -1,6 +1,7 @@
 """The one training loop, for every model and stage.
 
-AdamW at a constant learning rate, an EMA of the weights, optional gradient
+AdamW at a constant learning rate (optionally after a linear warm-up), an EMA of the
+weights (or of chosen submodules), optional gradient
 clipping, bf16 autocast on GPUs, Dynamic Gaussian Anchoring refits on a
 schedule, atomic checkpoints, exact resume, and DDP under torchrun.
 
@@ -61,11 +62,14 @@ class TrainConfig:
     batch_size: int = 512                     # global batch, split over processes (released: 512; CelebA 64)
     total_kimg: float = 51200.0               # 100k steps at batch 512 (released)
     lr: float = 1e-4                          # constant, no warm-up, never scaled by device count (released)
+    lr_warmup_kimg: float = 0.0               # linear warm-up over this many images (EncDiff: 10k steps x 128)
+    lr_warmup_start: float = 1e-6             # ... from this fraction of lr (EncDiff's LambdaLinearScheduler)
     weight_decay: float = 0.01                # torch AdamW default, as in the released code
     adam_betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: Optional[float] = None         # max global grad norm; null = no clipping
     ema_halflife_kimg: float = 3549.0         # = decay 0.9999 per step at batch 512 (released)
     ema_warmup: bool = True                   # cap decay by (1+n)/(10+n) (released LitEma)
+    ema_modules: Optional[list[str]] = None   # submodules the EMA averages (released: [unet]); null: all trained
     refit_every: float = 1.0                  # DyGA refit interval (released: every epoch; Cars3D/CelebA 5) ...
     refit_unit: Literal["epochs", "kimg"] = "epochs"  # ... counted in epochs or in kimg
     refit_source: Literal["subset", "recent"] = "subset"  # fixed training subset, or tokens of recent batches
@@ -85,6 +89,8 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size", "a positive integer"),
             (self.total_kimg > 0, "total_kimg", "positive"),
             (self.lr > 0, "lr", "positive"),
+            (self.lr_warmup_kimg >= 0, "lr_warmup_kimg", "0 or more"),
+            (0 < self.lr_warmup_start <= 1, "lr_warmup_start", "in (0, 1]"),
             (self.weight_decay >= 0, "weight_decay", "0 or more"),
             (self.grad_clip is None or self.grad_clip > 0, "grad_clip", "positive or null"),
             (self.ema_halflife_kimg >= 0, "ema_halflife_kimg", "0 or more"),
@@ -148,6 +154,15 @@ def step_seed(seed: int, step: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of ``step`` over ``cfg.lr``: linear from ``lr_warmup_start`` to 1 over
+    ``lr_warmup_kimg`` (counted in images), then 1."""
+    warm_steps = cfg.lr_warmup_kimg * 1000 / cfg.batch_size
+    if step >= warm_steps:
+        return 1.0
+    return cfg.lr_warmup_start + (1.0 - cfg.lr_warmup_start) * step / warm_steps
+
+
 def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: str | Path,
           *, resume: bool = False) -> TrainResult:
     """Train ``model`` on ``dataset`` (items: image tensor or (image, ...)); checkpoints go to ``run_dir``.
@@ -183,7 +198,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     # fused: one kernel for the whole update instead of a loop over parameter tensors
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
-    ema = EMA(model, cfg.ema_halflife_kimg * 1000, warmup=cfg.ema_warmup)
+    ema = EMA(model, cfg.ema_halflife_kimg * 1000, warmup=cfg.ema_warmup, modules=cfg.ema_modules)
     recent = _TokenBuffer(min(cfg.refit_images, len(dataset))) if anchoring and cfg.refit_source == "recent" else None
     if state is not None:
         start = _restore(state, model, ema, optimizer, recent, device)
@@ -224,6 +239,9 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
                     f"without saving; last good checkpoint: {last_ckpt or 'none (nothing saved yet)'}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.lr_warmup_kimg:
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(cfg, step)
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
