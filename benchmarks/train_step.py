@@ -51,7 +51,7 @@ CONFIGS: dict[str, dict] = {
     "paper": dict(resolution=64, first_stage=FirstStageConfig(), units=UnitsConfig(), unet=UNetConfig()),
     "small": dict(resolution=32,
                   first_stage=FirstStageConfig(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1),
-                  units=UnitsConfig(resolution=32, extractor_width=16, fc_hidden=(128,), conv_bias=False),
+                  units=UnitsConfig(resolution=32, extractor_width=16, fc_hidden=(128,)),
                   unet=UNetConfig(resolution=8, base_channels=32, channel_mult=(1, 2, 2),
                                   attention_resolutions=(1, 2), num_heads=4)),
 }

@@ -23,18 +23,19 @@ def test_extractor_shapes_and_parameter_count():
     conv_biases = d + 2 * d + 4 * d + 4 * d + 4 * d
     norms = 2 * conv_biases  # BatchNorm weight + bias per channel
     fcs = (4096 * 4096 + 4096) + (4096 * 256 + 256) + (256 * 20 + 20)
-    extractor = FeatureExtractor(UnitsConfig())
+    extractor = FeatureExtractor(UnitsConfig(conv_bias=True))
     assert count(extractor) == weights + conv_biases + norms + fcs == 20_600_084
     assert count(extractor.fc[1]) == 16_781_312
-    assert count(FeatureExtractor(UnitsConfig(conv_bias=False))) == 20_600_084 - conv_biases == 20_599_124
+    assert count(FeatureExtractor(UnitsConfig())) == 20_600_084 - conv_biases == 20_599_124
     assert extractor(torch.randn(2, 3, 64, 64)).shape == (2, 20)
-    released = count(extractor) + count(UnitTokenizer(UnitsConfig()))
+    released = count(extractor) + count(UnitTokenizer(UnitsConfig()))  # the released image encoder + MLPs
     assert released == 23_570_324
 
 
 def test_extractor_head_widths():
     """fc_hidden lists the head's hidden widths; an empty list maps the features straight to N."""
-    narrow = FeatureExtractor(UnitsConfig(fc_hidden=(256,), conv_bias=False))
+    narrow = FeatureExtractor(UnitsConfig(fc_hidden=256))  # an integer: one hidden layer (older configs)
+    assert narrow.fc is not None and UnitsConfig(fc_hidden=256).fc_hidden == (256,)
     assert [m.out_features for m in narrow.fc if isinstance(m, nn.Linear)] == [256, 20]
     assert count(narrow) == 3_817_812  # the earlier single-hidden-layer head
     direct = FeatureExtractor(UnitsConfig(fc_hidden=(), resolution=32, extractor_width=8, num_units=5))

@@ -94,6 +94,11 @@ class DisentangledDiffusion(nn.Module):
         units = self.extractor(images)
         return units, self.anchor(self.tokenizer(units))
 
+    def representation(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"units": (B, N) scalar units, "tokens": (B, N, D) anchored tokens}`` of images."""
+        units, tokens = self.encode_units(images)
+        return {"units": units, "tokens": tokens}
+
     # ------------------------------------------------------------------ sampling
     def denoiser(self, context: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``model_fn(x_t, t) -> eps`` conditioned on the (anchored) tokens ``context``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Union
 
 import torch
 from torch import nn
@@ -24,8 +24,10 @@ class UnitsConfig:
     num_units: int = 20
     token_dim: int = 32
     extractor_width: int = 64  # d: the 7x7 convolution's width; the strided ones use 2d, 4d, 4d, 4d
-    fc_hidden: tuple[int, ...] = (4096, 256)  # hidden widths of the head after the convolutions (released)
-    conv_bias: bool = True     # released convolutions have biases (BatchNorm's shift makes them redundant)
+    # hidden widths of the head after the convolutions (released: 4096, 256); one integer: one layer
+    fc_hidden: Union[int, tuple[int, ...]] = (4096, 256)
+    conv_bias: bool = False    # the released convolutions have biases; BatchNorm's shift right after makes
+                               # them redundant (same function, 960 more parameters at the paper's size)
     mlp_hidden: tuple[int, ...] = (256, 512)
     token_activation: Literal["relu", "elu"] = "relu"  # released ReLU; EncDiff's token MLP uses ELU
     token_final_activation: bool = True  # released: ReLU after the last layer too; EncDiff: none
@@ -33,6 +35,8 @@ class UnitsConfig:
     resolution: int = 64
 
     def __post_init__(self) -> None:
+        if isinstance(self.fc_hidden, int):
+            self.fc_hidden = (self.fc_hidden,)
         for key in ("num_units", "token_dim", "extractor_width", "in_channels"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"units.{key}: expected a positive integer, got {getattr(self, key)!r}")

@@ -77,6 +77,7 @@ class TrainConfig:
     checkpoint_every_kimg: float = 512.0
     keep_checkpoints: int = 2
     log_every_kimg: float = 12.8
+    probe_images: int = 4096                  # factor-grid images probed at every log (what each unit holds); 0: off
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True                         # bf16 autocast; used on GPUs only
@@ -99,6 +100,7 @@ class TrainConfig:
             (self.checkpoint_every_kimg > 0, "checkpoint_every_kimg", "positive"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", "at least 1"),
             (self.log_every_kimg > 0, "log_every_kimg", "positive"),
+            (self.probe_images >= 0, "probe_images", "0 or more"),
             (self.num_workers >= 0, "num_workers", "0 or more"),
         ]
         for ok, key, expected in checks:
@@ -164,12 +166,14 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 
 def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: str | Path,
-          *, resume: bool = False) -> TrainResult:
+          *, resume: bool = False, probe=None) -> TrainResult:
     """Train ``model`` on ``dataset`` (items: image tensor or (image, ...)); checkpoints go to ``run_dir``.
 
     With ``resume`` the newest readable checkpoint in ``run_dir/checkpoints`` is loaded and the run
     continues exactly where it stopped (from the start when there is none; a finished run returns
-    at once).
+    at once). ``probe`` (e.g. :class:`disdis.diagnostics.UnitProbe`), called on rank 0 at every
+    logging interval as ``probe(model, step, kimg) -> dict``, adds its scalars to the log row; it
+    is opened with ``probe.open(resume_step)`` and closed with ``probe.close()``.
     """
     run_dir = Path(run_dir)
     device = distributed.init(resolve_device(cfg.device).type)
@@ -218,6 +222,9 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     resume_step = start if state is not None else None
     logger = CSVLogger(run_dir / "logs" / "train.csv", resume_step) if main else None
     fit_log = CSVLogger(run_dir / "logs" / "fits.csv", resume_step, tensorboard=False) if main and anchoring else None
+    probe = probe if main else None
+    if probe is not None:
+        probe.open(resume_step)
     last_ckpt = state.path if state is not None else None
     bar = progress(total=sched.total, initial=start, desc="train", unit="step", disable=None if main else True)
     totals: dict[str, torch.Tensor] = {}
@@ -264,6 +271,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
                 row = {"step": done, "kimg": done * cfg.batch_size / 1000, "epoch": done / max(sched.steps_per_epoch, 1)}
                 row.update({k: float(v) / window_steps for k, v in totals.items()})
                 row.update({"img_per_s": window_steps * cfg.batch_size / elapsed, "sec_per_step": elapsed / window_steps})
+                if probe is not None:
+                    row.update(probe(model, done, row["kimg"]))
                 if main:
                     logger.log(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
@@ -274,7 +283,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
                 window_start, window_steps = time.perf_counter(), 0
     finally:
         bar.close()
-        for log in (logger, fit_log):
+        for log in (logger, fit_log, probe):
             if log is not None:
                 log.close()
         del data

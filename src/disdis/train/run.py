@@ -139,7 +139,17 @@ def _train(cfg: RunConfig, run_dir: Path, first_stage, resume: bool) -> TrainRes
     dataset = open_training_data(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg, first_stage)
-    return train(model, dataset, cfg.train, run_dir, resume=resume)
+    return train(model, dataset, cfg.train, run_dir, resume=resume, probe=_unit_probe(cfg, dataset, run_dir))
+
+
+def _unit_probe(cfg: RunConfig, dataset, run_dir: Path):
+    """The live share table and attention diagnostics of a diffusion run on data with a factor grid."""
+    from disdis.diagnostics import UnitProbe
+    grid = dataset.dataset
+    if cfg.stage != "diffusion" or not cfg.train.probe_images or not grid.has_factor_grid:
+        return None
+    return UnitProbe(dataset, grid.factor_names, grid.factor_sizes, run_dir, grid_index=grid.index_of,
+                     max_images=cfg.train.probe_images, batch_size=cfg.eval.batch_size, seed=cfg.train.seed)
 
 
 def _new_run_dir(cfg: RunConfig) -> Path:

@@ -1,0 +1,153 @@
+"""What the latent units hold while a model trains, measured on a fixed probe set.
+
+:class:`UnitProbe` is handed to the training loop, which calls it at every
+logging interval. On a balanced factor sub-grid of the training data (every
+factor kept at a few evenly spaced values, at most ``max_images`` images) it
+encodes the units with the live model in eval mode and measures
+
+* the share table: for each unit and factor, the share of the unit's variance
+  that the factor explains (eta^2, :func:`disdis.metrics.unit_factor_shares`);
+  logged as each factor's best unit, ``share_<factor>``, and written whole to
+  ``logs/shares.csv``;
+* ``units_top_pc``: the share of the units' total variance on their first
+  principal direction (near 1 when the units have collapsed onto one signal);
+* for every cross-attention layer i (a :class:`~disdis.nn.layers.Attention`
+  given a context), on ``attention_images`` probe images at random timesteps
+  drawn from a fixed seed: ``attn<i>_entropy``, the mean entropy of the
+  weights over the tokens in nats (log M for uniform weights over M tokens),
+  and ``attn<i>_selectivity``, the spatial variance of the layer's output
+  (less its constant bias) over its mean square (0 when every pixel receives
+  the same vector, i.e. when the tokens act as a per-image bias). Layers are
+  numbered in the order the U-Net runs them: encoder, middle, decoder.
+
+It also redraws ``figures/factor_shares.png``: each factor's best share
+against kimg, so a user sees when each factor is captured. The probe's draws
+come from its own seed inside ``torch.random.fork_rng``, so training draws the
+same numbers with or without it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from disdis.metrics import unit_factor_shares
+from disdis.nn.layers import TransformerBlock
+from disdis.train.logger import CSVLogger, read_csv_log
+
+CAPTURED = 0.5  # a factor counts as captured when some unit's share of it reaches this
+
+
+def probe_classes(factor_sizes: Sequence[int], max_images: int) -> list[np.ndarray]:
+    """Evenly spaced classes of each factor, as many as fit ``max_images`` in the product: the
+    largest factor loses a value until the sub-grid is small enough (every factor keeps >= 2)."""
+    counts = list(factor_sizes)
+    while math.prod(counts) > max_images and max(counts) > 2:
+        counts[int(np.argmax(counts))] -= 1
+    return [np.unique(np.round(np.linspace(0, size - 1, n)).astype(int)) for size, n in zip(factor_sizes, counts)]
+
+
+class UnitProbe:
+    """``probe(model, step, kimg) -> dict`` of scalars to log (module docstring)."""
+
+    def __init__(self, dataset, factor_names: Sequence[str], factor_sizes: Sequence[int], run_dir: str | Path, *,
+                 grid_index, max_images: int = 4096, attention_images: int = 64, batch_size: int = 256,
+                 seed: int = 0):
+        classes = probe_classes(factor_sizes, max_images)
+        rows = np.array(list(itertools.product(*classes)), dtype=np.int64)  # canonical order of the sub-grid
+        self.indices = grid_index(rows)
+        self.sizes = [len(c) for c in classes]
+        self.factor_names = list(factor_names)
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.attention_indices = self.indices[np.random.default_rng(seed).permutation(len(self.indices))[:attention_images]]
+        self.run_dir = Path(run_dir)
+        self.figure = self.run_dir / "figures" / "factor_shares.png"
+        self.table_log: CSVLogger | None = None
+
+    def open(self, resume_step: int | None) -> None:
+        """Start (or, resuming at ``resume_step``, continue) ``logs/shares.csv``."""
+        self.table_log = CSVLogger(self.run_dir / "logs" / "shares.csv", resume_step, tensorboard=False)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, step: int, kimg: float) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            device = next(model.parameters()).device
+            units = torch.cat([model.representation(self._images(chunk, device))["units"].float().cpu()
+                               for chunk in np.array_split(self.indices, max(1, len(self.indices) // self.batch_size))])
+            row = self._unit_stats(units.double().numpy(), step, kimg)
+            row.update(self._attention_stats(model, device))
+        finally:
+            model.train(was_training)
+        self._draw()
+        return row
+
+    def close(self) -> None:
+        if self.table_log is not None:
+            self.table_log.close()
+
+    def _images(self, indices: np.ndarray, device: torch.device) -> torch.Tensor:
+        items = self.dataset.__getitems__(indices.tolist()) if hasattr(self.dataset, "__getitems__") else \
+            [self.dataset[int(i)] for i in indices]
+        return torch.stack([item[0] if isinstance(item, (list, tuple)) else item for item in items]).to(device)
+
+    def _unit_stats(self, units: np.ndarray, step: int, kimg: float) -> dict[str, float]:
+        shares = unit_factor_shares(units, self.sizes)
+        for unit, values in enumerate(shares):
+            self.table_log.log({"step": step, "kimg": kimg, "unit": unit,
+                                **{name: float(v) for name, v in zip(self.factor_names, values)}})
+        eigen = np.linalg.eigvalsh(np.cov(units, rowvar=False).reshape(units.shape[1], units.shape[1]))
+        top = float(eigen[-1] / eigen.sum()) if eigen.sum() > 0 else 1.0
+        best = shares.max(axis=0)
+        row = {f"share_{name}": float(v) for name, v in zip(self.factor_names, best)}
+        row["factors_captured"] = int((best >= CAPTURED).sum())
+        row["units_top_pc"] = top
+        return row
+
+    def _attention_stats(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        layers = [m.cross_attn for m in model.modules() if isinstance(m, TransformerBlock)]
+        if not layers:
+            return {}
+        stats: list[list[tuple[float, float]]] = [[] for _ in layers]
+        hooks = [layer.register_forward_hook(_record_attention(stats[i])) for i, layer in enumerate(layers)]
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(self.seed)
+                model(self._images(self.attention_indices, device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        row = {}
+        for i, records in enumerate(stats):
+            if records:
+                row[f"attn{i}_entropy"] = float(np.mean([r[0] for r in records]))
+                row[f"attn{i}_selectivity"] = float(np.mean([r[1] for r in records]))
+        return row
+
+    def _draw(self) -> None:
+        from disdis.figures import plot_factor_shares
+        rows = read_csv_log(self.table_log.path)
+        if rows:
+            plot_factor_shares(rows, self.factor_names, self.figure)
+
+
+def _record_attention(records: list):
+    """A forward hook on a cross-attention layer: (weight entropy, output selectivity) per call."""
+    def hook(module, inputs, output):
+        x, context = inputs[0], inputs[1]
+        q, k = module._heads(module.to_q(x)), module._heads(module.to_k(context))
+        weights = torch.softmax(q.float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1).mean()
+        out = output.float() - module.to_out[0].bias.float()  # (B, L, C), without the constant bias
+        selectivity = out.var(dim=1, unbiased=False).mean() / out.pow(2).mean().clamp_min(1e-30)
+        records.append((float(entropy), float(selectivity)))
+    return hook

@@ -1,0 +1,41 @@
+"""Figures a person reads at a glance (matplotlib, Agg backend, at least 512 px wide)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def plot_factor_shares(rows: Sequence[dict], factor_names: Sequence[str], path: str | Path,
+                       captured: float = 0.5) -> Path:
+    """Each factor's best unit share (eta^2) against kimg, from the rows of ``logs/shares.csv``
+    (one row per (step, unit) with a column per factor); a dashed line marks ``captured``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    kimg = np.array([r["kimg"] for r in rows])
+    times = np.unique(kimg)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)  # 800 x 450 px
+    for name in factor_names:
+        values = np.array([r[name] for r in rows])
+        best = [values[kimg == t].max() for t in times]
+        ax.plot(times, best, marker="o", markersize=3, label=name)
+    ax.axhline(captured, color="grey", linestyle="--", linewidth=1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("training images (kimg)")
+    ax.set_ylabel("best unit's share of the factor (eta^2)")
+    ax.set_title("When each factor is captured (dashed: captured at 0.5)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
