@@ -88,8 +88,8 @@ def band_losses(cfg, unet, tokens, z0, classes, draws: int = 3) -> list[float]:
     return out
 
 
-def extractor_accuracy(cfg, images, classes, steps: int, seed: int) -> list[float]:
-    """Per-factor accuracy of the run's extractor trained with linear heads on its units (supervised)."""
+def supervised_extractor(cfg, images, classes, steps: int, seed: int) -> tuple[FeatureExtractor, nn.ModuleList]:
+    """The run's extractor trained with a linear classifier per factor on its units (and the heads)."""
     torch.manual_seed(seed)
     extractor = FeatureExtractor(cfg.units)
     sizes = [int(c.max()) + 1 for c in classes.T]
@@ -100,8 +100,14 @@ def extractor_accuracy(cfg, images, classes, steps: int, seed: int) -> list[floa
         return sum(nn.functional.cross_entropy(h(units), classes[i, k]) for k, h in enumerate(heads))
 
     fit(cfg, [extractor, heads], batch_loss, len(images), steps, seed)
+    return extractor.eval(), heads
+
+
+def extractor_accuracy(cfg, images, classes, steps: int, seed: int) -> list[float]:
+    """Per-factor accuracy of the run's extractor trained with linear heads on its units (supervised)."""
+    extractor, heads = supervised_extractor(cfg, images, classes, steps, seed)
     with torch.no_grad():
-        units = extractor.eval()(images)
+        units = extractor(images)
         return [(h(units).argmax(1) == classes[:, k]).float().mean().item() for k, h in enumerate(heads)]
 
 

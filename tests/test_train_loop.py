@@ -171,3 +171,23 @@ def test_step_seed_streams_differ():
     seeds = {step_seed(0, s, r) for s in range(5) for r in (0, 1, FIT_STREAM)}
     assert len(seeds) == 15 and all(0 <= s < 2**63 for s in seeds)
     assert np.isscalar(step_seed(0, 1, 0))
+
+
+def test_frozen_modules_do_not_move_during_freeze_kimg(tmp_path, shapes3d_grid_npz, capsys):
+    """train.freeze_modules: [extractor] for the first 0.16 kimg (10 steps): the extractor's weights
+    are those of step 0 until then and move after; the U-Net moves from the start."""
+    from disdis.cli import main
+    from disdis.train.checkpoint import list_checkpoints, load_checkpoint
+    from train_standins import tiny_run_config, write_yaml
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run", train={"freeze_modules": ["extractor"], "freeze_kimg": 0.16,
+                                                                      "probe_images": 0})
+    assert main(["train", write_yaml(tmp_path / "t.yaml", cfg), "train.checkpoint_every_kimg=0.16"]) == 0
+    (first, _), (second, _) = [load_checkpoint(p) for p in list_checkpoints(tmp_path / "run" / "checkpoints")[-2:]]
+    assert main(["train", write_yaml(tmp_path / "t.yaml", cfg), f"run_dir={tmp_path / 'init'}", "train.total_kimg=0.016"]) == 0
+    init, _ = load_checkpoint(list_checkpoints(tmp_path / "init" / "checkpoints")[-1])
+    key, unet_key = "model/extractor.fc.1.weight", "model/unet.out.2.weight"
+    assert torch.equal(first[key], init[key]) and not torch.equal(second[key], first[key])
+    assert not torch.equal(first[unet_key], init[unet_key])
+    assert main(["train", write_yaml(tmp_path / "t.yaml", cfg), f"run_dir={tmp_path / 'bad'}",
+                 "train.freeze_modules=[encoder]"]) != 0
+    assert "train.freeze_modules: the model has no submodule 'encoder'" in capsys.readouterr().err

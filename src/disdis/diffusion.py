@@ -1,4 +1,4 @@
-"""The diffusion process (DESIGN 2.5), separate from the networks.
+"""The diffusion process (docs/method.md, "Diffusion process"), separate from the networks.
 
 Networks enter only as ``model_fn(x_t, t) -> eps``, a closure that predicts the
 noise in ``x_t`` at integer steps ``t`` (B,) (conditioning on tokens lives in the

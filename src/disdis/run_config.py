@@ -35,7 +35,7 @@ class DataConfig:
 class EvalConfig:
     """``disdis evaluate`` / ``interchange``; metric sample sizes default to disentanglement_lib's."""
     batch_size: int = 256
-    representation: Literal["tokens_pca", "scalar"] = "tokens_pca"  # DESIGN 5
+    representation: Literal["tokens_pca", "scalar"] = "tokens_pca"  # docs/method.md, "Evaluation"
     metrics: list[str] = field(default_factory=lambda: ["factor_vae", "dci", "mig", "beta_vae", "sap",
                                                         "modularity_explicitness", "downstream"])
     num_train: int = 10000

@@ -1,4 +1,4 @@
-"""Dynamic Gaussian Anchoring (DyGA, DESIGN 2.3).
+"""Dynamic Gaussian Anchoring (DyGA, docs/method.md).
 
 For every latent unit, a full-covariance Gaussian mixture is fitted to that
 unit's tokens; during training, evaluation and sampling each token is pulled a
@@ -12,7 +12,7 @@ little toward the mean of its most responsible component (its anchor):
     >>> context = anchors.shift_batch(tokens_BUD)                # = shift(tokens, unit_dim=1)
     >>> anchors.save("fit.safetensors"); GaussianAnchors.load("fit.safetensors")
 
-The fit (:mod:`disdis.anchoring.fit`) follows DESIGN 2.3: K0 = 8 components at
+The fit (:mod:`disdis.anchoring.fit`) follows docs/method.md: K0 = 8 components at
 random tokens, 30 EM iterations (:mod:`disdis.anchoring.em`), up to 3 split
 rounds (at most 32 components), removal of components with soft count < 10,
 30 more EM iterations; batched over units and components (batched Cholesky,

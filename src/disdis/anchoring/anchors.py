@@ -37,7 +37,7 @@ def unit_seeds(seed: int, num_units: int) -> list[int]:
 
 
 class GaussianAnchors:
-    """One Gaussian mixture per latent unit, and the anchoring shift of DESIGN 2.3.
+    """One Gaussian mixture per latent unit, and the anchoring shift (docs/method.md).
 
     Each unit u's mixture lives in a *fit space* z = (c - offset_u) / scale_u
     (space "token": offset = the unit's mean token, scale = its RMS deviation per
@@ -78,7 +78,7 @@ class GaussianAnchors:
     @classmethod
     def fit(cls, tokens: Tensor, seed: int | Sequence[int] = 0, config: AnchoringConfig | None = None,
             **options: Any) -> GaussianAnchors:
-        """Fit one mixture per unit (DESIGN 2.3) to tokens (U, N, D), or one mixture to (N, D).
+        """Fit one mixture per unit (docs/method.md) to tokens (U, N, D), or one mixture to (N, D).
 
         ``options`` override fields of ``config`` (default :class:`AnchoringConfig`).
         ``seed`` is an int (per-unit seeds derived with :func:`unit_seeds`) or one seed
@@ -172,7 +172,7 @@ class GaussianAnchors:
         return back(anchors.to(tokens.dtype))
 
     def shift(self, tokens: Tensor, strength: float | None = None, unit_dim: int = 0) -> Tensor:
-        """c~ = c + lambda (mu_k* - c), k* = the most responsible component (DESIGN 2.3).
+        """c~ = c + lambda (mu_k* - c), k* = the most responsible component (docs/method.md).
 
         The anchor mu_k* and lambda are constants (no gradient flows into them);
         the gradient with respect to c is (1 - lambda). ``strength`` overrides

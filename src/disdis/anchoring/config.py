@@ -10,7 +10,7 @@ from disdis.errors import ConfigError
 
 @dataclass
 class AnchoringConfig:
-    """Options of the DyGA fit (DESIGN 2.3) and of the shift.
+    """Options of the DyGA fit (docs/method.md, "Dynamic Gaussian Anchoring") and of the shift.
 
     Values marked (released) reproduce the authors' code; the defaults are this
     project's fixes, explained in :mod:`disdis.anchoring`.

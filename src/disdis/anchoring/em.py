@@ -81,7 +81,7 @@ class Mixture:
 def cholesky(covs: Tensor, present: Tensor, reg: float) -> Tensor:
     """L with L L^T = S + reg I for present components (identity for absent ones).
 
-    The regulariser is the one of DESIGN 2.3 (added before factorising). A
+    The regulariser is the one of the method (docs/method.md) (added before factorising). A
     factorisation that still fails (only possible for a covariance that lost
     positive-definiteness to rounding) is retried with a jitter 10x larger, up
     to 1e6 times ``reg``.

@@ -1,4 +1,4 @@
-"""The DyGA fit of DESIGN 2.3 for U units at once: initialise, EM, split, filter, EM.
+"""The DyGA fit (docs/method.md) for U units at once: initialise, EM, split, filter, EM.
 
 Stages (:func:`fit_mixture`): K0 components at random tokens; EM; up to
 ``split_rounds`` split rounds; drop components with soft count below
@@ -143,7 +143,7 @@ def min_size(cfg: AnchoringConfig, dim: int) -> float:
 
 
 def _initial(x: Tensor, generators: Sequence[torch.Generator], k0: int) -> Mixture:
-    """K0 components at distinct random tokens, identity covariances, equal weights (DESIGN 2.3 step 1)."""
+    """K0 components at distinct random tokens, identity covariances, equal weights (step 1 of the fit)."""
     u, n, d = x.shape
     k = min(k0, n)
     idx = torch.stack([torch.randperm(n, generator=g)[:k] for g in generators]).to(x.device)

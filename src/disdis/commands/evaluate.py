@@ -1,5 +1,5 @@
 """``disdis evaluate``: the disentanglement metrics of a trained run, or of any
-model's codes given as a file (DESIGN 5)."""
+model's codes given as a file (docs/method.md, "Evaluation")."""
 
 from __future__ import annotations
 

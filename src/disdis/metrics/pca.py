@@ -1,5 +1,5 @@
-"""Reducing a representation of vectors per unit to one number per unit (DESIGN
-section 5): each unit's tokens are projected on their first principal
+"""Reducing a representation of vectors per unit to one number per unit (docs/method.md,
+"Evaluation"): each unit's tokens are projected on their first principal
 direction, fitted over the whole set."""
 
 from __future__ import annotations

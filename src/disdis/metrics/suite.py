@@ -1,4 +1,4 @@
-"""The full evaluation protocol behind the paper's tables (DESIGN section 5) on a
+"""The full evaluation protocol behind the paper's tables (docs/method.md, "Evaluation") on a
 code table over a factor grid.
 
 Every metric gets its own ``numpy.random.RandomState(seed)``, as

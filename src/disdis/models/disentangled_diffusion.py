@@ -1,4 +1,4 @@
-"""The paper's model: latent units and tokens condition a latent-diffusion U-Net (DESIGN 1, 2).
+"""The paper's model: latent units and tokens condition a latent-diffusion U-Net (docs/method.md).
 
     z0      = scale * E(x)                       frozen first stage, 1/std scaling
     u       = f(x)              (B, N)           feature extractor: the latent units

@@ -1,4 +1,4 @@
-"""The first stage: an autoencoder that moves diffusion into a small latent space (DESIGN 2.1).
+"""The first stage: an autoencoder that moves diffusion into a small latent space (docs/method.md, "First stage").
 
 Three kinds behind one interface (:class:`FirstStage`):
 

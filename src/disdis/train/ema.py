@@ -26,6 +26,16 @@ from torch import nn
 from disdis.errors import ConfigError
 
 
+def named_submodules(model: nn.Module, names: Sequence[str], key: str) -> list[nn.Module]:
+    """The submodules ``names`` of ``model``; a name it lacks is a ConfigError about ``key``."""
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules or not n]
+    if missing:
+        raise ConfigError(f"{key}: the model has no submodule '{missing[0]}' "
+                          f"(top-level ones: {', '.join(n for n, _ in model.named_children())})")
+    return [modules[n] for n in names]
+
+
 class EMA:
     def __init__(self, model: nn.Module, halflife_images: float, warmup: bool = True,
                  modules: Sequence[str] | None = None):
@@ -33,11 +43,7 @@ class EMA:
         self.halflife_images = halflife_images
         self.warmup = warmup
         self.num_updates = 0
-        names = dict(model.named_modules())
-        unknown = [m for m in modules or () if m not in names or not m]
-        if unknown:
-            raise ConfigError(f"train.ema_modules: the model has no submodule '{unknown[0]}' "
-                              f"(top-level ones: {', '.join(n for n, _ in model.named_children())})")
+        named_submodules(model, modules or [], "train.ema_modules")
         prefixes = None if modules is None else tuple(f"{m}." for m in modules)
         self.averaged = {name for name, _ in model.named_parameters()
                          if prefixes is None or name.startswith(prefixes)}

@@ -50,7 +50,7 @@ from disdis.errors import ConfigError, DisdisError
 from disdis.progress import progress
 from disdis.train import checkpoint as ckpt
 from disdis.train import distributed
-from disdis.train.ema import EMA
+from disdis.train.ema import EMA, named_submodules
 from disdis.train.encode import encode_images
 from disdis.train.logger import CSVLogger
 from disdis.train.sampler import StepBatchSampler
@@ -70,6 +70,8 @@ class TrainConfig:
     ema_halflife_kimg: float = 3549.0         # = decay 0.9999 per step at batch 512 (released)
     ema_warmup: bool = True                   # cap decay by (1+n)/(10+n) (released LitEma)
     ema_modules: Optional[list[str]] = None   # submodules the EMA averages (released: [unet]); null: all trained
+    freeze_modules: list[str] = dataclasses.field(default_factory=list)  # submodules held fixed ...
+    freeze_kimg: float = 0.0                  # ... for the first this many kimg (a diagnostic; none by default)
     refit_every: float = 1.0                  # DyGA refit interval (released: every epoch; Cars3D/CelebA 5) ...
     refit_unit: Literal["epochs", "kimg"] = "epochs"  # ... counted in epochs or in kimg
     refit_source: Literal["subset", "recent"] = "subset"  # fixed training subset, or tokens of recent batches
@@ -101,6 +103,7 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints", "at least 1"),
             (self.log_every_kimg > 0, "log_every_kimg", "positive"),
             (self.probe_images >= 0, "probe_images", "0 or more"),
+            (self.freeze_kimg >= 0, "freeze_kimg", "0 or more"),
             (self.num_workers >= 0, "num_workers", "0 or more"),
         ]
         for ok, key, expected in checks:
@@ -127,6 +130,7 @@ class _Schedule:
     log: int
     refit: int  # 0: never
     steps_per_epoch: int
+    freeze: int  # steps with freeze_modules held fixed
 
     @classmethod
     def build(cls, cfg: TrainConfig, num_items: int, anchoring: bool) -> _Schedule:
@@ -137,7 +141,8 @@ class _Schedule:
         if anchoring:
             refit = max(1, round(cfg.refit_every * steps_per_epoch)) if cfg.refit_unit == "epochs" else steps(cfg.refit_every)
         return cls(total=steps(cfg.total_kimg), checkpoint=steps(cfg.checkpoint_every_kimg), log=steps(cfg.log_every_kimg),
-                   refit=refit, steps_per_epoch=steps_per_epoch)
+                   refit=refit, steps_per_epoch=steps_per_epoch,
+                   freeze=round(cfg.freeze_kimg * 1000 / cfg.batch_size) if cfg.freeze_modules else 0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -199,6 +204,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
             with torch.no_grad():
                 model.setup(first)
     params = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for m in named_submodules(model, cfg.freeze_modules, "train.freeze_modules")
+              for p in m.parameters() if p.requires_grad]
     # fused: one kernel for the whole update instead of a loop over parameter tensors
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
@@ -249,6 +256,9 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
             if cfg.lr_warmup_kimg:
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, step)
+            if step < sched.freeze:
+                for p in frozen:  # AdamW skips parameters without a gradient: no step, no decay
+                    p.grad = None
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()

@@ -139,10 +139,10 @@ def _train(cfg: RunConfig, run_dir: Path, first_stage, resume: bool) -> TrainRes
     dataset = open_training_data(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg, first_stage)
-    return train(model, dataset, cfg.train, run_dir, resume=resume, probe=_unit_probe(cfg, dataset, run_dir))
+    return train(model, dataset, cfg.train, run_dir, resume=resume, probe=unit_probe(cfg, dataset, run_dir))
 
 
-def _unit_probe(cfg: RunConfig, dataset, run_dir: Path):
+def unit_probe(cfg: RunConfig, dataset, run_dir: Path):
     """The live share table and attention diagnostics of a diffusion run on data with a factor grid."""
     from disdis.diagnostics import UnitProbe
     grid = dataset.dataset

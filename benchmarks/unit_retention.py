@@ -1,0 +1,70 @@
+"""Does the diffusion loss keep the factors in the units once they are there?
+
+Separates two explanations of units that miss factors: the loss never *finds*
+them (a problem of discovery), or it *removes* them (the objective, at this
+scale, does not reward them in the units). The run's feature extractor is first
+trained with a linear classifier per factor on its units (supervised, so every
+factor is in the units), then the run's model is trained as usual, with the
+diffusion loss only, from that extractor. The training probe logs each factor's
+best unit share at every interval; this script prints that trajectory. Shares
+that stay high mean discovery is the problem; shares that fall mean the loss
+lets the factor go.
+
+    .venv/bin/python benchmarks/unit_retention.py configs/demo.yaml data.path=data/demo/shapes3d_grid.npz \\
+        first_stage_run=runs/demo/first_stage train.total_kimg=24 --out runs/retention
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from factor_oracle import supervised_extractor
+from disdis.metrics import unit_factor_shares
+from disdis.models import build_model
+from disdis.run_config import load_run_config
+from disdis.train.logger import read_csv_log
+from disdis.train.loop import train
+from disdis.train.run import unit_probe, load_first_stage, open_training_data
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value; needs data.path and first_stage_run")
+    p.add_argument("--out", required=True, help="run folder (replaced)")
+    p.add_argument("--extractor-steps", type=int, default=300, help="steps of the supervised extractor")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_run_config(args.config, [*args.overrides, f"run_dir={args.out}"])
+    if not cfg.first_stage_run:
+        p.error("first_stage_run=RUN is required (a trained first stage)")
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    data = open_training_data(cfg)
+    names = list(data.dataset.factor_names)
+    images, classes = map(torch.stack, zip(*data.__getitems__(range(len(data)))))
+    extractor, _ = supervised_extractor(cfg, images, classes, args.extractor_steps, cfg.train.seed)
+    with torch.no_grad():
+        start = unit_factor_shares(extractor(images).double().numpy(), data.dataset.factor_sizes).max(axis=0)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, load_first_stage(cfg.first_stage_run)[1])
+    model.extractor.load_state_dict(extractor.state_dict())
+    train(model, data, cfg.train, out, probe=unit_probe(cfg, data, out))
+    rows = read_csv_log(out / "logs" / "train.csv")
+    print("| kimg | " + " | ".join(names) + " | top direction |")
+    print("|---" * (len(names) + 2) + "|")
+    print("| 0 (supervised) | " + " | ".join(f"{v:.2f}" for v in start) + " | |")
+    for r in rows:
+        print(f"| {r['kimg']:g} | " + " | ".join(f"{r['share_' + n]:.2f}" for n in names)
+              + f" | {r['units_top_pc']:.2f} |", flush=True)
+    print(f"figure: {out / 'figures' / 'factor_shares.png'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
