@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# GPU check, within 8 minutes on one GPU: the training-step benchmark at batch 512 in bf16, then a
-# short training run at the paper configuration (configs/shapes3d.yaml: VQ first stage trained in
-# the run, then the diffusion model at batch 512, bf16, with DyGA refits), killed and resumed.
+# GPU check on one GPU: the training-step benchmark at batch 512 in bf16; a short training run at the
+# paper configuration (configs/shapes3d.yaml: VQ first stage trained in the run, then the diffusion
+# model at batch 512, bf16, with DyGA refits), killed and resumed; then the fidelity run: the paper
+# configuration trained for FIDELITY_MINUTES (default 5) on the procedural 64x64 Shapes3D from that
+# first stage, printing every minute the share table's best unit per factor and FactorVAE / DCI / MIG
+# (reduced protocol). Parts 1-3 take about 6 minutes, part 4 FIDELITY_MINUTES plus its scoring; run
+# them in separate calls where one call has a time limit: PARTS="1 2 3" or PARTS="2 4".
 # Prints one table at the end. Usage: benchmarks/gpu_check.sh [OUT_DIR]   (default: a temp dir)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${1:-$(mktemp -d)}
+PARTS=${PARTS:-1 2 3 4}
+want() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 mkdir -p "$OUT"
 ROWS="$OUT/rows.txt"
 : > "$ROWS"
@@ -15,8 +21,10 @@ row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$ROWS"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 
-# 1. training-step benchmark (networks helper's script), at the paper configuration
-if [ -f benchmarks/train_step.py ]; then
+# 1. training-step benchmark, at the paper configuration
+if ! want 1; then
+  :
+elif [ -f benchmarks/train_step.py ]; then
   timeout 120 "$PY" benchmarks/train_step.py --config paper --batch 512 --bf16 --device cuda --steps 5 --warmup 2 2>&1 | tee "$OUT/train_step.txt"
   row "train_step.py (batch 512, bf16)" "exit $? (table above, $OUT/train_step.txt)"
 else
@@ -26,7 +34,7 @@ fi
 # 2. a Shapes3D-like grid at 64x64: all hues, 2 scales, 4 shapes, 3 orientations = 24,000 images
 DATA="$OUT/shapes3d_64.npz"
 t0=$SECONDS
-"$PY" - "$DATA" <<'PY'
+want 2 && "$PY" - "$DATA" <<'PY'
 import sys
 import numpy as np
 from disdis.data import render_shapes3d, write_grid_npz
@@ -45,6 +53,7 @@ RUN="$OUT/run"
 ARGS=(data.path="$DATA" run_dir="$RUN" first_stage_train.total_kimg=19.2 first_stage_train.checkpoint_every_kimg=9.6
       first_stage_train.log_every_kimg=3.2 train.total_kimg=102.4 train.checkpoint_every_kimg=51.2
       train.log_every_kimg=12.8 train.refit_images=24000)
+if want 3; then
 t0=$SECONDS
 timeout 150 .venv/bin/disdis train configs/shapes3d.yaml "${ARGS[@]}" train.total_kimg=51.2 > "$OUT/train1.log" 2>&1
 rc1=$?
@@ -82,7 +91,21 @@ with open(rows_path, "a") as f:
         print(line)
         f.write(line + "\n")
 PY
-grep -h "resuming\|error" "$OUT"/train*.log | tail -4
+fi
+grep -h "resuming\|error" "$OUT"/train*.log 2>/dev/null | tail -4
+
+# 4. fidelity: the paper configuration for FIDELITY_MINUTES on the 64x64 grid, scored every minute
+if want 4; then
+  FS=(first_stage_train.total_kimg=19.2 first_stage_train.checkpoint_every_kimg=9.6)
+  [ -d "$RUN/first_stage/checkpoints" ] && FS=(first_stage_run="$RUN/first_stage")
+  t0=$SECONDS
+  timeout $(( ${FIDELITY_MINUTES:-5} * 60 + 240 )) "$PY" benchmarks/fidelity.py configs/shapes3d.yaml \
+    data.path="$DATA" run_dir="$OUT/fidelity" "${FS[@]}" train.total_kimg=1000000 train.checkpoint_every_kimg=51.2 \
+    train.log_every_kimg=25.6 train.refit_images=24000 train.keep_checkpoints=2 \
+    --minutes "${FIDELITY_MINUTES:-5}" --every 60 2>"$OUT/fidelity.err" | tee "$OUT/fidelity.txt"
+  row "fidelity run (${FIDELITY_MINUTES:-5} min + scoring)" "exit $?, $((SECONDS - t0)) s ($OUT/fidelity.txt)"
+  tail -2 "$OUT/fidelity.txt" | while read -r line; do row "fidelity ${line%%]*}]" "${line#*] }"; done
+fi
 echo
 echo "== gpu_check summary ($OUT) =="
 cat "$ROWS"

@@ -13,6 +13,10 @@ size; L1 noise loss; backward; AdamW. Configurations:
 - paper: 64x64 images, VQ first stage (3x16x16 latents), units and U-Net as released.
 - small: 32x32 images, a small VQ (3x8x8 latents), extractor d=16, U-Net base 32
   with multipliers (1, 2, 2), attention at factors 1 and 2, 4 heads.
+- any run config file (``--config configs/demo.yaml``, with ``--set key=value`` overrides):
+  the model the training loop builds from it (``disdis.models.build_model``, untrained
+  first stage), stepped as the loop steps it (forward returning the loss, backward,
+  fused AdamW, the EMA update). This is what the demo's budget buys.
 
 Variants: ``eager`` (default memory format, torch's default foreach AdamW),
 ``channels_last`` (modules and images channels-last, oneDNN's fast convolution layout,
@@ -37,6 +41,7 @@ import contextlib
 import functools
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -160,9 +165,53 @@ class Step:
         return trained, encode
 
 
-def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool) -> dict:
+class ModelStep:
+    """One step of the training loop on the model a run config builds (see the module docstring)."""
+
+    def __init__(self, path: str, overrides: list[str], batch: int, variant: str, device: torch.device, bf16: bool):
+        from disdis.models import build_model
+        from disdis.run_config import load_run_config
+        from disdis.train.ema import EMA
+        cfg = load_run_config(path, ["data.path=unused", *overrides])
+        torch.manual_seed(0)
+        self.model = build_model(cfg).to(device).train()
+        res = cfg.data.resolution or cfg.units.resolution
+        self.images = torch.rand(batch, cfg.units.in_channels, res, res, device=device) * 2 - 1
+        if variant in ("channels_last", "compiled"):
+            self.model.to(memory_format=torch.channels_last)
+            self.images = self.images.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            self.model.setup(self.images)
+        if variant == "compiled":
+            self.model.extractor.compile()
+            self.model.unet.compile()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, fused=variant != "eager")
+        self.ema = EMA(self.model, cfg.train.ema_halflife_kimg * 1000, modules=cfg.train.ema_modules)
+        self.batch = batch
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def __call__(self) -> float:
+        with self.autocast:
+            loss = self.model(self.images)["loss"]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.ema.update(self.model, self.batch)
+        return loss.item()
+
+    def forward_flops(self) -> tuple[int, int]:
+        with torch.no_grad():
+            encode = count_flops(lambda: self.model.latents(self.images))
+            total = count_flops(lambda: self.model(self.images))
+        return total - encode, encode
+
+
+def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool,
+        overrides: list[str] = ()) -> dict:
     build_start = time.perf_counter()
-    step = Step(name, batch, variant, device, bf16)
+    step = (Step(name, batch, variant, device, bf16) if name in CONFIGS
+            else ModelStep(name, list(overrides), batch, variant, device, bf16))
     matmul_dtype = torch.bfloat16 if bf16 else torch.float32
     for _ in range(warmup):
         step()
@@ -179,7 +228,7 @@ def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: to
     seconds = statistics.median(times)
     trained, encode = step.forward_flops()
     step_flops = 3 * trained + encode
-    return dict(config=name, variant=variant, batch=batch, img_s=batch / seconds, s_step=seconds,
+    return dict(config=name if name in CONFIGS else Path(name).stem, variant=variant, batch=batch, img_s=batch / seconds, s_step=seconds,
                 fwd=trained / batch, step=step_flops / batch, rate=step_flops / seconds,
                 peak=peak, pct=100 * step_flops / seconds / peak, setup=first)
 
@@ -187,7 +236,9 @@ def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: to
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", nargs="+", choices=sorted(CONFIGS), default=["paper", "small"])
+    parser.add_argument("--config", nargs="+", default=["paper", "small"],
+                        help=f"{', '.join(sorted(CONFIGS))}, or run config files (e.g. configs/demo.yaml)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides of run config files")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per row (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
@@ -219,7 +270,7 @@ def main() -> None:
     rows = []
     for name in args.config:
         for variant in variants:
-            r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16)
+            r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, args.set)
             rows.append(r)
             print(f"{r['config']:<7} {r['variant']:<14} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
                   f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from factor_oracle import supervised_extractor
+from disdis.config import save_config
 from disdis.metrics import unit_factor_shares
 from disdis.models import build_model
 from disdis.run_config import load_run_config
@@ -39,13 +40,15 @@ def main() -> None:
     p.add_argument("--out", required=True, help="run folder (replaced)")
     p.add_argument("--extractor-steps", type=int, default=300, help="steps of the supervised extractor")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
     torch.set_num_threads(args.threads)
     cfg = load_run_config(args.config, [*args.overrides, f"run_dir={args.out}"])
     if not cfg.first_stage_run:
         p.error("first_stage_run=RUN is required (a trained first stage)")
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    save_config(cfg, out / "config.yaml")  # a run folder: evaluate and the other commands can read it
     data = open_training_data(cfg)
     names = list(data.dataset.factor_names)
     images, classes = map(torch.stack, zip(*data.__getitems__(range(len(data)))))
@@ -57,12 +60,15 @@ def main() -> None:
     model.extractor.load_state_dict(extractor.state_dict())
     train(model, data, cfg.train, out, probe=unit_probe(cfg, data, out))
     rows = read_csv_log(out / "logs" / "train.csv")
-    print("| kimg | " + " | ".join(names) + " | top direction |")
-    print("|---" * (len(names) + 2) + "|")
-    print("| 0 (supervised) | " + " | ".join(f"{v:.2f}" for v in start) + " | |")
+    print("best unit share per factor; then the loss rise x 1000 when the units describe the image that "
+          "differs in that factor alone (does the U-Net read it?)")
+    print("| kimg | " + " | ".join(names) + " | top direction | " + " | ".join(f"usage {n}" for n in names) + " |")
+    print("|---" * (2 * len(names) + 2) + "|")
+    print("| 0 (supervised) | " + " | ".join(f"{v:.2f}" for v in start) + " |" * (len(names) + 2))
     for r in rows:
         print(f"| {r['kimg']:g} | " + " | ".join(f"{r['share_' + n]:.2f}" for n in names)
-              + f" | {r['units_top_pc']:.2f} |", flush=True)
+              + f" | {r['units_top_pc']:.2f} | " + " | ".join(f"{1000 * r.get('usage_' + n, float('nan')):.1f}"
+                                                            for n in names) + " |", flush=True)
     print(f"figure: {out / 'figures' / 'factor_shares.png'}", file=sys.stderr)
 
 

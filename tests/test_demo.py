@@ -22,6 +22,7 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "demo wall time" in printed and "FactorVAE" in printed and "reduced protocol" in printed
+    assert "What each unit carries" in printed and "| 3 |" in printed  # the share table, one row per unit
     for name in ("metrics.json", "metrics_scalar.json"):
         result = json.loads((out / name).read_text())
         assert set(result["metrics"]) == {"factor_vae", "dci", "mig"} and result["protocol"]["reference"] is False
@@ -29,7 +30,7 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
         assert shares.shape[1] == 6 and np.all(shares >= 0) and np.all(shares.sum(1) <= 1 + 1e-3)
     report = (out / "report.md").read_text()
     assert "tokens_pca" in report and "scalar" in report and "What each unit carries" in report
-    for name in ("reconstructions.png", "interchange.png"):
+    for name in ("reconstructions.png", "interchange.png", "factor_shares.png"):
         assert name in report
         Image.open(out / "figures" / name).verify()
     assert (out / "first_stage" / "config.yaml").is_file()

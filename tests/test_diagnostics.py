@@ -98,6 +98,23 @@ def test_uniform_attention_is_a_global_bias(tmp_path):
     assert sharp["attn0_entropy"] < 0.9 * math.log(5) and sharp["attn0_selectivity"] > 1e-3
 
 
+class ReadsA(KnownUnits):
+    """A model whose loss depends on the units through factor a alone."""
+
+    def forward(self, images, condition_images=None):
+        cond = images if condition_images is None else condition_images
+        out = super().forward(images)
+        return {"loss": out["loss"] + (cond[:, 0] - images[:, 0]).abs().mean()}
+
+
+def test_usage_is_the_loss_rise_when_one_factor_is_swapped(tmp_path):
+    p, _ = probe(tmp_path)
+    row = p(ReadsA(1.0), 1, 0.1)
+    assert row["usage_b"] == 0.0 and row["usage_c"] == 0.0  # the same draws: exactly the own loss
+    assert row["usage_a"] > 0.5  # moving a by one class (2 -> 0 moves it by 2) raises the loss by >= 1 per image
+    assert "usage_a" not in p(KnownUnits(1.0), 2, 0.2)  # a forward without condition_images: not measured
+
+
 def test_probe_leaves_the_training_generator_alone(tmp_path):
     p, model = probe(tmp_path)
     torch.manual_seed(123)

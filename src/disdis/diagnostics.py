@@ -18,7 +18,12 @@ encodes the units with the live model in eval mode and measures
   and ``attn<i>_selectivity``, the spatial variance of the layer's output
   (less its constant bias) over its mean square (0 when every pixel receives
   the same vector, i.e. when the tokens act as a per-image bias). Layers are
-  numbered in the order the U-Net runs them: encoder, middle, decoder.
+  numbered in the order the U-Net runs them: encoder, middle, decoder;
+* ``usage_<factor>``: on the same images, noise and timesteps, how much the
+  loss rises when the units are taken from the image that differs in that
+  factor alone (its class moved to the next probed one). It is 0 when the
+  model does not read the factor from the units, whether or not they hold it
+  (models whose forward takes ``condition_images``).
 
 It also redraws ``figures/factor_shares.png``: each factor's best share
 against kimg, so a user sees when each factor is captured. The probe's draws
@@ -28,6 +33,7 @@ same numbers with or without it.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from pathlib import Path
@@ -67,7 +73,15 @@ class UnitProbe:
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
-        self.attention_indices = self.indices[np.random.default_rng(seed).permutation(len(self.indices))[:attention_images]]
+        picks = np.random.default_rng(seed).permutation(len(self.indices))[:attention_images]
+        self.attention_indices = self.indices[picks]
+        # for each factor, the same images with that factor's class moved to the next probed class
+        position = np.stack(np.unravel_index(picks, self.sizes), axis=1)
+        self.swapped = {}
+        for k, name in enumerate(self.factor_names):
+            moved = position.copy()
+            moved[:, k] = (moved[:, k] + 1) % self.sizes[k]
+            self.swapped[name] = self.indices[np.ravel_multi_index(moved.T, self.sizes)]
         self.run_dir = Path(run_dir)
         self.figure = self.run_dir / "figures" / "factor_shares.png"
         self.table_log: CSVLogger | None = None
@@ -119,10 +133,9 @@ class UnitProbe:
             return {}
         stats: list[list[tuple[float, float]]] = [[] for _ in layers]
         hooks = [layer.register_forward_hook(_record_attention(stats[i])) for i, layer in enumerate(layers)]
+        images = self._images(self.attention_indices, device)
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(self.seed)
-                model(self._images(self.attention_indices, device))
+            own = self._loss(model, images, None, device)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -131,7 +144,18 @@ class UnitProbe:
             if records:
                 row[f"attn{i}_entropy"] = float(np.mean([r[0] for r in records]))
                 row[f"attn{i}_selectivity"] = float(np.mean([r[1] for r in records]))
+        if "condition_images" in inspect.signature(model.forward).parameters:
+            for name, indices in self.swapped.items():
+                row[f"usage_{name}"] = self._loss(model, images, self._images(indices, device), device) - own
         return row
+
+    def _loss(self, model: nn.Module, images: torch.Tensor, condition: torch.Tensor | None,
+              device: torch.device) -> float:
+        """The model's loss on ``images`` with the probe's own draws (the same at every call)."""
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            out = model(images) if condition is None else model(images, condition_images=condition)
+        return float(out["loss"])
 
     def _draw(self) -> None:
         from disdis.figures import plot_factor_shares

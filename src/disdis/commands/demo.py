@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     clock.lap("figures")
     report = write_report(out / "report.md", cfg, results, grid, recon, clock)
     print(format_table(results[REPRESENTATIONS[0]]))
+    print("\n".join(shares_table(results[REPRESENTATIONS[0]], list(DEMO_GRID))))
     print(report_summary(cfg, results, clock))
     print(f"report: {out / 'report.md'}")
     return 0
@@ -191,6 +192,16 @@ def shares_table(result: dict, factor_names: list[str]) -> list[str]:
     return lines
 
 
+def capture_curve(run_dir: Path) -> list[str]:
+    """Markdown: the training probe's figure of each factor's best unit share against kimg."""
+    figure = run_dir / "figures" / "factor_shares.png"
+    if not figure.is_file():
+        return []
+    return ["When each factor was captured during training (each factor's best unit share, measured on the "
+            f"grid at every logging interval; logs/shares.csv has the whole table): "
+            f"![]({figure.relative_to(run_dir)})", ""]
+
+
 def write_report(path: Path, cfg, results: dict, grid: Path, recon: Path, clock: _Clock) -> Path:
     from disdis.metrics import format_table
     rows = ["| representation | FactorVAE | DCI disentanglement | MIG |", "|---|---|---|---|"]
@@ -207,6 +218,7 @@ def write_report(path: Path, cfg, results: dict, grid: Path, recon: Path, clock:
         f"{cfg.data.resolution}x{cfg.data.resolution}.", "",
         "Full metric table (tokens_pca):", "", "```", format_table(results[REPRESENTATIONS[0]]), "```", "",
         *shares_table(results[REPRESENTATIONS[0]], list(DEMO_GRID)), "",
+        *capture_curve(path.parent),
         f"Reconstructions (rows: images; first-stage reconstructions; DDIM from their inverted noise and own "
         f"tokens): ![]({recon.relative_to(path.parent)})", "",
         "Latent interchange (row u: the targets of the first row regenerated with unit u's token taken from "

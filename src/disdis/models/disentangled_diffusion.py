@@ -55,10 +55,13 @@ class DisentangledDiffusion(nn.Module):
         """Fix the latent scale 1/std on the first training batch (released "scale by std")."""
         self.scaler.fit(self.first_stage.encode(images).float())
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The training loss on images in [-1, 1]; also returns the un-anchored tokens (detached)."""
+    def forward(self, images: torch.Tensor, condition_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The training loss on images in [-1, 1]; also returns the un-anchored tokens (detached).
+
+        With ``condition_images`` the tokens come from those images instead (a diagnostic: how
+        much the loss rises when the units describe another image)."""
         z0 = self.latents(images).float()  # the noise and the loss stay in float32 under autocast
-        tokens = self.unit_tokens(images)
+        tokens = self.unit_tokens(images if condition_images is None else condition_images)
         loss = self.noise_loss(self.unet, z0, self.anchor(tokens))
         return {"loss": loss, "tokens": tokens.detach()}
 
