@@ -191,3 +191,34 @@ def test_frozen_modules_do_not_move_during_freeze_kimg(tmp_path, shapes3d_grid_n
     assert main(["train", write_yaml(tmp_path / "t.yaml", cfg), f"run_dir={tmp_path / 'bad'}",
                  "train.freeze_modules=[encoder]"]) != 0
     assert "train.freeze_modules: the model has no submodule 'encoder'" in capsys.readouterr().err
+
+
+def test_lr_scale_gives_named_submodules_their_own_group():
+    from disdis.train.loop import _param_groups
+    net = torch.nn.Sequential()
+    net.add_module("a", torch.nn.Linear(2, 2))
+    net.add_module("b", torch.nn.Linear(2, 2))
+    params = list(net.parameters())
+    cfg = config(lr=1e-3, lr_scale={"a": 0.1})
+    rest, a = _param_groups(net, params, cfg)
+    assert a["lr"] == pytest.approx(1e-4) and {id(p) for p in a["params"]} == {id(p) for p in net.a.parameters()}
+    assert rest["lr"] == 1e-3 and {id(p) for p in rest["params"]} == {id(p) for p in net.b.parameters()}
+    (only,) = _param_groups(net, params, config(lr=1e-3))  # the released single group
+    assert len(only["params"]) == 4 and only["lr_scale"] == 1.0
+    with pytest.raises(ConfigError, match="train.lr_scale.a"):
+        config(lr_scale={"a": 0})
+    with pytest.raises(ConfigError, match="train.lr_scale: the model has no submodule 'c'"):
+        _param_groups(net, params, config(lr_scale={"c": 0.5}))
+
+
+def test_lr_scale_run_trains_and_resumes(tmp_path, shapes3d_grid_npz):
+    """A run with an extractor group at 0.1 x lr trains, checkpoints the two groups and resumes."""
+    from disdis.cli import main
+    from disdis.train.checkpoint import list_checkpoints, load_checkpoint
+    from train_standins import tiny_run_config, write_yaml
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run", train={"lr_scale": {"extractor": 0.1}, "total_kimg": 0.16,
+                                                                      "probe_images": 0})
+    assert main(["train", write_yaml(tmp_path / "t.yaml", cfg)]) == 0
+    assert main(["train", "--resume", str(tmp_path / "run"), "train.total_kimg=0.32"]) == 0
+    _, meta = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+    assert [g["lr"] for g in meta["optimizer_groups"]] == pytest.approx([2e-3, 2e-4]) and meta["step"] == 20

@@ -59,13 +59,19 @@ class EMA:
         beta = self.decay(images_per_step)
         self.num_updates += 1
         ema_params = dict(self.module.named_parameters())
+        averaged: tuple[list, list] = ([], [])
+        followed: tuple[list, list] = ([], [])
         for name, param in model.named_parameters():
-            if not param.requires_grad:
-                continue
-            if name in self.averaged:
-                ema_params[name].lerp_(param.detach(), 1.0 - beta)
-            else:
-                ema_params[name].copy_(param.detach())
+            if param.requires_grad:
+                pair = averaged if name in self.averaged else followed
+                pair[0].append(ema_params[name])
+                pair[1].append(param.detach())
         ema_buffers = dict(self.module.named_buffers())
         for name, buf in model.named_buffers():
-            ema_buffers[name].copy_(buf)
+            followed[0].append(ema_buffers[name])
+            followed[1].append(buf)
+        # one multi-tensor kernel per kind instead of one small kernel per tensor
+        if averaged[0]:
+            torch._foreach_lerp_(averaged[0], averaged[1], 1.0 - beta)
+        if followed[0]:
+            torch._foreach_copy_(followed[0], followed[1])

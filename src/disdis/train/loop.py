@@ -62,6 +62,7 @@ class TrainConfig:
     batch_size: int = 512                     # global batch, split over processes (released: 512; CelebA 64)
     total_kimg: float = 51200.0               # 100k steps at batch 512 (released)
     lr: float = 1e-4                          # constant, no warm-up, never scaled by device count (released)
+    lr_scale: dict[str, float] = dataclasses.field(default_factory=dict)  # submodule -> multiple of lr (own group)
     lr_warmup_kimg: float = 0.0               # linear warm-up over this many images (EncDiff: 10k steps x 128)
     lr_warmup_start: float = 1e-6             # ... from this fraction of lr (EncDiff's LambdaLinearScheduler)
     weight_decay: float = 0.01                # torch AdamW default, as in the released code
@@ -109,6 +110,9 @@ class TrainConfig:
         for ok, key, expected in checks:
             if not ok:
                 raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self, key)!r}")
+        for name, scale in self.lr_scale.items():
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+                raise ConfigError(f"train.lr_scale.{name}: expected a positive number, got {scale!r}")
 
 
 @dataclass
@@ -207,8 +211,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     frozen = [p for m in named_submodules(model, cfg.freeze_modules, "train.freeze_modules")
               for p in m.parameters() if p.requires_grad]
     # fused: one kernel for the whole update instead of a loop over parameter tensors
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(_param_groups(model, params, cfg), lr=cfg.lr, betas=cfg.adam_betas,
+                                  weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
     ema = EMA(model, cfg.ema_halflife_kimg * 1000, warmup=cfg.ema_warmup, modules=cfg.ema_modules)
     recent = _TokenBuffer(min(cfg.refit_images, len(dataset))) if anchoring and cfg.refit_source == "recent" else None
     if state is not None:
@@ -255,7 +259,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
             loss.backward()
             if cfg.lr_warmup_kimg:
                 for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(cfg, step)
+                    group["lr"] = cfg.lr * group["lr_scale"] * lr_factor(cfg, step)
             if step < sched.freeze:
                 for p in frozen:  # AdamW skips parameters without a gradient: no step, no decay
                     p.grad = None
@@ -419,6 +423,20 @@ def _load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Pat
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
+
+
+def _param_groups(model: nn.Module, params: list[nn.Parameter], cfg: TrainConfig) -> list[dict]:
+    """One AdamW group of every trained parameter (released), or, with ``lr_scale``, a group per named
+    submodule at its multiple of the learning rate plus one of the rest."""
+    scaled = named_submodules(model, list(cfg.lr_scale), "train.lr_scale")
+    taken: set[int] = set()
+    groups = []
+    for module, scale in zip(scaled, cfg.lr_scale.values()):
+        own = [p for p in module.parameters() if p.requires_grad and id(p) not in taken]
+        taken.update(id(p) for p in own)
+        groups.append({"params": own, "lr": cfg.lr * scale, "lr_scale": float(scale)})
+    rest = [p for p in params if id(p) not in taken]
+    return [{"params": rest, "lr": cfg.lr, "lr_scale": 1.0}, *groups]
 
 
 def _collate(items: list) -> torch.Tensor:
