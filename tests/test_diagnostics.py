@@ -124,6 +124,13 @@ def test_probe_leaves_the_training_generator_alone(tmp_path):
     assert torch.equal(torch.rand(3), expected) and model.training
 
 
+def test_capture_times():
+    from disdis.diagnostics import capture_times
+    rows = [{"step": 10, "kimg": 1.0, "sec_per_step": 6.0, "share_a": 0.2, "share_b": 0.6},
+            {"step": 20, "kimg": 2.0, "sec_per_step": 12.0, "share_a": 0.5, "share_b": 0.1}]
+    assert capture_times(rows, ["a", "b", "c"]) == {"a": (2.0, 3.0), "b": (1.0, 1.0), "c": None}
+
+
 def test_probe_classes_fit_the_budget():
     assert [c.tolist() for c in probe_classes([3, 4], 100)] == [[0, 1, 2], [0, 1, 2, 3]]
     classes = probe_classes([10, 10, 10, 8, 4, 15], 4096)

@@ -164,6 +164,21 @@ class UnitProbe:
             plot_factor_shares(rows, self.factor_names, self.figure)
 
 
+def capture_times(rows: Sequence[dict], factor_names: Sequence[str],
+                  captured: float = CAPTURED) -> dict[str, tuple[float, float] | None]:
+    """For each factor, (kimg, training minutes) of the first logged interval at which some unit's
+    share reached ``captured``, from the rows of ``logs/train.csv``; None when it never did."""
+    out: dict[str, tuple[float, float] | None] = {name: None for name in factor_names}
+    minutes, last_step = 0.0, 0.0
+    for row in rows:
+        minutes += (row["step"] - last_step) * row["sec_per_step"] / 60
+        last_step = row["step"]
+        for name in factor_names:
+            if out[name] is None and row.get(f"share_{name}", 0.0) >= captured:
+                out[name] = (row["kimg"], minutes)
+    return out
+
+
 def _record_attention(records: list):
     """A forward hook on a cross-attention layer: (weight entropy, output selectivity) per call."""
     def hook(module, inputs, output):

@@ -173,10 +173,23 @@ def report_summary(cfg, results: dict, clock: _Clock) -> str:
         lines.append(f"{rep:>10}: FactorVAE {fvae:.3f}  DCI disentanglement {dci:.3f}  MIG {mig:.3f}  "
                      f"(target FactorVAE >= {TARGET['factor_vae']}, DCI >= {TARGET['dci']}: "
                      f"{'reached' if reached else 'not reached'})")
+    lines.append(capture_line(Path(cfg.run_dir)))
     e = cfg.eval
     lines.append(f"reduced protocol (not the paper's): {e.num_train} train / {e.num_test} test points, "
                  f"{e.num_eval} FactorVAE eval votes, {e.num_variance_estimate} variance samples")
     return "\n".join(lines)
+
+
+def capture_line(run_dir: Path) -> str:
+    """When training first captured each factor (some unit's share >= 0.5), from logs/train.csv."""
+    from disdis.diagnostics import CAPTURED, capture_times
+    from disdis.train.logger import read_csv_log
+    log = run_dir / "logs" / "train.csv"
+    times = capture_times(read_csv_log(log), list(DEMO_GRID)) if log.is_file() else {}
+    got = [f"{n} at {t[0]:g} kimg ({t[1]:.1f} min)" for n, t in times.items() if t]
+    missed = [n for n, t in times.items() if not t]
+    return (f"captured (a unit's share >= {CAPTURED}): {', '.join(got) or 'none'}"
+            + (f"; never captured: {', '.join(missed)}" if missed else "; every factor captured"))
 
 
 def shares_table(result: dict, factor_names: list[str]) -> list[str]:
