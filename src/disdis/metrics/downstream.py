@@ -21,8 +21,9 @@ from disdis.metrics.sampling import sample_codes
 
 def downstream_efficiency(code_table: np.ndarray, factor_sizes, random_state,
                           train_sizes: Sequence[int] = (100, 1000, 10000), num_test: int = 5000,
-                          backend: str = "exact", n_jobs: int = 1) -> dict[str, float]:
-    """Accuracies per training size and their ratio to the largest size's."""
+                          backend: str = "exact", n_jobs: int = 1, tree_seed: int | None = None) -> dict[str, float]:
+    """Accuracies per training size and their ratio to the largest size's; ``tree_seed`` seeds the
+    trees' tie-breaking (unseeded, as in disentanglement_lib, when None)."""
     table, sizes = check_code_table(code_table, factor_sizes)
     rng = check_random_state(random_state)
     scores: dict[str, float] = {}
@@ -30,7 +31,7 @@ def downstream_efficiency(code_table: np.ndarray, factor_sizes, random_state,
         codes_train, factors_train = sample_codes(table, sizes, size, rng)
         codes_test, factors_test = sample_codes(table, sizes, num_test, rng)
         _, train_acc, test_acc = importance_matrix(codes_train, factors_train, codes_test,
-                                                   factors_test, None, backend, n_jobs)
+                                                   factors_test, tree_seed, backend, n_jobs)
         scores[f"{size}:mean_train_accuracy"] = train_acc
         scores[f"{size}:mean_test_accuracy"] = test_acc
     reference = scores[f"{max(train_sizes)}:mean_test_accuracy"]

@@ -101,14 +101,17 @@ def _steps(table: np.ndarray, sizes: np.ndarray, p: Protocol) -> dict[str, Calla
     return {
         "factor_vae": lambda: factor_vae(table, sizes, rng(), p.batch_size, p.num_train, p.num_eval,
                                          p.num_variance_estimate, p.prune_threshold),
-        "dci": lambda: dci(*train_test(rng()), backend=p.dci_backend, n_jobs=p.n_jobs),
+        # the trees break ties between equally good features at random (unseeded in
+        # disentanglement_lib); seeding them apart from the sampling stream keeps the samples
+        # disentanglement_lib's and makes the score the same on every run
+        "dci": lambda: dci(*train_test(rng()), random_state=p.seed, backend=p.dci_backend, n_jobs=p.n_jobs),
         "mig": mig_step,
         "beta_vae": lambda: beta_vae(table, sizes, rng(), p.batch_size, p.num_train, p.num_eval),
         "sap": lambda: {"SAP_score": sap(*train_test(rng()), n_jobs=p.n_jobs)},
         "modularity_explicitness": lambda: modularity_explicitness(*train_test(rng()), p.num_bins,
                                                                    n_jobs=p.n_jobs),
         "downstream": lambda: downstream_efficiency(table, sizes, rng(), p.downstream_sizes,
-                                                    p.num_test, p.dci_backend, p.n_jobs),
+                                                    p.num_test, p.dci_backend, p.n_jobs, tree_seed=p.seed),
     }
 
 
