@@ -211,14 +211,17 @@ def test_lr_scale_gives_named_submodules_their_own_group():
         _param_groups(net, params, config(lr_scale={"c": 0.5}))
 
 
-def test_lr_scale_run_trains_and_resumes(tmp_path, shapes3d_grid_npz):
-    """A run with an extractor group at 0.1 x lr trains, checkpoints the two groups and resumes."""
+def test_lr_scale_and_warmup_run_trains_and_resumes(tmp_path, shapes3d_grid_npz):
+    """A run with an extractor group at 0.1 x lr and a 40-step warm-up trains, checkpoints the two
+    groups at their warmed-up rates of the last step (19 of 40) and resumes."""
     from disdis.cli import main
     from disdis.train.checkpoint import list_checkpoints, load_checkpoint
     from train_standins import tiny_run_config, write_yaml
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run", train={"lr_scale": {"extractor": 0.1}, "total_kimg": 0.16,
-                                                                      "probe_images": 0})
+                                                                      "probe_images": 0, "lr_warmup_kimg": 0.64})
     assert main(["train", write_yaml(tmp_path / "t.yaml", cfg)]) == 0
     assert main(["train", "--resume", str(tmp_path / "run"), "train.total_kimg=0.32"]) == 0
     _, meta = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
-    assert [g["lr"] for g in meta["optimizer_groups"]] == pytest.approx([2e-3, 2e-4]) and meta["step"] == 20
+    factor = 1e-6 + (1 - 1e-6) * 19 / 40
+    assert [g["lr"] for g in meta["optimizer_groups"]] == pytest.approx([2e-3 * factor, 2e-4 * factor])
+    assert meta["step"] == 20
