@@ -75,3 +75,17 @@ def test_resolved_config_round_trips(tmp_path):
     again = load_config(Outer, tmp_path / "resolved.yaml")
     assert again == cfg
     assert config_to_dict(again)["channels"] == [3]
+
+
+def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
+    from disdis.io import atomic_path, write_text_atomic
+    path = write_text_atomic(tmp_path / "a.yaml", "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.yaml"]
+    with atomic_path(tmp_path / "b.png") as tmp:
+        assert tmp.suffix == ".png" and tmp.parent == tmp_path
+        tmp.write_text("x")
+    assert (tmp_path / "b.png").read_text() == "x"

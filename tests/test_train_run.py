@@ -85,3 +85,22 @@ def test_diffusion_run_trains_its_own_first_stage_then_resumes(tmp_path, shapes3
     assert main(["train", "--resume", str(run), "train.total_kimg=0.32"]) == 0
     assert list_checkpoints(run / "checkpoints")[-1].name == "ckpt-000000020.safetensors"
     assert list_checkpoints(run / "first_stage/checkpoints")[-1].name == "ckpt-000000006.safetensors"
+
+
+@pytest.mark.parametrize("override", ["unet.num_heads=3", "unet.skip_dropout=1.5", "units.num_units=0", "diffusion.ddim_steps=5000",
+                                      "eval.metrics=[dcii]", "unet.attention_resolutions=[3]"])
+def test_rejected_settings_stop_before_any_work_and_leave_a_resumable_run(tmp_path, shapes3d_grid_npz, capsys, override):
+    """A bad value stops `train` with one line before a folder is made or a stage trained; on
+    --resume it leaves config.yaml as it was, so the run still resumes, evaluates and interchanges."""
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "bad", first_stage={"kind": "vq", "base_channels": 8,
+                                                                            "channel_mult": [1], "num_res_blocks": 1})
+    config = write_yaml(tmp_path / "tiny.yaml", cfg)
+    assert main(["train", config, override]) != 0
+    assert override.split("=")[0] in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    good = write_yaml(tmp_path / "good.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "run",
+                                                              train={"total_kimg": 0.16, "probe_images": 0}))
+    assert main(["train", good]) == 0
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert main(["train", "--resume", str(tmp_path / "run"), override]) != 0
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved
+    assert main(["train", "--resume", str(tmp_path / "run"), "train.total_kimg=0.32"]) == 0

@@ -103,8 +103,9 @@ def config_to_dict(config: Any) -> Any:
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (the file a run keeps beside its checkpoints)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    """Write the resolved config as YAML (the file a run keeps beside its checkpoints), atomically."""
+    from disdis.io import write_text_atomic
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:

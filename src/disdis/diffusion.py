@@ -36,6 +36,14 @@ class DiffusionConfig:
     ddim_steps: int = 100
     ddim_eta: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ConfigError(f"diffusion.num_steps: expected a positive integer, got {self.num_steps}")
+        if self.ddim_steps < 1:
+            raise ConfigError(f"diffusion.ddim_steps: expected a positive integer, got {self.ddim_steps}")
+        if self.ddim_eta < 0:
+            raise ConfigError(f"diffusion.ddim_eta: expected 0 or more, got {self.ddim_eta}")
+
 
 def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
     """The T noise variances as float64.

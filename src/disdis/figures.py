@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from disdis.io import atomic_path
 
 
 def plot_factor_shares(rows: Sequence[dict], factor_names: Sequence[str], path: str | Path,
@@ -32,10 +33,7 @@ def plot_factor_shares(rows: Sequence[dict], factor_names: Sequence[str], path: 
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)

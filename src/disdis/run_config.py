@@ -45,6 +45,13 @@ class EvalConfig:
     seed: int = 0
     ddim_steps: int = 100
 
+    def __post_init__(self) -> None:
+        from disdis.metrics.suite import check_metric_names
+        check_metric_names(self.metrics, "eval.metrics")
+        for key in ("batch_size", "num_train", "num_test", "num_eval", "num_variance_estimate", "ddim_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"eval.{key}: expected a positive integer, got {getattr(self, key)!r}")
+
 
 @dataclass
 class FirstStageTrainConfig(TrainConfig):
@@ -111,5 +118,8 @@ def check_run_config(cfg: RunConfig) -> None:
     if res is not None and cfg.unet.resolution * factor != res:
         raise ConfigError(f"unet.resolution: {cfg.unet.resolution} does not match the latent size "
                           f"{res // factor} (data.resolution {res} / first-stage downsampling {factor})")
+    for key, steps in (("diffusion.ddim_steps", cfg.diffusion.ddim_steps), ("eval.ddim_steps", cfg.eval.ddim_steps)):
+        if steps > cfg.diffusion.num_steps:
+            raise ConfigError(f"{key}: {steps} is more than the {cfg.diffusion.num_steps} diffusion steps")
     if cfg.unet.context_dim != cfg.units.token_dim:
         raise ConfigError(f"unet.context_dim: {cfg.unet.context_dim} differs from units.token_dim {cfg.units.token_dim}")

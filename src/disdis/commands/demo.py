@@ -216,6 +216,7 @@ def capture_curve(run_dir: Path) -> list[str]:
 
 
 def write_report(path: Path, cfg, results: dict, grid: Path, recon: Path, clock: _Clock) -> Path:
+    from disdis.io import write_text_atomic
     from disdis.metrics import format_table
     rows = ["| representation | FactorVAE | DCI disentanglement | MIG |", "|---|---|---|---|"]
     for rep, result in results.items():
@@ -237,7 +238,4 @@ def write_report(path: Path, cfg, results: dict, grid: Path, recon: Path, clock:
         "Latent interchange (row u: the targets of the first row regenerated with unit u's token taken from "
         f"the source in the first column): ![]({grid.relative_to(path.parent)})", "",
     ]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, "\n".join(lines))

@@ -62,12 +62,12 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
                  out: str | Path | None = None) -> tuple[dict, Path]:
     """Metrics of a run's representation; returns (result dict, path of metrics.json) (rank 0 writes it)."""
     import json
-    import os
 
     import numpy as np
 
     from disdis.config import apply_overrides, config_from_dict, config_to_dict
     from disdis.errors import ConfigError
+    from disdis.io import write_text_atomic
     from disdis.metrics import evaluate_representation, reduce_units_by_pca, tad, unit_factor_shares
     from disdis.run_config import EvalConfig
     from disdis.train import distributed
@@ -102,9 +102,7 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
         result = {"metrics": {"tad": tad(codes, labels)}, "seconds": {}, "protocol": {"reference": True}}
     result["run"] = {"checkpoint": str(checkpoint), "weights": weights, "representation": cfg.eval.representation,
                      "num_images": int(len(codes))}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(result, indent=2))
     return result, out
 
 
@@ -152,6 +150,7 @@ def evaluate_codes(codes_path: str | Path, dataset_path: str | Path, overrides=(
     from disdis.config import apply_overrides, config_from_dict, config_to_dict
     from disdis.data import open_dataset
     from disdis.errors import ConfigError, DisdisError
+    from disdis.io import write_text_atomic
     from disdis.metrics import evaluate_representation, reduce_units_by_pca
     from disdis.run_config import EvalConfig
 
@@ -180,10 +179,7 @@ def evaluate_codes(codes_path: str | Path, dataset_path: str | Path, overrides=(
     result["run"] = {"codes": os.fspath(codes_path), "dataset": os.fspath(dataset_path),
                      "representation": representation, "num_images": int(len(codes))}
     if out is not None:
-        out = Path(out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, out)
+        write_text_atomic(out, json.dumps(result, indent=2))
     return result
 
 

@@ -77,10 +77,10 @@ def interchange_grid(run_source: str | Path, out: str | Path | None = None, sour
 
 def save_grid(grid, path: str | Path, pad: int = 2) -> None:
     """Save images (rows, cols, C, H, W) in [-1, 1] as one PNG with white gutters (atomic)."""
-    import os
-
     import numpy as np
     from PIL import Image
+
+    from disdis.io import atomic_path
 
     rows, cols, c, h, w = grid.shape
     pixels = ((grid.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).cpu().numpy()
@@ -89,8 +89,5 @@ def save_grid(grid, path: str | Path, pad: int = 2) -> None:
         for k in range(cols):
             y, x = pad + r * (h + pad), pad + k * (w + pad)
             canvas[y:y + h, x:x + w] = pixels[r, k]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(canvas.squeeze(-1) if c == 1 else canvas).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas.squeeze(-1) if c == 1 else canvas).save(tmp)

@@ -25,6 +25,17 @@ from disdis.metrics.sampling import sample_codes
 from disdis.metrics.sap import sap
 
 
+METRIC_NAMES = ("factor_vae", "dci", "mig", "beta_vae", "sap", "modularity_explicitness", "downstream")
+
+
+def check_metric_names(names: Sequence[str], key: str = "metrics") -> None:
+    """A ConfigError naming the first entry that is not a metric of the suite."""
+    from disdis.errors import ConfigError
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise ConfigError(f"{key}: unknown metric {unknown[0]!r} (known: {', '.join(METRIC_NAMES)})")
+
+
 @dataclass
 class Protocol:
     """Sample sizes and settings; the defaults are disentanglement_lib's study values."""
@@ -39,8 +50,7 @@ class Protocol:
     seed: int = 0
     dci_backend: str = "exact"
     downstream_sizes: tuple[int, ...] = (100, 1000, 10000)
-    metrics: tuple[str, ...] = ("factor_vae", "dci", "mig", "beta_vae", "sap",
-                                "modularity_explicitness", "downstream")
+    metrics: tuple[str, ...] = METRIC_NAMES
     n_jobs: int = 2
     notes: list[str] = field(default_factory=list)
 
@@ -66,6 +76,7 @@ def evaluate_representation(code_table: np.ndarray, factor_sizes: Sequence[int],
             from disdis.errors import DisdisError
             raise DisdisError(f"evaluate_representation: unknown protocol setting {key!r}")
         setattr(protocol, key, value)
+    check_metric_names(protocol.metrics)
     table, sizes = check_code_table(code_table, factor_sizes)
     steps = _steps(table, sizes, protocol)
     results, seconds = {}, {}

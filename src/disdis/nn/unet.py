@@ -56,6 +56,25 @@ class UNetConfig:
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
 
+    def __post_init__(self) -> None:
+        checks = [
+            (min(self.in_channels, self.out_channels, self.base_channels, self.num_heads, self.context_dim,
+                 self.num_res_blocks, self.transformer_depth) >= 1,
+             "in_channels/out_channels/base_channels/num_heads/context_dim/num_res_blocks/transformer_depth",
+             "positive integers"),
+            (len(self.channel_mult) >= 1 and min(self.channel_mult) >= 1, "channel_mult", "positive multipliers"),
+            (0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)"),
+            (0.0 <= self.skip_dropout < 1.0, "skip_dropout", "in [0, 1)"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ConfigError(f"unet.{key}: expected {expected}")
+        factors = [2 ** level for level in range(len(self.channel_mult))]
+        unknown = sorted(set(self.attention_resolutions) - set(factors))
+        if unknown:
+            raise ConfigError(f"unet.attention_resolutions: {unknown} is not a downsampling factor of this U-Net "
+                              f"(its levels have factors {factors})")
+
 
 class SkipDropout(nn.Module):
     """Drop whole channels of a skip tensor, per sample, while training.

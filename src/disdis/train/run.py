@@ -31,8 +31,9 @@ FIRST_STAGE_DIR = "first_stage"
 
 
 def start_run(cfg: RunConfig) -> tuple[Path, TrainResult]:
-    """Create a run directory for ``cfg`` and train it from scratch."""
-    check_run_config(cfg)
+    """Create a run directory for ``cfg`` and train it from scratch (after checking every setting,
+    so that a bad one stops the run before any folder is made or any stage is trained)."""
+    validate_run_config(cfg)
     distributed.init(resolve_device(cfg.train.device).type)
     run_dir = _new_run_dir(cfg) if distributed.is_main() else None
     run_dir = Path(distributed.broadcast_json(str(run_dir) if run_dir else None))
@@ -47,6 +48,7 @@ def resume_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ())
     ``train.total_kimg``, are applied to its saved config)."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir, overrides)
+    validate_run_config(cfg)  # a rejected override leaves the saved config as it was
     distributed.init(resolve_device(cfg.train.device).type)
     if distributed.is_main() and overrides:
         save_config(cfg, run_dir / CONFIG_NAME)
@@ -78,6 +80,19 @@ def _run_stages(cfg: RunConfig, run_dir: Path) -> TrainResult:
             if distributed.is_main():
                 save_config(cfg, run_dir / CONFIG_NAME)
     return _train(cfg, run_dir, first_stage, resume=resume)
+
+
+def validate_run_config(cfg: RunConfig) -> None:
+    """Every check a run's settings must pass, done before any work: the sections fit together, and
+    the models of its stages build (on the meta device: no memory, no computation)."""
+    from disdis.models import build_model
+    check_run_config(cfg)
+    stages = [cfg]
+    if cfg.stage == "diffusion" and cfg.first_stage.kind != "identity" and not cfg.first_stage_run:
+        stages.append(dataclasses.replace(cfg, stage="first_stage", train=cfg.first_stage_train))
+    with torch.device("meta"):
+        for stage in stages:
+            build_model(stage)
 
 
 def read_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
