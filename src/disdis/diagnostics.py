@@ -23,7 +23,9 @@ encodes the units with the live model in eval mode and measures
   loss rises when the units are taken from the image that differs in that
   factor alone (its class moved to the next probed one). It is 0 when the
   model does not read the factor from the units, whether or not they hold it
-  (models whose forward takes ``condition_images``).
+  (models whose forward takes ``condition_images``). On a small data set a
+  model can also come to rely on each image's exact unit values, so usage is
+  a clean test of reading a factor only where the units are known to hold it.
 
 It also redraws ``figures/factor_shares.png``: each factor's best share
 against kimg, so a user sees when each factor is captured. The probe's draws
