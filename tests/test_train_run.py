@@ -104,3 +104,61 @@ def test_rejected_settings_stop_before_any_work_and_leave_a_resumable_run(tmp_pa
     assert main(["train", "--resume", str(tmp_path / "run"), override]) != 0
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
     assert main(["train", "--resume", str(tmp_path / "run"), "train.total_kimg=0.32"]) == 0
+
+
+def test_resume_refuses_another_batch_size_and_reports_a_finished_run(tmp_path, shapes3d_grid_npz, capsys):
+    config = write_yaml(tmp_path / "t.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "run",
+                                                             train={"total_kimg": 0.16, "probe_images": 0}))
+    assert main(["train", config]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "run"), "train.batch_size=8", "train.total_kimg=0.32"]) != 0
+    assert "train.batch_size: the run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    out, err = capsys.readouterr()
+    assert "already finished (step 10 of 10)" in err and "final loss nan" not in out and "final loss 0." in out
+
+
+def test_an_unreadable_newest_checkpoint_is_set_aside_not_kept_by_rotation(tmp_path, shapes3d_grid_npz, capsys):
+    """The newest checkpoint is corrupt: resume falls back to the previous one and moves the corrupt
+    file aside, so that rotation (keep 3) keeps the good ones and never the corrupt one."""
+    config = write_yaml(tmp_path / "t.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "run",
+                                                             train={"total_kimg": 0.24, "probe_images": 0}))
+    assert main(["train", config]) == 0
+    ckpts = tmp_path / "run" / "checkpoints"
+    newest = list_checkpoints(ckpts)[-1]
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    assert main(["train", "--resume", str(tmp_path / "run"), "train.total_kimg=0.48"]) == 0
+    assert "moved to" in capsys.readouterr().err
+    names = [p.name for p in list_checkpoints(ckpts)]
+    assert names == ["ckpt-000000020.safetensors", "ckpt-000000025.safetensors", "ckpt-000000030.safetensors"]
+    assert (ckpts / (newest.name + ".unreadable")).is_file()
+    for path in list_checkpoints(ckpts):
+        load_checkpoint(path)  # every kept checkpoint reads
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_current_step_and_the_run_resumes_exactly(tmp_path, shapes3d_grid_npz, sig):
+    """SIGTERM or Ctrl-C between checkpoints: the run saves the step it finished, exits with 128 + the
+    signal, and its resume ends with the weights of a run never stopped."""
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "stopped", train={"total_kimg": 0.32, "checkpoint_every_kimg": 0.32,
+                                                                          "log_every_kimg": 0.016, "probe_images": 0})
+    config = write_yaml(tmp_path / "tiny.yaml", cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "disdis.cli", "train", config], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "stopped" / "logs" / "train.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 4:  # header + 3 steps
+            break
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 128 + sig, err[-2000:]
+    saved = list_checkpoints(tmp_path / "stopped" / "checkpoints")
+    assert len(saved) == 1 and saved[0].name != "ckpt-000000020.safetensors" and "continue with --resume" in err
+    assert main(["train", "--resume", str(tmp_path / "stopped")]) == 0
+    assert main(["train", config, f"run_dir={tmp_path / 'straight'}"]) == 0
+    a, _ = load_checkpoint(tmp_path / "stopped/checkpoints/ckpt-000000020.safetensors")
+    b, _ = load_checkpoint(tmp_path / "straight/checkpoints/ckpt-000000020.safetensors")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DisdisError as err:
         print(f"disdis {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"disdis {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -65,6 +65,16 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     return path
 
 
+def read_meta(path: str | Path) -> dict[str, Any] | None:
+    """The meta of a checkpoint without reading its tensors; None when the file is unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        return json.loads(header["meta"]) if header.get("format") == FORMAT else None
+    except Exception:  # unreadable: the loop's own loading reports it and falls back
+        return None
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint`; returns (tensors on the CPU, meta)."""
     path = Path(path)

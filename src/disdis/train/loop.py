@@ -36,7 +36,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +54,7 @@ from disdis.train import checkpoint as ckpt
 from disdis.train import distributed
 from disdis.train.ema import EMA, named_submodules
 from disdis.train.encode import encode_images
-from disdis.train.logger import CSVLogger
+from disdis.train.logger import CSVLogger, read_csv_log
 from disdis.train.sampler import StepBatchSampler
 
 
@@ -124,6 +126,43 @@ class TrainResult:
 
 class NonFiniteLossError(DisdisError):
     """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+class TrainingInterrupted(DisdisError):
+    """SIGINT or SIGTERM arrived; the run saved a checkpoint at the step it had finished and stopped.
+    ``exit_code`` is the shell's 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM only set ``received``; the loop then saves and stops."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def stop_now(self) -> bool:
+        """True on every rank once any rank has received a signal (one tiny all-reduce under DDP)."""
+        flag = torch.tensor(float(self.received is not None))
+        return bool(distributed.all_reduce_mean(flag) > 0) if distributed.world_size() > 1 else bool(flag)
 
 
 @dataclass
@@ -216,7 +255,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     ema = EMA(model, cfg.ema_halflife_kimg * 1000, warmup=cfg.ema_warmup, modules=cfg.ema_modules)
     recent = _TokenBuffer(min(cfg.refit_images, len(dataset))) if anchoring and cfg.refit_source == "recent" else None
     if state is not None:
-        start = _restore(state, model, ema, optimizer, recent, device)
+        start = _restore(state, model, ema, optimizer, recent, device, cfg)
     sampler.start_step = start
 
     ddp = model
@@ -241,8 +280,15 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     totals: dict[str, torch.Tensor] = {}
     window_start, window_steps = time.perf_counter(), 0
     loss_value = float("nan")
+    if start >= sched.total:  # a finished run: report its last logged loss
+        rows = read_csv_log(logger.path) if main and logger.path.is_file() else []
+        loss_value = rows[-1]["loss"] if rows else loss_value
+        if main:
+            print(f"the run is already finished (step {start} of {sched.total}); nothing to train", file=sys.stderr)
     data = iter(loader)
+    stop = _StopSignals()
     try:
+        stop.__enter__()
         for step in range(start, sched.total):
             torch.manual_seed(step_seed(cfg.seed, step, rank))
             images = next(data).to(device, non_blocking=True).contiguous(memory_format=layout)
@@ -295,7 +341,16 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
                               f"{row['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
                 totals.clear()
                 window_start, window_steps = time.perf_counter(), 0
+            if stop.stop_now():
+                saved = done % sched.checkpoint == 0 or done == sched.total
+                if main and not saved:
+                    last_ckpt = _save(run_dir / "checkpoints", model, ema, optimizer, recent, cfg, done, sched)
+                    ckpt.prune_checkpoints(run_dir / "checkpoints", cfg.keep_checkpoints)
+                signum = stop.received or signal.SIGTERM
+                raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} after step {done}; saved "
+                                          f"{last_ckpt}; continue with --resume {run_dir}", signum)
     finally:
+        stop.__exit__()
         bar.close()
         for log in (logger, fit_log, probe):
             if log is not None:
@@ -390,14 +445,25 @@ def _load_latest(directory: Path) -> _State | None:
             tensors, meta = ckpt.load_checkpoint(path)
         except ckpt.CheckpointError as err:
             if distributed.is_main():
-                print(f"warning: {err}; trying the previous checkpoint", file=sys.stderr)
+                # set aside, so that rotation never counts it among the checkpoints it keeps
+                aside = path.with_name(path.name + ".unreadable")
+                print(f"warning: {err}; moved to {aside.name}; trying the previous checkpoint", file=sys.stderr)
+                path.replace(aside)
             continue
         return _State(path, tensors, meta)
     raise ckpt.CheckpointError(f"{directory}: no readable checkpoint to resume from")
 
 
+def check_resumable(meta: dict, cfg: TrainConfig, path: Path) -> None:
+    """A run resumes with the batch it was trained at: its steps, data order and kimg count assume it."""
+    if meta["batch_size"] != cfg.batch_size:
+        raise ConfigError(f"train.batch_size: the run of {path} was trained at batch {meta['batch_size']}; "
+                          f"resume it with that batch (got {cfg.batch_size})")
+
+
 def _restore(state: _State, model: nn.Module, ema: EMA, optimizer, recent: _TokenBuffer | None,
-             device: torch.device) -> int:
+             device: torch.device, cfg: TrainConfig) -> int:
+    check_resumable(state.meta, cfg, state.path)
     anchors = ckpt.strip_prefix("anchors", state.tensors)
     if hasattr(model, "load_anchors"):
         model.load_anchors(anchors or None)

@@ -24,7 +24,7 @@ from disdis.errors import ConfigError, DisdisError
 from disdis.run_config import RunConfig, check_run_config, load_run_config
 from disdis.train import checkpoint as ckpt
 from disdis.train import distributed
-from disdis.train.loop import TrainResult, resolve_device, train
+from disdis.train.loop import TrainResult, check_resumable, resolve_device, train
 
 CONFIG_NAME = "config.yaml"
 FIRST_STAGE_DIR = "first_stage"
@@ -49,6 +49,10 @@ def resume_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ())
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir, overrides)
     validate_run_config(cfg)  # a rejected override leaves the saved config as it was
+    newest = ckpt.list_checkpoints(run_dir / "checkpoints")[-1:]
+    meta = ckpt.read_meta(newest[0]) if newest else None
+    if meta is not None:
+        check_resumable(meta, cfg.train, newest[0])
     distributed.init(resolve_device(cfg.train.device).type)
     if distributed.is_main() and overrides:
         save_config(cfg, run_dir / CONFIG_NAME)
