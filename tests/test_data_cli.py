@@ -171,3 +171,25 @@ def test_factor_indices_out_of_range(tmp_path, capsys, shapes3d_grid_npz):
     run_fail(capsys, ["data", "subset", str(shapes3d_grid_npz), "--out", str(tmp_path / "s.npz"),
                       "--keep", "shape"], "expected FACTOR=I,J")
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_sigterm_during_data_make_leaves_no_partial_file(tmp_path):
+    """SIGTERM while the file is being written: exit 143, nothing under the final name, and the
+    hidden temporary file is removed too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "disdis.cli", "data", "make", "dsprites", "--out",
+                             str(tmp_path / "d.npz")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not any(".partial" in n for n in os.listdir(tmp_path)):
+        time.sleep(0.01)
+    assert proc.poll() is None, "finished before it could be stopped"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 143 and "terminated" in err, err[-2000:]
+    assert os.listdir(tmp_path) == []

@@ -27,6 +27,13 @@ def test_evaluate_writes_metrics(tiny_run, capsys):
     assert set(result["metrics"]) == {"factor_vae", "mig", "dci"} and result["protocol"]["reference"] is False
     assert 0 <= result["metrics"]["factor_vae"]["eval_accuracy"] <= 1 and "factor_vae" in out and "NOTE" in out
     assert result["run"]["num_images"] == 288 and result["run"]["weights"] == "ema"
+    assert result["protocol"]["n_jobs"] == 2
+
+
+def test_evaluate_jobs_reach_the_metric_suite(tiny_run, tmp_path):
+    assert main(["evaluate", str(tiny_run), "--jobs", "1", "--out", str(tmp_path / "m.json"), "eval.num_train=200",
+                 "eval.num_test=100", "eval.metrics=[dci]"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["protocol"]["n_jobs"] == 1
 
 
 def test_encoding_is_canonical_and_anchored(tiny_run):

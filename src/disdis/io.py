@@ -8,22 +8,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from disdis.errors import DisdisError
+
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` (same suffix, so writers that go by it pick the format)
-    that replaces ``path`` when the block ends without an error, and is removed when it fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+def atomic_path(path: str | Path, make_parents: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` (``.NAME.XXXX.partial.SUFFIX``: the same suffix, so writers
+    that go by it pick the format) that replaces ``path`` when the block ends without an error and
+    is removed otherwise. Without ``make_parents`` a missing folder is an error."""
+    path = Path(path).absolute()
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise DisdisError(f"{path}: output folder {path.parent} does not exist")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise DisdisError("give a RUN_DIR, or --codes FILE.npz with --dataset DATASET_FILE")
     from disdis.train import distributed
     try:
-        result, out = evaluate_run(args.run_dir, args.overrides, weights=args.weights, out=args.out)
+        result, out = evaluate_run(args.run_dir, args.overrides, weights=args.weights, out=args.out, n_jobs=args.jobs)
         if distributed.is_main():
             from disdis.metrics import format_table
             print(format_table(result))
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = (), weights: str = "ema",
-                 out: str | Path | None = None) -> tuple[dict, Path]:
+                 out: str | Path | None = None, n_jobs: int = 2) -> tuple[dict, Path]:
     """Metrics of a run's representation; returns (result dict, path of metrics.json) (rank 0 writes it)."""
     import json
 
@@ -95,7 +95,7 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
         result = evaluate_representation(codes, dataset.factor_sizes, dataset.factor_names, num_train=e.num_train,
                                          num_test=e.num_test, num_eval=e.num_eval,
                                          num_variance_estimate=e.num_variance_estimate, metrics=tuple(e.metrics),
-                                         seed=e.seed)
+                                         seed=e.seed, n_jobs=n_jobs)
         result["unit_factor_shares"] = unit_factor_shares(codes, dataset.factor_sizes).round(4).tolist()
     else:  # CelebA: attributes, no factor grid
         labels = dataset.labels(np.arange(len(dataset)))

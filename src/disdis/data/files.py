@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from disdis.errors import DataError
+from disdis.io import atomic_path as io_atomic_path
 
 # Whatever a damaged zip or npy can raise while being read.
 READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error)
@@ -29,24 +29,10 @@ READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, st
 
 @contextlib.contextmanager
 def atomic_path(final: str) -> Iterator[str]:
-    """Yield a temporary path next to ``final``; rename it over ``final`` only on success,
-    so a killed or failed write never leaves a partial file under the final name."""
-    final = os.path.abspath(final)
-    directory = os.path.dirname(final)
-    if not os.path.isdir(directory):
-        raise DataError(f"{final}: output folder {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(final) + ".",
-                               suffix=".partial")
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """:func:`disdis.io.atomic_path` for data files: a temporary path (as a string) next to
+    ``final``, renamed over it only on success; the output folder must exist."""
+    with io_atomic_path(final, make_parents=False) as tmp:
+        yield str(tmp)
 
 
 @dataclass
