@@ -89,3 +89,11 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
         assert tmp.suffix == ".png" and tmp.parent == tmp_path
         tmp.write_text("x")
     assert (tmp_path / "b.png").read_text() == "x"
+
+
+def test_typed_mapping_values_are_converted():
+    from disdis.train.loop import TrainConfig
+    cfg = load_config(TrainConfig, None, ["group_eps={extractor: 1e-3}"])
+    assert cfg.group_eps == {"extractor": 1e-3}
+    with pytest.raises(ConfigError, match="lr_scale.unet: expected a number"):
+        load_config(TrainConfig, None, ["lr_scale={unet: fast}"])

@@ -200,9 +200,13 @@ def test_lr_scale_gives_named_submodules_their_own_group():
     net.add_module("b", torch.nn.Linear(2, 2))
     params = list(net.parameters())
     cfg = config(lr=1e-3, lr_scale={"a": 0.1})
+    with pytest.raises(ConfigError, match="train.adam_eps"):
+        config(adam_eps=0)
     rest, a = _param_groups(net, params, cfg)
     assert a["lr"] == pytest.approx(1e-4) and {id(p) for p in a["params"]} == {id(p) for p in net.a.parameters()}
     assert rest["lr"] == 1e-3 and {id(p) for p in rest["params"]} == {id(p) for p in net.b.parameters()}
+    rest, b = _param_groups(net, params, config(lr=1e-3, group_eps={"b": 1e-3}))
+    assert b["eps"] == 1e-3 and b["lr"] == 1e-3 and {id(p) for p in b["params"]} == {id(p) for p in net.b.parameters()}
     (only,) = _param_groups(net, params, config(lr=1e-3))  # the released single group
     assert len(only["params"]) == 4 and only["lr_scale"] == 1.0
     with pytest.raises(ConfigError, match="train.lr_scale.a"):

@@ -141,6 +141,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
+        if len(args) == 2:  # typed values, e.g. dict[str, float]: "1e-3" read by YAML as a string is a number
+            return {k: _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):

@@ -69,6 +69,8 @@ class TrainConfig:
     lr_warmup_start: float = 1e-6             # ... from this fraction of lr (EncDiff's LambdaLinearScheduler)
     weight_decay: float = 0.01                # torch AdamW default, as in the released code
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8                    # torch's default; a large eps makes steps shrink with weak gradients
+    group_eps: dict[str, float] = dataclasses.field(default_factory=dict)  # submodule -> its own group's eps
     grad_clip: Optional[float] = None         # max global grad norm; null = no clipping
     ema_halflife_kimg: float = 3549.0         # = decay 0.9999 per step at batch 512 (released)
     ema_warmup: bool = True                   # cap decay by (1+n)/(10+n) (released LitEma)
@@ -98,6 +100,7 @@ class TrainConfig:
             (self.lr_warmup_kimg >= 0, "lr_warmup_kimg", "0 or more"),
             (0 < self.lr_warmup_start <= 1, "lr_warmup_start", "in (0, 1]"),
             (self.weight_decay >= 0, "weight_decay", "0 or more"),
+            (self.adam_eps > 0, "adam_eps", "positive"),
             (self.grad_clip is None or self.grad_clip > 0, "grad_clip", "positive or null"),
             (self.ema_halflife_kimg >= 0, "ema_halflife_kimg", "0 or more"),
             (self.refit_every > 0, "refit_every", "positive"),
@@ -112,9 +115,10 @@ class TrainConfig:
         for ok, key, expected in checks:
             if not ok:
                 raise ConfigError(f"train.{key}: expected {expected}, got {getattr(self, key)!r}")
-        for name, scale in self.lr_scale.items():
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-                raise ConfigError(f"train.lr_scale.{name}: expected a positive number, got {scale!r}")
+        for key in ("lr_scale", "group_eps"):
+            for name, value in getattr(self, key).items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    raise ConfigError(f"train.{key}.{name}: expected a positive number, got {value!r}")
 
 
 @dataclass
@@ -251,7 +255,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
               for p in m.parameters() if p.requires_grad]
     # fused: one kernel for the whole update instead of a loop over parameter tensors
     optimizer = torch.optim.AdamW(_param_groups(model, params, cfg), lr=cfg.lr, betas=cfg.adam_betas,
-                                  weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
+                                  eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
     ema = EMA(model, cfg.ema_halflife_kimg * 1000, warmup=cfg.ema_warmup, modules=cfg.ema_modules)
     recent = _TokenBuffer(min(cfg.refit_images, len(dataset))) if anchoring and cfg.refit_source == "recent" else None
     if state is not None:
@@ -492,15 +496,20 @@ def _load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Pat
 
 
 def _param_groups(model: nn.Module, params: list[nn.Parameter], cfg: TrainConfig) -> list[dict]:
-    """One AdamW group of every trained parameter (released), or, with ``lr_scale``, a group per named
-    submodule at its multiple of the learning rate plus one of the rest."""
-    scaled = named_submodules(model, list(cfg.lr_scale), "train.lr_scale")
+    """One AdamW group of every trained parameter (released), or, for each submodule named in
+    ``lr_scale`` or ``group_eps``, a group of its own at its multiple of the learning rate and its
+    eps, plus one group of the rest."""
+    names = list(dict.fromkeys([*cfg.lr_scale, *cfg.group_eps]))
+    named_submodules(model, list(cfg.lr_scale), "train.lr_scale")
+    named_submodules(model, list(cfg.group_eps), "train.group_eps")
     taken: set[int] = set()
     groups = []
-    for module, scale in zip(scaled, cfg.lr_scale.values()):
+    for name, module in zip(names, named_submodules(model, names, "train")):
         own = [p for p in module.parameters() if p.requires_grad and id(p) not in taken]
         taken.update(id(p) for p in own)
-        groups.append({"params": own, "lr": cfg.lr * scale, "lr_scale": float(scale)})
+        scale = float(cfg.lr_scale.get(name, 1.0))
+        groups.append({"params": own, "lr": cfg.lr * scale, "lr_scale": scale,
+                       "eps": float(cfg.group_eps.get(name, cfg.adam_eps))})
     rest = [p for p in params if id(p) not in taken]
     return [{"params": rest, "lr": cfg.lr, "lr_scale": 1.0}, *groups]
 
