@@ -101,7 +101,7 @@ class UnitProbe:
             units = torch.cat([model.representation(self._images(chunk, device))["units"].float().cpu()
                                for chunk in np.array_split(self.indices, max(1, len(self.indices) // self.batch_size))])
             row = self._unit_stats(units.double().numpy(), step, kimg)
-            row.update(self._attention_stats(model, device))
+            row.update(self._conditioning_stats(model, device))
         finally:
             model.train(was_training)
         self._draw()
@@ -129,7 +129,8 @@ class UnitProbe:
         row["units_top_pc"] = top
         return row
 
-    def _attention_stats(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+    def _conditioning_stats(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Cross-attention entropy and selectivity per layer, and the usage of each factor."""
         layers = [m.cross_attn for m in model.modules() if isinstance(m, TransformerBlock)]
         if not layers:
             return {}
