@@ -163,10 +163,9 @@ class _StopSignals:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-    def stop_now(self) -> bool:
-        """True on every rank once any rank has received a signal (one tiny all-reduce under DDP)."""
-        flag = torch.tensor(float(self.received is not None))
-        return bool(distributed.all_reduce_mean(flag) > 0) if distributed.world_size() > 1 else bool(flag)
+    def flag(self, device: torch.device) -> torch.Tensor:
+        """1.0 once this rank has received a signal; reduced with the loss, so every rank stops together."""
+        return torch.tensor(float(self.received is not None), device=device)
 
 
 @dataclass
@@ -299,7 +298,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
             with _autocast(device, use_bf16):
                 out = ddp(images)
             loss = out["loss"]
-            loss_mean = distributed.all_reduce_mean(loss.detach().float())
+            # the stop flag rides on the loss's all-reduce: no extra collective per step
+            loss_mean, stopping = distributed.all_reduce_mean(torch.stack([loss.detach().float(), stop.flag(device)]))
             loss_value = float(loss_mean)
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
@@ -345,7 +345,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
                               f"{row['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
                 totals.clear()
                 window_start, window_steps = time.perf_counter(), 0
-            if stop.stop_now():
+            if stopping > 0:
                 saved = done % sched.checkpoint == 0 or done == sched.total
                 if main and not saved:
                     last_ckpt = _save(run_dir / "checkpoints", model, ema, optimizer, recent, cfg, done, sched)
