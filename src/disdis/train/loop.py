@@ -142,7 +142,8 @@ class TrainingInterrupted(DisdisError):
 
 
 class _StopSignals:
-    """While active, SIGINT and SIGTERM only set ``received``; the loop then saves and stops."""
+    """Between install() and restore(), SIGINT and SIGTERM only set ``received``; the loop then saves
+    a checkpoint and stops."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -150,16 +151,15 @@ class _StopSignals:
         self.received: int | None = None
         self.previous: dict[int, object] = {}
 
-    def __enter__(self) -> _StopSignals:
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in self.SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
-        return self
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
 
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
@@ -291,7 +291,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     data = iter(loader)
     stop = _StopSignals()
     try:
-        stop.__enter__()
+        stop.install()
         for step in range(start, sched.total):
             torch.manual_seed(step_seed(cfg.seed, step, rank))
             images = next(data).to(device, non_blocking=True).contiguous(memory_format=layout)
@@ -354,7 +354,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
                 raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} after step {done}; saved "
                                           f"{last_ckpt}; continue with --resume {run_dir}", signum)
     finally:
-        stop.__exit__()
+        stop.restore()
         bar.close()
         for log in (logger, fit_log, probe):
             if log is not None:
