@@ -172,6 +172,7 @@ class ModelStep:
         from disdis.models import build_model
         from disdis.run_config import load_run_config
         from disdis.train.ema import EMA
+        from disdis.train.loop import make_optimizer
         cfg = load_run_config(path, ["data.path=unused", *overrides])
         torch.manual_seed(0)
         self.model = build_model(cfg).to(device).train()
@@ -185,8 +186,7 @@ class ModelStep:
         if variant == "compiled":
             self.model.extractor.compile()
             self.model.unet.compile()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, fused=variant != "eager")
+        self.opt = make_optimizer(self.model, cfg.train, fused=variant != "eager")
         self.ema = EMA(self.model, cfg.train.ema_halflife_kimg * 1000, modules=cfg.train.ema_modules)
         self.batch = batch
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

@@ -252,9 +252,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     params = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for m in named_submodules(model, cfg.freeze_modules, "train.freeze_modules")
               for p in m.parameters() if p.requires_grad]
-    # fused: one kernel for the whole update instead of a loop over parameter tensors
-    optimizer = torch.optim.AdamW(_param_groups(model, params, cfg), lr=cfg.lr, betas=cfg.adam_betas,
-                                  eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
+    optimizer = make_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))
     ema = EMA(model, cfg.ema_halflife_kimg * 1000, warmup=cfg.ema_warmup, modules=cfg.ema_modules)
     recent = _TokenBuffer(min(cfg.refit_images, len(dataset))) if anchoring and cfg.refit_source == "recent" else None
     if state is not None:
@@ -495,16 +493,23 @@ def _load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Pat
 # Small helpers
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = True) -> torch.optim.AdamW:
+    """The run's AdamW over the model's trained parameters, in the groups of :func:`_param_groups`;
+    ``fused``: one kernel for the whole update instead of a loop over parameter tensors."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(_param_groups(model, params, cfg), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                             weight_decay=cfg.weight_decay, fused=fused)
+
+
 def _param_groups(model: nn.Module, params: list[nn.Parameter], cfg: TrainConfig) -> list[dict]:
     """One AdamW group of every trained parameter (released), or, for each submodule named in
     ``lr_scale`` or ``group_eps``, a group of its own at its multiple of the learning rate and its
     eps, plus one group of the rest."""
-    names = list(dict.fromkeys([*cfg.lr_scale, *cfg.group_eps]))
-    named_submodules(model, list(cfg.lr_scale), "train.lr_scale")
-    named_submodules(model, list(cfg.group_eps), "train.group_eps")
+    modules = {name: module for key in ("lr_scale", "group_eps")
+               for name, module in zip(getattr(cfg, key), named_submodules(model, list(getattr(cfg, key)), f"train.{key}"))}
     taken: set[int] = set()
     groups = []
-    for name, module in zip(names, named_submodules(model, names, "train")):
+    for name, module in modules.items():
         own = [p for p in module.parameters() if p.requires_grad and id(p) not in taken]
         taken.update(id(p) for p in own)
         scale = float(cfg.lr_scale.get(name, 1.0))
