@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 if ! want 1; then
   :
 elif [ -f benchmarks/train_step.py ]; then
-  timeout 120 "$PY" benchmarks/train_step.py --config paper --batch 512 --bf16 --device cuda --steps 5 --warmup 2 2>&1 | tee "$OUT/train_step.txt"
+  timeout 120 "$PY" benchmarks/train_step.py --config configs/shapes3d.yaml --batch 512 --bf16 --device cuda --steps 5 --warmup 2 2>&1 | tee "$OUT/train_step.txt"
   row "train_step.py (batch 512, bf16)" "exit $? (table above, $OUT/train_step.txt)"
 else
   row "train_step.py" "missing"
@@ -52,7 +52,7 @@ row "generate 24,000 64x64 images" "$((SECONDS - t0)) s"
 RUN="$OUT/run"
 ARGS=(data.path="$DATA" run_dir="$RUN" first_stage_train.total_kimg=19.2 first_stage_train.checkpoint_every_kimg=9.6
       first_stage_train.log_every_kimg=3.2 train.total_kimg=102.4 train.checkpoint_every_kimg=51.2
-      train.log_every_kimg=12.8 train.refit_images=24000)
+      train.log_every_kimg=12.8 anchoring.refit_images=24000)
 if want 3; then
 t0=$SECONDS
 timeout 150 .venv/bin/disdis train configs/shapes3d.yaml "${ARGS[@]}" train.total_kimg=51.2 > "$OUT/train1.log" 2>&1
@@ -101,7 +101,7 @@ if want 4; then
   t0=$SECONDS
   timeout $(( ${FIDELITY_MINUTES:-5} * 60 + 240 )) "$PY" benchmarks/fidelity.py configs/shapes3d.yaml \
     data.path="$DATA" run_dir="$OUT/fidelity" "${FS[@]}" train.total_kimg=1000000 train.checkpoint_every_kimg=51.2 \
-    train.log_every_kimg=25.6 train.refit_images=24000 train.keep_checkpoints=2 \
+    train.log_every_kimg=25.6 anchoring.refit_images=24000 train.keep_checkpoints=2 \
     --minutes "${FIDELITY_MINUTES:-5}" --every 60 2>"$OUT/fidelity.err" | tee "$OUT/fidelity.txt"
   row "fidelity run (${FIDELITY_MINUTES:-5} min + scoring)" "exit $?, $((SECONDS - t0)) s ($OUT/fidelity.txt)"
   tail -2 "$OUT/fidelity.txt" | while read -r line; do row "fidelity ${line%%]*}]" "${line#*] }"; done

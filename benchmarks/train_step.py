@@ -1,29 +1,25 @@
-"""Throughput of one full training step of the paper's model, and how close it gets to the
-machine's matrix-multiply rate.
+"""Throughput of one full training step, and how close it gets to the machine's
+matrix-multiply rate.
 
-    python benchmarks/train_step.py [--config paper small] [--batch 32] [--steps 3]
-                                    [--warmup 1] [--variants eager channels_last]
-                                    [--compile] [--threads N] [--device cuda] [--bf16]
+    python benchmarks/train_step.py [--config configs/shapes3d.yaml configs/demo.yaml]
+                                    [--set key=value ...] [--batch 32] [--steps 3] [--warmup 1]
+                                    [--variants eager channels_last] [--compile] [--threads N]
+                                    [--device cuda] [--bf16]
 
-A step: frozen first-stage encode (VQ, no_grad) and 1/std scaling; feature extractor
-and per-unit token MLPs; Dynamic Gaussian Anchoring shift (fitted once on random
-tokens beforehand, when ``disdis.anchoring`` is importable); U-Net at the latent
-size; L1 noise loss; backward; AdamW. Configurations:
+Each config is a run config file; the model is the one the training loop builds from it
+(``disdis.models.build_model``, untrained first stage, the anchor state fitted once on the
+model's own tokens of random images when anchoring is on, so the step pays the DyGA
+shift), and the step is the loop's own :class:`disdis.train.TrainStep`: forward with the
+loss, the loss all-reduce, backward, AdamW over the method's groups, hooks, the EMA update.
+``configs/shapes3d.yaml`` is the paper's model at 64x64; ``configs/demo.yaml`` is what the
+demo's budget buys.
 
-- paper: 64x64 images, VQ first stage (3x16x16 latents), units and U-Net as released.
-- small: 32x32 images, a small VQ (3x8x8 latents), extractor d=16, U-Net base 32
-  with multipliers (1, 2, 2), attention at factors 1 and 2, 4 heads.
-- any run config file (``--config configs/demo.yaml``, with ``--set key=value`` overrides):
-  the model the training loop builds from it (``disdis.models.build_model``, untrained
-  first stage), stepped as the loop steps it (forward returning the loss, backward,
-  fused AdamW, the EMA update). This is what the demo's budget buys.
-
-Variants: ``eager`` (default memory format, torch's default foreach AdamW),
-``channels_last`` (modules and images channels-last, oneDNN's fast convolution layout,
-and the single-kernel ``fused=True`` AdamW), ``compiled`` (channels_last plus
-torch.compile of the extractor and the U-Net; compile time is in the "setup s" column).
-``--device cuda --bf16`` runs the same step on a GPU under bf16 autocast (as the training
-loop does there); the reference rate is then a bf16 matmul.
+Variants (each with the loop's fused AdamW): ``eager`` (default memory format),
+``channels_last`` (modules and images channels-last, oneDNN's fast convolution layout),
+``compiled`` (channels_last plus torch.compile of the extractor and
+the U-Net; compile time is in the "setup s" column). ``--device cuda --bf16`` runs the
+same step on a GPU under bf16 autocast (as the training loop does there); the reference
+rate is then a bf16 matmul.
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls,
 convolutions, attention) on one forward pass: the step does 3x the forward FLOPs
@@ -37,8 +33,6 @@ the same threads, right before and after each row's timed steps. Timings are med
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import statistics
 import time
 from pathlib import Path
@@ -46,20 +40,6 @@ from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-from disdis.diffusion import DiffusionConfig, NoiseLoss, NoiseSchedule
-from disdis.nn.first_stage import FirstStageConfig, LatentScaler, build_first_stage
-from disdis.nn.unet import UNet, UNetConfig
-from disdis.nn.units import FeatureExtractor, UnitsConfig, UnitTokenizer
-
-CONFIGS: dict[str, dict] = {
-    "paper": dict(resolution=64, first_stage=FirstStageConfig(), units=UnitsConfig(), unet=UNetConfig()),
-    "small": dict(resolution=32,
-                  first_stage=FirstStageConfig(base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1),
-                  units=UnitsConfig(resolution=32, extractor_width=16, fc_hidden=(128,)),
-                  unet=UNetConfig(resolution=8, base_channels=32, channel_mult=(1, 2, 2),
-                                  attention_resolutions=(1, 2), num_heads=4)),
-}
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -96,83 +76,15 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 7) -> f
     return 2 * n ** 3 / statistics.median(times)
 
 
-@functools.lru_cache(maxsize=None)
-def make_anchors(num_units: int, token_dim: int):
-    """A DyGA mixture fitted once on random ReLU tokens, or None when disdis.anchoring is missing."""
-    try:
-        from disdis.anchoring import GaussianAnchors
-    except ImportError:
-        return None
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.relu(torch.randn(num_units, 2000, token_dim, generator=g))
-    return GaussianAnchors.fit(tokens, seed=0)
-
-
-class Step:
-    """One training step of the paper's model, built for a configuration and a variant."""
-
-    def __init__(self, name: str, batch: int, variant: str, device: torch.device, bf16: bool):
-        cfg = CONFIGS[name]
-        torch.manual_seed(0)
-        self.first_stage = build_first_stage(cfg["first_stage"]).eval().requires_grad_(False).to(device)
-        self.extractor = FeatureExtractor(cfg["units"]).to(device)
-        self.tokenizer = UnitTokenizer(cfg["units"]).to(device)
-        self.unet = UNet(cfg["unet"]).to(device)
-        self.anchors = make_anchors(cfg["units"].num_units, cfg["units"].token_dim)
-        if self.anchors is not None:
-            self.anchors = self.anchors.to(device)
-        self.loss = NoiseLoss(NoiseSchedule.from_config(DiffusionConfig()))
-        self.scaler = LatentScaler().to(device)
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
-                         else contextlib.nullcontext())
-        params = [*self.extractor.parameters(), *self.tokenizer.parameters(), *self.unet.parameters()]
-        self.opt = torch.optim.AdamW(params, lr=1e-4, fused=variant != "eager")
-        self.images = torch.rand(batch, 3, cfg["resolution"], cfg["resolution"], device=device) * 2 - 1
-        if variant in ("channels_last", "compiled"):
-            for module in (self.first_stage, self.extractor, self.unet):
-                module.to(memory_format=torch.channels_last)
-            self.images = self.images.contiguous(memory_format=torch.channels_last)
-        self.extractor_fn: Callable = self.extractor
-        self.unet_fn: Callable = self.unet
-        if variant == "compiled":
-            self.extractor_fn = torch.compile(self.extractor)
-            self.unet_fn = torch.compile(self.unet)
-        with torch.no_grad():
-            self.scaler.fit(self.first_stage.encode(self.images))
-        self.generator = torch.Generator(device).manual_seed(1)
-
-    def tokens(self) -> torch.Tensor:
-        tokens = self.tokenizer(self.extractor_fn(self.images))
-        return tokens if self.anchors is None else self.anchors.shift_batch(tokens)
-
-    def __call__(self) -> float:
-        with self.autocast:
-            with torch.no_grad():
-                z0 = self.scaler(self.first_stage.encode(self.images)).float()
-            loss = self.loss(self.unet_fn, z0, self.tokens(), generator=self.generator)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.item()
-
-    def forward_flops(self) -> tuple[int, int]:
-        """(FLOPs of the trained networks' forward, FLOPs of the frozen encode) for the whole batch."""
-        with torch.no_grad():
-            encode = count_flops(lambda: self.first_stage.encode(self.images))
-            z0 = self.first_stage.encode(self.images)
-            t = torch.zeros(len(z0), dtype=torch.long, device=z0.device)
-            trained = count_flops(lambda: self.unet(z0, t, self.tokenizer(self.extractor(self.images))))
-        return trained, encode
-
-
 class ModelStep:
-    """One step of the training loop on the model a run config builds (see the module docstring)."""
+    """The loop's training step on the model a run config builds (see the module docstring)."""
 
     def __init__(self, path: str, overrides: list[str], batch: int, variant: str, device: torch.device, bf16: bool):
+        import dataclasses
+
         from disdis.models import build_model
         from disdis.run_config import load_run_config
-        from disdis.train.ema import EMA
-        from disdis.train.loop import make_optimizer
+        from disdis.train import TrainStep
         cfg = load_run_config(path, ["data.path=unused", *overrides])
         torch.manual_seed(0)
         self.model = build_model(cfg).to(device).train()
@@ -183,22 +95,20 @@ class ModelStep:
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             self.model.setup(self.images)
+            if cfg.anchoring.enabled:
+                tokens = self.model.unit_tokens(self.images).float().transpose(0, 1).contiguous()
+                self.model.anchor_state.load(self.model.fit_anchors(tokens, seed=0))
         if variant == "compiled":
             self.model.extractor.compile()
             self.model.unet.compile()
-        self.opt = make_optimizer(self.model, cfg.train, fused=variant != "eager")
-        self.ema = EMA(self.model, cfg.train.ema_halflife_kimg * 1000, modules=cfg.train.ema_modules)
-        self.batch = batch
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        train_cfg = dataclasses.replace(cfg.train, batch_size=batch, bf16=bf16)
+        self.step = TrainStep(self.model, train_cfg, device)
+        self.count = 0
 
     def __call__(self) -> float:
-        with self.autocast:
-            loss = self.model(self.images)["loss"]
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.ema.update(self.model, self.batch)
-        return loss.item()
+        result = self.step(self.images, self.count)
+        self.count += 1
+        return float(result.loss)
 
     def forward_flops(self) -> tuple[int, int]:
         with torch.no_grad():
@@ -210,8 +120,7 @@ class ModelStep:
 def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool,
         overrides: list[str] = ()) -> dict:
     build_start = time.perf_counter()
-    step = (Step(name, batch, variant, device, bf16) if name in CONFIGS
-            else ModelStep(name, list(overrides), batch, variant, device, bf16))
+    step = ModelStep(name, list(overrides), batch, variant, device, bf16)
     matmul_dtype = torch.bfloat16 if bf16 else torch.float32
     for _ in range(warmup):
         step()
@@ -228,7 +137,7 @@ def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: to
     seconds = statistics.median(times)
     trained, encode = step.forward_flops()
     step_flops = 3 * trained + encode
-    return dict(config=name if name in CONFIGS else Path(name).stem, variant=variant, batch=batch, img_s=batch / seconds, s_step=seconds,
+    return dict(config=Path(name).stem, variant=variant, batch=batch, img_s=batch / seconds, s_step=seconds,
                 fwd=trained / batch, step=step_flops / batch, rate=step_flops / seconds,
                 peak=peak, pct=100 * step_flops / seconds / peak, setup=first)
 
@@ -236,8 +145,8 @@ def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: to
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", nargs="+", default=["paper", "small"],
-                        help=f"{', '.join(sorted(CONFIGS))}, or run config files (e.g. configs/demo.yaml)")
+    parser.add_argument("--config", nargs="+", default=["configs/shapes3d.yaml", "configs/demo.yaml"],
+                        help="run config files (default: the paper's Shapes3D model and the demo's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides of run config files")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per row (median reported)")
@@ -260,8 +169,8 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"torch {torch.__version__}, {where}; {str(dtype).split('.')[-1]} matmul now: "
           f"{matmul_rate(device, dtype) / 1e9:.1f} GFLOP/s (per row: mean of before/after its timed steps)")
-    anchors = "DyGA shift" if make_anchors(20, 32) is not None else "no DyGA (disdis.anchoring missing)"
-    print(f"step = encode (no_grad) + extractor + tokens + {anchors} + U-Net + L1 noise loss + backward + AdamW")
+    print("step = the training loop's TrainStep: encode (no_grad) + extractor + tokens + DyGA shift + U-Net "
+          "+ L1 noise loss + backward + AdamW + EMA")
     print("step GFLOP/img = 3 x forward of the trained nets + forward of the frozen encoder\n")
     header = (f"{'config':<7} {'variant':<14} {'batch':>5} {'img/s':>8} {'s/step':>7} {'fwd GF/img':>10} "
               f"{'step GF/img':>11} {'GFLOP/s':>8} {'matmul':>7} {'% matmul':>8} {'setup s':>8}")

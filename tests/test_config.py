@@ -92,7 +92,7 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
 
 
 def test_typed_mapping_values_are_converted():
-    from disdis.train.loop import TrainConfig
+    from disdis.train.config import TrainConfig
     cfg = load_config(TrainConfig, None, ["group_eps={extractor: 1e-3}"])
     assert cfg.group_eps == {"extractor": 1e-3}
     with pytest.raises(ConfigError, match="lr_scale.unet: expected a number"):

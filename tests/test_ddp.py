@@ -33,7 +33,7 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, out_dir: str) -> N
     model = build_model(cfg)
     train(model, open_training_data(cfg), cfg.train, cfg.run_dir)
     state = {f"param/{k}": v.detach() for k, v in model.named_parameters()}
-    state.update({f"anchors/{k}": v for k, v in model.anchors.to_tensors().items()})
+    state.update({f"buffer/{k}": v for k, v in model.named_buffers()})
     # evaluation's gather: shards come back in canonical order on every rank
     mine = torch.tensor(list(distributed.shard(7)), dtype=torch.float32).view(-1, 1) * 10  # rank 0: 0..3, rank 1: 4..6
     state["gathered"] = distributed.gather_shards(mine, 7)
@@ -46,7 +46,7 @@ def test_two_ranks_hold_the_same_weights_and_anchors(tmp_path, shapes3d_grid_npz
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run", train={"total_kimg": 0.16})  # 10 steps, 2 fits
     mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
-    assert sorted(r0) == sorted(r1) and any(k.startswith("anchors/") for k in r0)
+    assert sorted(r0) == sorted(r1) and r0["buffer/anchor_state.fitted"] == 1
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key
     assert torch.equal(r0["gathered"], torch.arange(7.0).view(7, 1) * 10)

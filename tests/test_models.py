@@ -41,7 +41,7 @@ def test_training_loss_and_tokens():
 
 def fitted(model, x):
     tokens = model.unit_tokens(x).detach()
-    model.load_anchors(model.fit_anchors(tokens.transpose(0, 1).contiguous(), seed=0))
+    model.anchor_state.load(model.fit_anchors(tokens.transpose(0, 1).contiguous(), seed=0))
     return tokens
 
 
@@ -52,7 +52,7 @@ def test_anchoring_shifts_tokens_only_when_enabled_and_fitted():
     units, before = model.encode_units(x)
     assert units.shape == (32, 4) and torch.equal(before, model.unit_tokens(x))  # no anchoring before a fit
     tokens = fitted(model, x)
-    anchors = model.anchors.anchors_of(tokens, unit_dim=1)
+    anchors = model.anchor_state.anchors().anchors_of(tokens, unit_dim=1)
     _, after = model.encode_units(x)
     assert torch.allclose(after, tokens + 0.1 * (anchors - tokens), atol=1e-6)
     encdiff = build_model(tiny(anchoring={"enabled": False}, unet={"skip_dropout": 0.0})).eval()

@@ -22,9 +22,9 @@ def test_released_hyperparameters():
     cfg = load_run_config(CONFIGS / "shapes3d.yaml", ["data.path=x"])
     assert (cfg.train.batch_size, cfg.train.total_kimg * 1000 / cfg.train.batch_size) == (512, 100000)
     assert (cfg.units.num_units, cfg.units.token_dim, cfg.unet.skip_dropout, cfg.anchoring.enabled) == (20, 32, 0.2, True)
-    assert (cfg.train.refit_every, cfg.train.refit_unit) == (1, "epochs")
+    assert (cfg.anchoring.refit_every, cfg.anchoring.refit_unit) == (1, "epochs")
     assert load_run_config(CONFIGS / "celeba.yaml", ["data.path=x"]).train.batch_size == 64
-    assert load_run_config(CONFIGS / "cars3d.yaml", ["data.path=x"]).train.refit_every == 5
+    assert load_run_config(CONFIGS / "cars3d.yaml", ["data.path=x"]).anchoring.refit_every == 5
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -33,7 +33,8 @@ def test_released_hyperparameters():
     (["unet.context_dim=4"], "unet.context_dim: 4 differs from units.token_dim 8"),
     (["data.path="], "data.path: required"),
     (["stage=first_stage"], "identity"),
-    (["train.refit_unit=steps"], "train.refit_unit: expected one of 'epochs', 'kimg'"),
+    (["anchoring.refit_unit=steps"], "anchoring.refit_unit: expected one of 'epochs', 'kimg'"),
+    (["train.refit_every=2"], "train.refit_every: this setting is now anchoring.refit_every"),
     (["train.batch_size=0"], "train.batch_size"),
 ])
 def test_mismatched_sections(tmp_path, overrides, message):

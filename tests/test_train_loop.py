@@ -20,28 +20,29 @@ STEP_KIMG = 16 / 1000  # one step of batch 16
 
 
 def config(**kw):
-    base = dict(batch_size=16, total_kimg=12 * STEP_KIMG, lr=3e-3, ema_halflife_kimg=0.1, refit_every=1,
-                refit_unit="epochs", refit_images=32, checkpoint_every_kimg=4 * STEP_KIMG,
+    base = dict(batch_size=16, total_kimg=12 * STEP_KIMG, lr=3e-3, ema_halflife_kimg=0.1, checkpoint_every_kimg=4 * STEP_KIMG,
                 log_every_kimg=4 * STEP_KIMG, keep_checkpoints=5, num_workers=0, device="cpu")
     return TrainConfig(**{**base, **kw})
 
 
-def run(cfg, run_dir, resume=False, seed=0):
+def run(cfg, run_dir, resume=False, seed=0, method=TinyDenoiser, **options):
     torch.manual_seed(seed)
-    return train(TinyDenoiser(), TinyImages(64), cfg, run_dir, resume=resume)
+    return train(method(**options), TinyImages(64), cfg, run_dir, resume=resume)
 
 
 @pytest.mark.parametrize("source", ["subset", "recent"])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, source):
-    cfg = config(refit_source=source)
-    run(cfg, tmp_path / "a")
+    cfg = config()
+    run(cfg, tmp_path / "a", refit_source=source)
     # "interrupted" after 6 steps: the newest checkpoint (step 6) is lost, resume from step 4
-    run(dataclasses.replace(cfg, total_kimg=6 * STEP_KIMG), tmp_path / "b")
+    run(dataclasses.replace(cfg, total_kimg=6 * STEP_KIMG), tmp_path / "b", refit_source=source)
     (tmp_path / "b/checkpoints/ckpt-000000006.safetensors").unlink()
-    run(cfg, tmp_path / "b", resume=True, seed=123)  # a different global seed must not matter
+    run(cfg, tmp_path / "b", resume=True, seed=123, refit_source=source)  # a different global seed must not matter
     a, meta_a = load_checkpoint(tmp_path / "a/checkpoints/ckpt-000000012.safetensors")
     b, meta_b = load_checkpoint(tmp_path / "b/checkpoints/ckpt-000000012.safetensors")
-    assert sorted(a) == sorted(b) and any(k.startswith("anchors/") for k in a)
+    # the anchors are module state: in the weights and in the EMA copy, fitted
+    assert sorted(a) == sorted(b) and a["model/anchor_state.fitted"] == a["ema/anchor_state.fitted"] == 1
+    assert ("hook/anchor_refit/recent_tokens" in a) == (source == "recent")
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert meta_a == meta_b
@@ -141,7 +142,7 @@ def test_ema_scope_averages_the_named_modules_only():
 def test_lr_warmup_is_linear_in_images():
     """lr_warmup_kimg: the factor rises linearly from lr_warmup_start to 1 over that many images
     (EncDiff: 10k steps of 128, from 1e-6), then stays at 1."""
-    from disdis.train.loop import lr_factor
+    from disdis.train.optim import lr_factor
     cfg = config(batch_size=128, lr_warmup_kimg=1280, lr_warmup_start=1e-6)
     assert lr_factor(cfg, 0) == pytest.approx(1e-6)
     assert lr_factor(cfg, 5000) == pytest.approx(1e-6 + (1 - 1e-6) * 0.5)
@@ -150,16 +151,22 @@ def test_lr_warmup_is_linear_in_images():
 
 
 def test_schedule_counts_images():
-    cfg = config(batch_size=512, total_kimg=51200, checkpoint_every_kimg=512, log_every_kimg=25.6, refit_every=1)
-    sched = _Schedule.build(cfg, num_items=480000, anchoring=True)
-    assert (sched.total, sched.checkpoint, sched.log, sched.refit) == (100000, 1000, 50, 937)
-    kimg = _Schedule.build(dataclasses.replace(cfg, refit_every=256, refit_unit="kimg"), 480000, True)
-    assert kimg.refit == 500 and _Schedule.build(cfg, 480000, anchoring=False).refit == 0
+    from disdis.anchoring import AnchoringConfig
+    from disdis.models.anchor_refit import AnchorRefit
+    from disdis.train.hooks import HookContext
+    cfg = config(batch_size=512, total_kimg=51200, checkpoint_every_kimg=512, log_every_kimg=25.6)
+    sched = _Schedule.build(cfg, num_items=480000)
+    assert (sched.total, sched.checkpoint, sched.log, sched.steps_per_epoch) == (100000, 1000, 50, 937)
+    ctx = HookContext(None, None, cfg, torch.device("cpu"), False, None, None, sched.steps_per_epoch)
+
+    def refit_interval(**anchoring):
+        return AnchorRefit(type("M", (), {"anchoring": AnchoringConfig(**anchoring)})()).interval(ctx)
+    assert refit_interval(refit_every=1) == 937 and refit_interval(refit_every=256, refit_unit="kimg") == 500
 
 
 @pytest.mark.parametrize("key, value, message", [
     ("batch_size", 0, "train.batch_size"), ("total_kimg", -1, "train.total_kimg"),
-    ("refit_every", 0, "train.refit_every"), ("grad_clip", 0.0, "train.grad_clip"),
+    ("log_every_kimg", 0, "train.log_every_kimg"), ("grad_clip", 0.0, "train.grad_clip"),
 ])
 def test_bad_train_settings(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -167,7 +174,8 @@ def test_bad_train_settings(key, value, message):
 
 
 def test_step_seed_streams_differ():
-    from disdis.train.loop import FIT_STREAM, step_seed
+    from disdis.models.anchor_refit import FIT_STREAM
+    from disdis.train.sampler import step_seed
     seeds = {step_seed(0, s, r) for s in range(5) for r in (0, 1, FIT_STREAM)}
     assert len(seeds) == 15 and all(0 <= s < 2**63 for s in seeds)
     assert np.isscalar(step_seed(0, 1, 0))
@@ -194,25 +202,24 @@ def test_frozen_modules_do_not_move_during_freeze_kimg(tmp_path, shapes3d_grid_n
 
 
 def test_lr_scale_gives_named_submodules_their_own_group():
-    from disdis.train.loop import _param_groups
+    from disdis.train.optim import default_param_groups
     net = torch.nn.Sequential()
     net.add_module("a", torch.nn.Linear(2, 2))
     net.add_module("b", torch.nn.Linear(2, 2))
-    params = list(net.parameters())
     cfg = config(lr=1e-3, lr_scale={"a": 0.1})
     with pytest.raises(ConfigError, match="train.adam_eps"):
         config(adam_eps=0)
-    rest, a = _param_groups(net, params, cfg)
+    rest, a = default_param_groups(net, cfg)
     assert a["lr"] == pytest.approx(1e-4) and {id(p) for p in a["params"]} == {id(p) for p in net.a.parameters()}
     assert rest["lr"] == 1e-3 and {id(p) for p in rest["params"]} == {id(p) for p in net.b.parameters()}
-    rest, b = _param_groups(net, params, config(lr=1e-3, group_eps={"b": 1e-3}))
+    rest, b = default_param_groups(net, config(lr=1e-3, group_eps={"b": 1e-3}))
     assert b["eps"] == 1e-3 and b["lr"] == 1e-3 and {id(p) for p in b["params"]} == {id(p) for p in net.b.parameters()}
-    (only,) = _param_groups(net, params, config(lr=1e-3))  # the released single group
-    assert len(only["params"]) == 4 and only["lr_scale"] == 1.0
+    (only,) = default_param_groups(net, config(lr=1e-3))  # the released single group
+    assert len(only["params"]) == 4 and only["lr"] == 1e-3
     with pytest.raises(ConfigError, match="train.lr_scale.a"):
         config(lr_scale={"a": 0})
     with pytest.raises(ConfigError, match="train.lr_scale: the model has no submodule 'c'"):
-        _param_groups(net, params, config(lr_scale={"c": 0.5}))
+        default_param_groups(net, config(lr_scale={"c": 0.5}))
 
 
 def test_lr_scale_and_warmup_run_trains_and_resumes(tmp_path, shapes3d_grid_npz):
@@ -229,3 +236,25 @@ def test_lr_scale_and_warmup_run_trains_and_resumes(tmp_path, shapes3d_grid_npz)
     factor = 1e-6 + (1 - 1e-6) * 19 / 40
     assert [g["lr"] for g in meta["optimizer_groups"]] == pytest.approx([2e-3 * factor, 2e-4 * factor])
     assert meta["step"] == 20
+
+
+def test_a_method_without_anchoring_with_two_groups_and_a_hook_resumes_exactly(tmp_path):
+    """The loop knows no method: a stand-in autoencoder whose decoder is its own Adam group (betas
+    (0.5, 0.9), half the rate, no decay) and whose loss weight a stateful hook sets every 3 steps
+    ends a killed-and-resumed run with the weights, moments and hook state of an uninterrupted one."""
+    from train_standins import TwoGroupAutoencoder
+    cfg = config()
+    run(cfg, tmp_path / "a", method=TwoGroupAutoencoder)
+    run(dataclasses.replace(cfg, total_kimg=6 * STEP_KIMG), tmp_path / "b", method=TwoGroupAutoencoder)
+    (tmp_path / "b/checkpoints/ckpt-000000006.safetensors").unlink()  # resume from step 4: mid-way between hook calls
+    run(cfg, tmp_path / "b", resume=True, seed=5, method=TwoGroupAutoencoder)
+    a, meta_a = load_checkpoint(tmp_path / "a/checkpoints/ckpt-000000012.safetensors")
+    b, meta_b = load_checkpoint(tmp_path / "b/checkpoints/ckpt-000000012.safetensors")
+    assert sorted(a) == sorted(b) and "hook/loss_average/total" in a and not any("anchor" in k for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert meta_a == meta_b
+    encoder, decoder = meta_a["optimizer_groups"]
+    assert (encoder["lr"], tuple(encoder["betas"]), encoder["weight_decay"]) == (3e-3, (0.9, 0.999), 0.01)
+    assert (decoder["lr"], tuple(decoder["betas"]), decoder["weight_decay"]) == (1.5e-3, (0.5, 0.9), 0.0)
+    assert float(a["model/loss_weight"]) != 1.0  # the hook ran

@@ -30,7 +30,7 @@ def test_tiny_run_learns_and_fills_its_folder(tmp_path, shapes3d_grid_npz, capsy
     assert (run / "config.yaml").is_file() and "done: step 40" in capsys.readouterr().out
     assert [p.name for p in sorted((run / "fits").iterdir())][:2] == ["fit-000000005.safetensors", "fit-000000010.safetensors"]
     tensors, meta = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
-    assert meta["step"] == 40 and "anchors/means" in tensors and "ema/unet.out.2.weight" in tensors
+    assert meta["step"] == 40 and "model/anchor_state.means" in tensors and "ema/unet.out.2.weight" in tensors
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
+
+from disdis.anchoring import AnchoringConfig, AnchorState, GaussianAnchors
+from disdis.models.anchor_refit import AnchorRefit
+from disdis.models.method import Method
+from disdis.train.hooks import Hook, OnFirstBatch
 
 
 class TinyImages(torch.utils.data.Dataset):
@@ -23,37 +27,20 @@ class TinyImages(torch.utils.data.Dataset):
         return self.images[i], self.factors[i]
 
 
-class MeanAnchors:
-    """A one-component-per-unit stand-in for GaussianAnchors: the anchor is the unit's mean token."""
+class TinyDenoiser(Method):
+    """Predicts the noise added to an image from the noisy image and 2 'unit tokens' (with dropout),
+    with the real DyGA refit hook on a tiny mixture; ``anchoring`` options override its refit settings."""
 
-    def __init__(self, means: torch.Tensor):
-        self.means = means  # (U, D)
-
-    @property
-    def num_components(self) -> list[int]:
-        return [1] * len(self.means)
-
-    def shift(self, tokens: torch.Tensor, strength: float) -> torch.Tensor:
-        return tokens + strength * (self.means.to(tokens) - tokens).detach()
-
-    def to_tensors(self):
-        return {"means": self.means}
-
-    def save(self, path):
-        save_file(self.to_tensors(), str(path))
-
-
-class TinyDenoiser(nn.Module):
-    """Predicts the noise added to an image from the noisy image and 2 'unit tokens' (with dropout)."""
-
-    anchoring_enabled = True
-
-    def __init__(self):
+    def __init__(self, **anchoring):
         super().__init__()
         self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2 * 4))
         self.net = nn.Sequential(nn.Linear(192 + 8, 64), nn.SiLU(), nn.Dropout(0.1), nn.Linear(64, 192))
         self.register_buffer("scale", torch.ones(()))
-        self.anchors = None
+        self.anchoring = AnchoringConfig(**{**TINY_ANCHORING, **anchoring})
+        self.anchor_state = AnchorState(2, 4, self.anchoring)
+
+    def hooks(self):
+        return [OnFirstBatch("scale", self.setup), AnchorRefit(self)]
 
     def setup(self, images):
         self.scale.fill_(1.0 / float(images.std()))
@@ -62,19 +49,72 @@ class TinyDenoiser(nn.Module):
         return self.encoder(images * self.scale).view(-1, 2, 4)
 
     def fit_anchors(self, tokens, seed):
-        return {"means": tokens.mean(dim=1)}
-
-    def load_anchors(self, tensors):
-        self.anchors = None if tensors is None else MeanAnchors(tensors["means"])
+        return GaussianAnchors.fit(tokens, seed=seed, config=self.anchoring)
 
     def forward(self, images):
         tokens = self.unit_tokens(images)
-        context = tokens if self.anchors is None else self.anchors.shift(tokens, 0.1)
+        context = self.anchor_state.shift_batch(tokens, 0.1)
         noise = torch.randn_like(images)
         noisy = images * self.scale + noise
         pred = self.net(torch.cat([noisy.flatten(1), context.flatten(1)], 1)).view_as(images)
         loss = (pred - noise).abs().mean()
         return {"loss": loss, "token_norm": context.norm(dim=-1).mean(), "tokens": tokens.detach()}
+
+
+TINY_ANCHORING = dict(initial_components=2, max_components=2, em_iters=3, split_rounds=0, min_soft_count=2,
+                      refit_every=1, refit_unit="epochs", refit_images=32)
+
+
+class LossAverage(Hook):
+    """Sums the losses of the steps since its last call; every ``every`` steps sets the method's
+    loss weight from their mean. Its sum is state that a resumed run must get back."""
+
+    name = "loss_average"
+
+    def __init__(self, method, every: int = 3):
+        self.method, self.every = method, every
+        self.total = torch.zeros(2, dtype=torch.float64)  # (sum, count)
+
+    def interval(self, ctx):
+        return self.every
+
+    def after_step(self, out):
+        self.total += torch.tensor([float(out["loss"].detach()), 1.0], dtype=torch.float64)
+
+    def __call__(self, ctx, step):
+        self.method.loss_weight.fill_(1.0 / (1.0 + float(self.total[0] / self.total[1])))
+        self.total.zero_()
+
+    def state_dict(self):
+        return {"total": self.total.clone()}
+
+    def load_state_dict(self, tensors):
+        self.total = tensors["total"].clone()
+
+
+class TwoGroupAutoencoder(Method):
+    """No anchoring: an autoencoder whose decoder has its own optimizer group (plain Adam, betas
+    (0.5, 0.9), half the learning rate) and whose loss weight a hook sets."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(192, 8), nn.Dropout(0.1))
+        self.decoder = nn.Linear(8, 192)
+        self.register_buffer("loss_weight", torch.ones(()))
+
+    def param_groups(self, cfg):
+        return [{"params": list(self.encoder.parameters())},
+                {"params": list(self.decoder.parameters()), "lr": cfg.lr / 2, "betas": (0.5, 0.9), "weight_decay": 0.0}]
+
+    def hooks(self):
+        return [LossAverage(self)]
+
+    def forward(self, images):
+        recon = self.decoder(self.encoder(images)).view_as(images)
+        return {"loss": self.loss_weight * (recon - images).square().mean()}
+
+    def representation(self, images):
+        return {"units": self.encoder(images)}
 
 
 def tiny_run_config(data_path, run_dir, **sections) -> dict:
@@ -90,9 +130,9 @@ def tiny_run_config(data_path, run_dir, **sections) -> dict:
                  "attention_resolutions": [2], "num_heads": 2, "context_dim": 8},
         "diffusion": {"ddim_steps": 4},
         "anchoring": {"initial_components": 2, "max_components": 4, "em_iters": 5, "split_rounds": 1,
-                      "min_soft_count": 2},
+                      "min_soft_count": 2, "refit_every": 0.08, "refit_unit": "kimg", "refit_images": 64},
         "train": {"batch_size": 16, "total_kimg": 0.32, "lr": 2e-3, "ema_halflife_kimg": 0.05,
-                  "refit_every": 0.08, "refit_unit": "kimg", "refit_images": 64, "checkpoint_every_kimg": 0.08,
+                  "checkpoint_every_kimg": 0.08,
                   "keep_checkpoints": 3, "log_every_kimg": 0.08, "num_workers": 0, "device": "cpu", "seed": 3},
         "eval": {"batch_size": 64, "ddim_steps": 4},
     }

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from disdis.anchoring import AnchoringConfig
-from disdis.config import load_config
+from disdis.config import apply_overrides, config_from_dict, read_yaml
 from disdis.diffusion import DiffusionConfig
 from disdis.errors import ConfigError
 from disdis.nn.first_stage import FirstStageConfig
 from disdis.nn.unet import UNetConfig
 from disdis.nn.units import UnitsConfig
-from disdis.train.loop import TrainConfig
+from disdis.train.config import TrainConfig
 
 
 @dataclass
@@ -88,11 +88,32 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# keys that moved to another section: read from older config files, refused as overrides
+MOVED = {f"train.{key}": f"anchoring.{key}" for key in ("refit_every", "refit_unit", "refit_source", "refit_images")}
+
+
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a run config (YAML + ``key=value`` overrides) and check that its sections agree."""
-    cfg = load_config(RunConfig, path, overrides)
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key in MOVED:
+            raise ConfigError(f"{key}: this setting is now {MOVED[key]}")
+    data = _move_keys(read_yaml(path)) if path is not None else {}
+    cfg = config_from_dict(RunConfig, apply_overrides(data, overrides))
     check_run_config(cfg)
     return cfg
+
+
+def _move_keys(data: dict) -> dict:
+    """``data`` with the keys of :data:`MOVED` in their new sections (a first stage has no anchoring)."""
+    for old, new in MOVED.items():
+        section, key = old.split(".")
+        if key in (data.get(section) or {}):
+            value = data[section].pop(key)
+            if data.get("stage", "diffusion") == "diffusion":
+                data.setdefault(new.split(".")[0], {}).setdefault(key, value)
+        (data.get("first_stage_train") or {}).pop(key, None)
+    return data
 
 
 def check_run_config(cfg: RunConfig) -> None:

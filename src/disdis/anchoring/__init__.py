@@ -69,5 +69,6 @@ Additions, each measured (benchmarks/anchors.py, tests/test_anchoring.py):
 
 from disdis.anchoring.anchors import GaussianAnchors, unit_seeds
 from disdis.anchoring.config import AnchoringConfig
+from disdis.anchoring.state import AnchorState
 
-__all__ = ["AnchoringConfig", "GaussianAnchors", "unit_seeds"]
+__all__ = ["AnchorState", "AnchoringConfig", "GaussianAnchors", "unit_seeds"]

@@ -57,7 +57,10 @@ class GaussianAnchors:
     """
 
     def __init__(self, offset: Tensor, scale: Tensor, means: Tensor, chol: Tensor, log_weights: Tensor,
-                 num_components: Tensor, config: AnchoringConfig | None = None) -> None:
+                 num_components: Tensor, config: AnchoringConfig | None = None,
+                 derived: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
+        """``derived``: (whitening, log_norm, means_padded) as :meth:`derived_tensors` returns them,
+        to wrap a fit held elsewhere (:class:`disdis.anchoring.AnchorState`) without recomputing them."""
         self.config = config if config is not None else AnchoringConfig()
         self.offset = offset.float()
         self.scale = scale.float()
@@ -66,13 +69,17 @@ class GaussianAnchors:
         self.log_weights = log_weights.float()
         self.num_components_tensor = num_components.long()
         _check_shapes(self)
-        whitening = torch.linalg.solve_triangular(
-            chol.double(), torch.eye(chol.shape[-1], dtype=torch.float64, device=chol.device).expand_as(chol),
-            upper=False)
-        log_det_half = torch.diagonal(chol.double(), dim1=-2, dim2=-1).log().sum(-1)
-        log_norm = log_weights.double() - log_det_half - 0.5 * chol.shape[-1] * math.log(2 * math.pi)
-        self._factorised = Factorised(self.chol, self.fit_means, whitening.float(), log_norm.float())
-        self.means_padded = self.offset.unsqueeze(1) + self.scale[:, None, None] * self.fit_means
+        if derived is None:
+            whitening = torch.linalg.solve_triangular(
+                chol.double(), torch.eye(chol.shape[-1], dtype=torch.float64, device=chol.device).expand_as(chol),
+                upper=False).float()
+            log_det_half = torch.diagonal(chol.double(), dim1=-2, dim2=-1).log().sum(-1)
+            log_norm = (log_weights.double() - log_det_half - 0.5 * chol.shape[-1] * math.log(2 * math.pi)).float()
+            means_padded = self.offset.unsqueeze(1) + self.scale[:, None, None] * self.fit_means
+        else:
+            whitening, log_norm, means_padded = derived
+        self._factorised = Factorised(self.chol, self.fit_means, whitening, log_norm)
+        self.means_padded = means_padded
 
     # ----------------------------------------------------------------- fitting
     @classmethod
@@ -238,6 +245,24 @@ class GaussianAnchors:
     @property
     def device(self) -> torch.device:
         return self.fit_means.device
+
+    def derived_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(whitening (U, K, D, D), log_norm (U, K), means_padded (U, K, D)): what the shift computes
+        from the fit's tensors."""
+        return self._factorised.whitening, self._factorised.log_norm, self.means_padded
+
+    def padded(self, components: int) -> GaussianAnchors:
+        """The same fit with room for ``components`` per unit (absent ones: log weight -inf, identity
+        covariance, never the most responsible); assignments and shifts are unchanged."""
+        u, k, d = self.fit_means.shape
+        if components < k:
+            raise DisdisError(f"anchoring: a fit of {k} components does not fit in {components}")
+        extra = components - k
+        eye = torch.eye(d, device=self.device).expand(u, extra, d, d)
+        return GaussianAnchors(self.offset, self.scale, torch.cat([self.fit_means, self.fit_means.new_zeros(u, extra, d)], 1),
+                               torch.cat([self.chol, eye.to(self.chol.dtype)], 1),
+                               torch.cat([self.log_weights, self.log_weights.new_full((u, extra), -math.inf)], 1),
+                               self.num_components_tensor, self.config)
 
     def to_tensors(self) -> dict[str, Tensor]:
         """The fit as plain tensors (for a checkpoint, or a DDP broadcast); see :meth:`from_tensors`."""

@@ -38,6 +38,11 @@ class AnchoringConfig:
     subsample_above: int = 100_000     # (released) fit on a random subset when a unit has more tokens
     subsample_fraction: float = 0.1
     fit_dtype: Literal["float32", "float64"] = "float32"
+    # when the training loop refits (the DyGA refit hook)
+    refit_every: float = 1.0                     # interval (released: every epoch; Cars3D/CelebA 5) ...
+    refit_unit: Literal["epochs", "kimg"] = "epochs"  # ... counted in epochs or in kimg
+    refit_source: Literal["subset", "recent"] = "subset"  # fixed training subset, or tokens of recent batches
+    refit_images: int = 48000                    # tokens per fit (released: 10% of sets above 100k images)
 
     def __post_init__(self) -> None:
         checks = [
@@ -54,6 +59,8 @@ class AnchoringConfig:
             (0 <= self.strength <= 1, "strength", "in [0, 1]"),
             (self.subsample_above >= 1, "subsample_above", "at least 1"),
             (0 < self.subsample_fraction <= 1, "subsample_fraction", "in (0, 1]"),
+            (self.refit_every > 0, "refit_every", "positive"),
+            (self.refit_images >= 1, "refit_images", "a positive integer"),
         ]
         for ok, key, expected in checks:
             if not ok:

@@ -78,7 +78,7 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
     if any(not item.startswith("eval.") for item in overrides):
         raise ConfigError("evaluate: only eval.* settings can be overridden")
     cfg.eval = config_from_dict(EvalConfig, apply_overrides({"eval": config_to_dict(cfg.eval)}, overrides)["eval"], "eval")
-    if not hasattr(model, "encode_units"):
+    if not model.can("represent"):
         raise ConfigError(f"evaluate: a '{cfg.stage}' run has no latent units to evaluate")
     device = distributed.init(resolve_device(cfg.train.device).type)
     model.to(device)
@@ -115,7 +115,8 @@ def encode_dataset(model, data, batch_size: int, device, bf16: bool = False):
     from disdis.train.encode import encode_images
 
     def both(images: torch.Tensor) -> torch.Tensor:
-        units, tokens = model.encode_units(images)
+        rep = model.representation(images)
+        units, tokens = rep["units"], rep["tokens"]
         return torch.cat([units.unsqueeze(-1).to(tokens.dtype), tokens], dim=-1)
 
     rows = encode_images(both, data, np.arange(len(data)), batch_size, device, bf16=bf16, desc="encode")

@@ -47,7 +47,7 @@ def interchange_grid(run_source: str | Path, out: str | Path | None = None, sour
     from disdis.train.run import load_trained_model, open_training_data
 
     cfg, model, checkpoint = load_trained_model(run_source, weights)
-    if not hasattr(model, "interchange"):
+    if not model.can("generate"):
         raise DisdisError(f"interchange: a '{cfg.stage}' run has no latent units")
     device = resolve_device(cfg.train.device)
     model.to(device)

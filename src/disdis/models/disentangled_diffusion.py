@@ -16,16 +16,20 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from torch import nn
 
-from disdis.anchoring import AnchoringConfig, GaussianAnchors
+from disdis.anchoring import AnchorState, AnchoringConfig, GaussianAnchors
 from disdis.diffusion import DiffusionConfig, NoiseLoss, NoiseSchedule, ddim_invert, ddim_sample
+from disdis.models.anchor_refit import AnchorRefit
+from disdis.models.method import Method
 from disdis.nn.first_stage import FirstStage, LatentScaler
 from disdis.nn.unet import UNet, UNetConfig
 from disdis.nn.units import FeatureExtractor, UnitsConfig, UnitTokenizer
+from disdis.train.hooks import Hook, OnFirstBatch
 
 
-class DisentangledDiffusion(nn.Module):
+class DisentangledDiffusion(Method):
+    capabilities = frozenset({"represent", "generate"})
+
     def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,
                  diffusion: DiffusionConfig, anchoring: AnchoringConfig):
         super().__init__()
@@ -38,12 +42,12 @@ class DisentangledDiffusion(nn.Module):
         self.schedule = NoiseSchedule.from_config(diffusion)
         self.noise_loss = NoiseLoss(self.schedule, diffusion.loss)
         self.anchoring = anchoring
-        self.anchors: GaussianAnchors | None = None  # set by the training loop's refits
+        self.anchor_state = AnchorState(units.num_units, units.token_dim, anchoring)  # refitted by AnchorRefit
 
-    # ------------------------------------------------------------------ training-loop contract
-    @property
-    def anchoring_enabled(self) -> bool:
-        return self.anchoring.enabled
+    # ------------------------------------------------------------------ the method protocol
+    def hooks(self) -> list[Hook]:
+        """The latent scale fixed on the first batch; the DyGA refits when anchoring is on."""
+        return [OnFirstBatch("latent_scale", self.setup), *([AnchorRefit(self)] if self.anchoring.enabled else [])]
 
     def train(self, mode: bool = True) -> DisentangledDiffusion:
         super().train(mode)
@@ -65,13 +69,10 @@ class DisentangledDiffusion(nn.Module):
         loss = self.noise_loss(self.unet, z0, self.anchor(tokens))
         return {"loss": loss, "tokens": tokens.detach()}
 
-    def fit_anchors(self, tokens: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-        """Fit the per-unit mixtures on tokens (U, N, D); returns the fit as tensors."""
+    def fit_anchors(self, tokens: torch.Tensor, seed: int) -> GaussianAnchors:
+        """Fit the per-unit mixtures on tokens (U, N, D)."""
         tokens = tokens.to(self.scaler.scale.device)  # fit where the model lives (fast on a GPU)
-        return GaussianAnchors.fit(tokens, seed=seed, config=self.anchoring).to_tensors()
-
-    def load_anchors(self, tensors: dict[str, torch.Tensor] | None) -> None:
-        self.anchors = None if tensors is None else GaussianAnchors.from_tensors(tensors, self.anchoring)
+        return GaussianAnchors.fit(tokens, seed=seed, config=self.anchoring)
 
     # ------------------------------------------------------------------ representation
     @torch.no_grad()
@@ -85,11 +86,9 @@ class DisentangledDiffusion(nn.Module):
 
     def anchor(self, tokens: torch.Tensor) -> torch.Tensor:
         """DyGA shift toward each token's anchor; the identity before the first fit or when disabled."""
-        if self.anchors is None or not self.anchoring.enabled:
+        if not self.anchoring.enabled:
             return tokens
-        if self.anchors.device != tokens.device:
-            self.anchors = self.anchors.to(tokens.device)
-        return self.anchors.shift_batch(tokens.float(), self.anchoring.strength)
+        return self.anchor_state.shift_batch(tokens, self.anchoring.strength)
 
     @torch.no_grad()
     def encode_units(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

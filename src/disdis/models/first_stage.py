@@ -10,13 +10,13 @@ part on its own objective, with the same AdamW settings.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from disdis.errors import ConfigError
+from disdis.models.method import Method
 from disdis.nn.first_stage import FirstStageConfig, build_first_stage
 
 
-class FirstStageTraining(nn.Module):
+class FirstStageTraining(Method):
     def __init__(self, cfg: FirstStageConfig):
         super().__init__()
         if cfg.kind == "identity":

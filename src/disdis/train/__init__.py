@@ -1,5 +1,6 @@
-"""Training: the one loop (:mod:`.loop`), checkpoints, EMA, DDP helpers and logs."""
+"""Training: the one loop (:mod:`.loop`), its hooks and optimizer, checkpoints, EMA, DDP helpers and logs."""
 
-from disdis.train.loop import NonFiniteLossError, TrainConfig, TrainingInterrupted, TrainResult, train
+from disdis.train.config import TrainConfig
+from disdis.train.loop import NonFiniteLossError, TrainingInterrupted, TrainResult, TrainStep, train
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainingInterrupted", "TrainResult", "train"]
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainStep", "TrainingInterrupted", "TrainResult", "train"]

@@ -1,7 +1,7 @@
 """Checkpoints: one safetensors file per save holding weights and trainer state.
 
 A checkpoint is a flat dict of tensors (``model/...``, ``ema/...``,
-``optim/...``, ``anchors/...`` and whatever else the loop keeps) plus a JSON
+``optim/...``, ``hook/<name>/...``: whatever the loop keeps) plus a JSON
 document of plain values (step, optimizer hyperparameters, ...), stored in the
 safetensors header. Loading never executes code from the file. A SHA-256 of
 the tensor bytes is stored alongside, so a truncated or corrupted file is

@@ -3,7 +3,7 @@
 A run directory holds::
 
     config.yaml         the resolved configuration (what was run)
-    checkpoints/        ckpt-<step>.safetensors (weights, EMA, optimizer, anchors, step)
+    checkpoints/        ckpt-<step>.safetensors (weights and buffers such as the anchors, EMA, optimizer, hooks' state, step)
     first_stage/        a run folder of its own, when the run trained its first stage itself
     fits/               every anchoring fit, fit-<step>.safetensors (GaussianAnchors.load)
     logs/train.csv      loss, images/s, ... per logging interval
@@ -143,9 +143,6 @@ def load_trained_model(source: str | Path, weights: str = "ema") -> tuple[RunCon
     path = source if source.is_file() else _newest_checkpoint(run_dir)
     tensors, _ = ckpt.load_checkpoint(path)
     model = build_model(cfg)
-    anchors = ckpt.strip_prefix("anchors", tensors)
-    if hasattr(model, "load_anchors"):
-        model.load_anchors(anchors or None)
     try:
         model.load_state_dict(ckpt.strip_prefix(weights, tensors), strict=True)
     except RuntimeError as err:

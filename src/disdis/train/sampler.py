@@ -52,3 +52,8 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
             start = offset * self.batch_size + self.rank * per_rank
             yield perm[start:start + per_rank].tolist()
             step += 1
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """The seed of the random draws made at ``step`` in ``stream`` (a rank, or a hook's own stream)."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)

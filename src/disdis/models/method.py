@@ -1,0 +1,45 @@
+"""The method protocol: what every trained model offers the loop, the evaluation and the figures.
+
+A method is one ``nn.Module`` subclassing :class:`Method` (docs/architecture.md):
+
+* ``forward(images) -> dict``: a scalar ``"loss"`` and any scalars to log (a detached
+  ``"tokens"`` entry is passed to hooks, never logged);
+* ``param_groups(cfg)``: its optimizer groups (:mod:`disdis.train.optim`); by default the
+  released single AdamW group, or the ``train.lr_scale`` / ``train.group_eps`` groups;
+* ``hooks()``: periodic work for the loop to schedule (:mod:`disdis.train.hooks`);
+* ``capabilities``: what else it offers, declared rather than probed:
+  ``"represent"``: ``representation(images) -> dict`` gives what evaluation reads
+  (``"units"`` (B, N) scalars, and ``"tokens"`` (B, N, D) where the units are vectors);
+  ``"generate"``: it has ``sample(context, ...)``, ``invert(images, ...)``,
+  ``interchange(...)`` and ``encode_units(images)``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from disdis.train.config import TrainConfig
+from disdis.train.hooks import Hook
+from disdis.train.optim import default_param_groups
+
+
+class Method(nn.Module):
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def param_groups(self, cfg: TrainConfig) -> list[dict]:
+        return default_param_groups(self, cfg)
+
+    def hooks(self) -> list[Hook]:
+        return []
+
+    def representation(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no representation to evaluate")
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
