@@ -187,3 +187,21 @@ def test_channels_last_gives_the_same_output():
     fast = unet.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), t, ctx)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
     assert isinstance(unet.out[-1], nn.Conv2d)
+
+
+def test_coord_channels_give_the_network_each_pixels_position():
+    """unet.coord_channels: the first convolution sees (x, y) in [-1, 1] beside the input, so the
+    same input pixel value at two positions gives different outputs; off, the network is unchanged."""
+    from disdis.nn.unet import _coordinates
+    coords = _coordinates(torch.zeros(2, 3, 4, 5))
+    assert coords.shape == (2, 2, 4, 5)
+    assert torch.equal(coords[0, 0, 0], torch.linspace(-1, 1, 5)) and torch.equal(coords[1, 1, :, 3], torch.linspace(-1, 1, 4))
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(in_channels=3, out_channels=3, resolution=8, base_channels=8, channel_mult=(1, 2),
+                          num_res_blocks=1, attention_resolutions=(2,), num_heads=2, context_dim=4,
+                          coord_channels=True)).eval()
+    assert net.input_blocks[0][0].in_channels == 5
+    nn.init.normal_(net.out[2].weight)  # the output convolution starts at zero
+    x = torch.ones(1, 3, 8, 8)  # a constant image: any spatial variation of the output comes from the coordinates
+    out = net(x, torch.tensor([10]), torch.zeros(1, 2, 4))
+    assert out.shape == (1, 3, 8, 8) and out[0, :, 2:6, 1].sub(out[0, :, 2:6, 6]).abs().max() > 1e-4

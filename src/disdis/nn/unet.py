@@ -53,6 +53,9 @@ class UNetConfig:
     # attention_resolutions, the released code's rule), "all", or a list of spatial sizes
     skip_dropout_resolutions: Union[Literal["released", "all"], list[int]] = "released"
     use_checkpoint: bool = False
+    # a diagnostic (not in the released code): append two fixed channels holding each pixel's x and
+    # y in [-1, 1] to the input, so that features, and the cross-attention queries, know where they are
+    coord_channels: bool = False
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
 
@@ -138,7 +141,8 @@ class UNet(nn.Module):
             return Downsample(c, use_conv=True) if direction == "down" else Upsample(c, use_conv=True)
 
         # encoder; skip_channels / skip_sizes record what each block leaves for the decoder
-        self.input_blocks = nn.ModuleList([TimestepBlock(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepBlock(nn.Conv2d(cfg.in_channels + 2 * cfg.coord_channels, ch, 3,
+                                                                   padding=1))])
         skip_channels, skip_sizes = [ch], [cfg.resolution]
         ds, size = 1, cfg.resolution
         for level, mult in enumerate(cfg.channel_mult):
@@ -183,7 +187,7 @@ class UNet(nn.Module):
         emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))
         context = context.to(x.dtype)
         skips = []
-        h = x
+        h = torch.cat([x, _coordinates(x)], dim=1) if self.cfg.coord_channels else x
         for block in self.input_blocks:
             h = self._run(block, h, emb, context)
             skips.append(h)
@@ -197,6 +201,14 @@ class UNet(nn.Module):
         if self.cfg.use_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(block, h, emb, context, use_reentrant=False)
         return block(h, emb, context)
+
+
+def _coordinates(x: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W): each pixel's column and row position, from -1 to 1."""
+    b, _, h, w = x.shape
+    rows = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+    cols = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+    return torch.cat([cols, rows], dim=1)
 
 
 def _check(cfg: UNetConfig) -> None:
