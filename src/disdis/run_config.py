@@ -16,6 +16,7 @@ from typing import Literal, Optional
 from disdis.anchoring import AnchoringConfig
 from disdis.config import apply_overrides, config_from_dict, read_yaml
 from disdis.diffusion import DiffusionConfig
+from disdis import presets
 from disdis.errors import ConfigError
 from disdis.nn.first_stage import FirstStageConfig
 from disdis.nn.unet import UNetConfig
@@ -98,7 +99,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, .
         key = item.partition("=")[0]
         if key in MOVED:
             raise ConfigError(f"{key}: this setting is now {MOVED[key]}")
-    data = _move_keys(read_yaml(path)) if path is not None else {}
+    data = _move_keys(read_yaml(presets.resolve(path))) if path is not None else {}
     cfg = config_from_dict(RunConfig, apply_overrides(data, overrides))
     check_run_config(cfg)
     return cfg

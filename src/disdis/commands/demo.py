@@ -1,7 +1,7 @@
 """``disdis demo``: the whole method on the CPU, in minutes, on the built-in synthetic data.
 
 Makes (and caches) a small Shapes3D-like factor grid, trains the first stage and
-the paper's method with configs/demo.yaml, evaluates the units (FactorVAE, DCI,
+the paper's method with the preset demo (configs/demo.yaml), evaluates the units (FactorVAE, DCI,
 MIG with the reduced sample counts of the config's eval section, flagged as
 such; the paper's representation, per-unit PCA of the anchored tokens, and the
 raw extractor outputs beside it), and writes a short report with the metrics
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
         "demo", help="the CPU demo: synthetic data, training, evaluation and a report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Render a small Shapes3D-like factor grid (cached), train a small first stage and "
-        "the paper's method with configs/demo.yaml, evaluate the latent units (FactorVAE, DCI, MIG; "
+        "the paper's method with the preset demo (configs/demo.yaml), evaluate the latent units (FactorVAE, DCI, MIG; "
         "reduced sample counts, marked as such) and write OUT/report.md with the metrics table, "
         "reconstructions and a latent-interchange grid. Run it again to continue an interrupted demo "
         "(a finished one is only re-evaluated).\n\n"
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
     parser.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
     parser.add_argument("--data", default="data/demo/shapes3d_grid.npz", help="cached data file (default %(default)s)")
-    parser.add_argument("--config", help="config file (default configs/demo.yaml of the source tree)")
+    parser.add_argument("--config", help="config file or preset (default: the packaged preset 'demo')")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch CPU threads (default: all %(default)s cores)")
     parser.set_defaults(func=run)
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     clock = _Clock()
-    config = Path(args.config) if args.config else default_config()
+    config = args.config or "demo"
     out = Path(args.out)
     cfg = load_run_config(config, [f"data.path={args.data}", f"run_dir={out}", *args.overrides])
     _phase("1/4 data")
@@ -103,14 +103,6 @@ class _Clock:
 
 def _phase(name: str) -> None:
     print(f"== demo {name}", file=sys.stderr, flush=True)
-
-
-def default_config() -> Path:
-    from disdis.errors import DisdisError
-    path = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
-    if not path.is_file():
-        raise DisdisError(f"{path}: demo config not found (run from a source checkout, or pass --config)")
-    return path
 
 
 def make_demo_data(path: Path, resolution: int) -> None:

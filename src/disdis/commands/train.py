@@ -6,6 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from disdis import presets
     parser = subparsers.add_parser(
         "train", help="train a model from a config, or resume a run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -20,10 +21,12 @@ def register(subparsers) -> None:
         "Multi-GPU (or multi-process CPU) training: torchrun --nproc_per_node N -m disdis train ...\n"
         "train.batch_size is the global batch; the learning rate is never rescaled.\n\n"
         "examples:\n"
-        "  disdis train configs/first_stage_vq_f4.yaml data.path=3dshapes.h5 name=shapes3d\n"
-        "  disdis train configs/shapes3d.yaml data.path=3dshapes.h5 first_stage_run=runs/00000-shapes3d-first_stage\n"
+        "  disdis train first_stage_vq_f4 data.path=3dshapes.h5 name=shapes3d\n"
+        "  disdis train shapes3d data.path=3dshapes.h5 first_stage_run=runs/00000-shapes3d-first_stage\n"
+        "  disdis train my_config.yaml data.path=images/\n"
         "  disdis train --resume runs/00001-shapes3d-diffusion")
-    parser.add_argument("config", nargs="?", help="run config YAML (omit with --resume)")
+    parser.add_argument("config", nargs="?", help="run config YAML, or a packaged preset: "
+                        f"{', '.join(presets.names())} (omit with --resume)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue this run from its newest checkpoint, exactly where it stopped "

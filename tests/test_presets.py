@@ -1,0 +1,60 @@
+"""Packaged presets: found by name outside a checkout, and the dSprites preset (one image channel) end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from disdis import presets
+from disdis.cli import main
+from disdis.errors import ConfigError
+from disdis.run_config import load_run_config
+
+
+def test_presets_are_found_by_name_and_file_paths_still_work(tmp_path):
+    assert {"demo", "dsprites", "shapes3d", "encdiff"} <= set(presets.names())
+    assert presets.resolve("shapes3d") == presets.resolve("shapes3d.yaml")
+    assert presets.resolve("shapes3d").parent.name == "presets"
+    assert load_run_config("dsprites", ["data.path=x"]).units.in_channels == 1
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("name: mine\ndata: {path: x}\n")
+    assert load_run_config(mine).name == "mine"
+    with pytest.raises(ConfigError, match="nosuch: no such config file, and not a preset"):
+        load_run_config("nosuch")
+
+
+def _sprite_grid(path):
+    """A 1-channel factor grid of sprites: 3 shapes x 2 scales x 2 orientations x 4 x 4 positions (192)."""
+    from disdis.data import write_grid_npz
+    from disdis.data.base import canonical_factors
+    from disdis.data.render_dsprites import FACTOR_NAMES, render_dsprites
+    kept = [np.arange(3), np.array([0, 5]), np.array([0, 10]), np.array([2, 10, 20, 29]), np.array([2, 10, 20, 29])]
+    sizes = [len(k) for k in kept]
+    classes = canonical_factors(sizes)
+    rows = np.stack([kept[k][classes[:, k]] for k in range(5)], axis=1)
+    images = (render_dsprites(rows) * 255)[..., None]
+    write_grid_npz(str(path), images=images, factor_sizes=sizes, factor_names=FACTOR_NAMES)
+
+
+def test_dsprites_preset_trains_and_evaluates_one_channel_images(tmp_path, one_torch_thread):
+    """The preset, shrunk to 16x16 and tiny networks: first stage, diffusion model, DyGA refits and
+    the metrics all run on 1-channel images."""
+    data = tmp_path / "sprites.npz"
+    _sprite_grid(data)
+    run = tmp_path / "run"
+    tiny = [f"data.path={data}", "data.kind=null", "data.resolution=16", f"run_dir={run}",
+            "first_stage.base_channels=8", "first_stage.channel_mult=[1,2]", "first_stage.num_res_blocks=1",
+            "first_stage.codebook_size=32", "first_stage_train.total_kimg=0.064", "first_stage_train.batch_size=32",
+            "first_stage_train.device=cpu", "first_stage_train.num_workers=0", "first_stage_train.bf16=false",
+            "units.num_units=4", "units.token_dim=8", "units.extractor_width=4", "units.fc_hidden=[16]",
+            "units.mlp_hidden=[8]", "units.resolution=16", "unet.resolution=8", "unet.base_channels=8",
+            "unet.channel_mult=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[2]", "unet.num_heads=2",
+            "unet.context_dim=8", "anchoring.refit_images=64", "anchoring.refit_unit=kimg", "anchoring.refit_every=0.064", "train.total_kimg=0.128",
+            "train.batch_size=32", "train.device=cpu", "train.num_workers=0", "train.bf16=false",
+            "train.channels_last=false", "train.checkpoint_every_kimg=0.064", "train.log_every_kimg=0.064",
+            "train.probe_images=64", "eval.batch_size=64", "eval.ddim_steps=2"]
+    assert main(["train", "dsprites", *tiny]) == 0
+    assert sorted(p.name for p in (run / "fits").iterdir())  # refitted on 1-channel tokens
+    assert main(["evaluate", str(run), "eval.metrics=[dci,mig]", "eval.num_train=100", "eval.num_test=50"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert 0 <= metrics["dci"]["disentanglement"] <= 1 and metrics["mig"]["discrete_mig"] >= 0
