@@ -58,3 +58,17 @@ def test_dsprites_preset_trains_and_evaluates_one_channel_images(tmp_path, one_t
     assert main(["evaluate", str(run), "eval.metrics=[dci,mig]", "eval.num_train=100", "eval.num_test=50"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     assert 0 <= metrics["dci"]["disentanglement"] <= 1 and metrics["mig"]["discrete_mig"] >= 0
+
+
+def test_the_wheel_ships_every_preset(tmp_path):
+    """`pip install .` outside a checkout gets the presets: they are package data of the wheel."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(root)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("disdis-*.whl")
+    shipped = {Path(n).stem for n in zipfile.ZipFile(wheel).namelist() if n.startswith("disdis/presets/") and n.endswith(".yaml")}
+    assert shipped == set(presets.names())
