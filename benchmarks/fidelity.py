@@ -27,8 +27,8 @@ EVAL = ["eval.metrics=[factor_vae,dci,mig]", "eval.num_train=2000", "eval.num_te
 
 
 def score(run_dir: Path, eval_overrides: list[str]) -> str:
-    from disdis.commands.demo import headline
-    from disdis.commands.evaluate import evaluate_run
+    from disdis.report import headline
+    from disdis.evaluation import evaluate_run
     from disdis.train.checkpoint import list_checkpoints
     found = list_checkpoints(run_dir / "checkpoints")
     if not found:

@@ -42,7 +42,7 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
 
 
 def test_demo_data_is_cached(tmp_path, capsys):
-    from disdis.commands.demo import DEMO_GRID, make_demo_data
+    from disdis.data.demo_grid import DEMO_GRID, make_demo_data
     from disdis.data import open_dataset
     path = tmp_path / "grid.npz"
     make_demo_data(path, 16)

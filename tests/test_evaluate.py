@@ -37,7 +37,7 @@ def test_evaluate_jobs_reach_the_metric_suite(tiny_run, tmp_path):
 
 
 def test_encoding_is_canonical_and_anchored(tiny_run):
-    from disdis.commands.evaluate import encode_dataset
+    from disdis.evaluation import encode_dataset
     from disdis.train.run import load_trained_model, open_training_data
     cfg, model, _ = load_trained_model(tiny_run)
     data = open_training_data(cfg)

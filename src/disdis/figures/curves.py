@@ -1,4 +1,4 @@
-"""Figures a person reads at a glance (matplotlib, Agg backend, at least 512 px wide)."""
+"""Training curves (matplotlib, Agg backend, at least 512 px wide)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,111 @@
+"""The demo's markdown report and its printed summary: metrics, what each unit carries, when each
+factor was captured, and the figures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from disdis.data.demo_grid import DEMO_GRID
+
+REPRESENTATIONS = ("tokens_pca", "scalar")  # the paper's protocol first (docs/method.md)
+TARGET = {"factor_vae": 0.9, "dci": 0.6}      # the demo's goal: FactorVAE >= 0.9, DCI disentanglement >= 0.6
+
+
+class Clock:
+    """Wall time of each phase of the demo."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name], self.last = now - self.last, now
+
+    @property
+    def total(self) -> float:
+        return self.last - self.start
+
+
+def headline(result: dict) -> tuple[float, float, float]:
+    m = result["metrics"]
+    return m["factor_vae"]["eval_accuracy"], m["dci"]["disentanglement"], m["mig"]["discrete_mig"]
+
+
+def report_summary(cfg, results: dict, clock: Clock) -> str:
+    """A few lines: wall time per phase, the headline scores of each representation, the target."""
+    phases = ", ".join(f"{k} {v / 60:.1f}" for k, v in clock.laps.items())
+    lines = [f"demo wall time: {clock.total / 60:.1f} min ({phases} min)"]
+    for rep, result in results.items():
+        fvae, dci, mig = headline(result)
+        reached = fvae >= TARGET["factor_vae"] and dci >= TARGET["dci"]
+        lines.append(f"{rep:>10}: FactorVAE {fvae:.3f}  DCI disentanglement {dci:.3f}  MIG {mig:.3f}  "
+                     f"(target FactorVAE >= {TARGET['factor_vae']}, DCI >= {TARGET['dci']}: "
+                     f"{'reached' if reached else 'not reached'})")
+    lines.append(capture_line(Path(cfg.run_dir)))
+    e = cfg.eval
+    lines.append(f"reduced protocol (not the paper's): {e.num_train} train / {e.num_test} test points, "
+                 f"{e.num_eval} FactorVAE eval votes, {e.num_variance_estimate} variance samples")
+    return "\n".join(lines)
+
+
+def capture_line(run_dir: Path) -> str:
+    """When training first captured each factor (some unit's share >= 0.5), from logs/train.csv."""
+    from disdis.diagnostics import CAPTURED, capture_times
+    from disdis.train.logger import read_csv_log
+    log = run_dir / "logs" / "train.csv"
+    times = capture_times(read_csv_log(log), list(DEMO_GRID)) if log.is_file() else {}
+    got = [f"{n} at {t[0]:g} kimg ({t[1]:.1f} min)" for n, t in times.items() if t]
+    missed = [n for n, t in times.items() if not t]
+    return (f"captured (a unit's share >= {CAPTURED}): {', '.join(got) or 'none'}"
+            + (f"; never captured: {', '.join(missed)}" if missed else "; every factor captured"))
+
+
+def shares_table(result: dict, factor_names: list[str]) -> list[str]:
+    """Markdown: the share of each unit's variance that each factor explains (eta^2, disdis.metrics.shares)."""
+    shares = result.get("unit_factor_shares")
+    if not shares:
+        return []
+    lines = ["What each unit carries (tokens_pca; share of the unit's variance explained by each factor, "
+             "1 = that factor alone):", "", "| unit | " + " | ".join(factor_names) + " |",
+             "|---" * (len(factor_names) + 1) + "|"]
+    for unit, row in enumerate(shares):
+        lines.append(f"| {unit} | " + " | ".join(f"**{v:.2f}**" if v >= 0.5 else f"{v:.2f}" for v in row) + " |")
+    return lines
+
+
+def capture_curve(run_dir: Path) -> list[str]:
+    """Markdown: the training probe's figure of each factor's best unit share against kimg."""
+    figure = run_dir / "figures" / "factor_shares.png"
+    if not figure.is_file():
+        return []
+    return ["When each factor was captured during training (each factor's best unit share, measured on the "
+            f"grid at every logging interval; logs/shares.csv has the whole table): "
+            f"![]({figure.relative_to(run_dir)})", ""]
+
+
+def write_report(path: Path, cfg, results: dict, grid: Path, recon: Path, clock: Clock) -> Path:
+    from disdis.io import write_text_atomic
+    from disdis.metrics import format_table
+    rows = ["| representation | FactorVAE | DCI disentanglement | MIG |", "|---|---|---|---|"]
+    for rep, result in results.items():
+        rows.append("| {} | {:.3f} | {:.3f} | {:.3f} |".format(rep, *headline(result)))
+    grid_names = ", ".join(f"{k} {v}" for k, v in DEMO_GRID.items())
+    lines = [
+        "# disdis demo", "",
+        "```", report_summary(cfg, results, clock), "```", "",
+        *rows, "",
+        "tokens_pca: each unit's anchored token reduced to one number by PCA (the paper's protocol); "
+        "scalar: the feature extractor's raw outputs.", "",
+        f"Data: the synthetic Shapes3D-like grid ({grid_names}; Shapes3D class indices), "
+        f"{cfg.data.resolution}x{cfg.data.resolution}.", "",
+        "Full metric table (tokens_pca):", "", "```", format_table(results[REPRESENTATIONS[0]]), "```", "",
+        *shares_table(results[REPRESENTATIONS[0]], list(DEMO_GRID)), "",
+        *capture_curve(path.parent),
+        f"Reconstructions (rows: images; first-stage reconstructions; DDIM from their inverted noise and own "
+        f"tokens): ![]({recon.relative_to(path.parent)})", "",
+        "Latent interchange (row u: the targets of the first row regenerated with unit u's token taken from "
+        f"the source in the first column): ![]({grid.relative_to(path.parent)})", "",
+    ]
+    return write_text_atomic(path, "\n".join(lines))
