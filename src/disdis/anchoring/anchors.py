@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +18,7 @@ from disdis.anchoring.config import AnchoringConfig
 from disdis.anchoring.em import Factorised, Mixture, cholesky, component_log_probs
 from disdis.anchoring.fit import concat_mixtures, fit_mixture
 from disdis.errors import ConfigError, DataError, DisdisError
+from disdis.io import atomic_path
 
 FORMAT = "disdis.gaussian_anchors"
 VERSION = "1"
@@ -280,18 +279,10 @@ class GaussianAnchors:
         """Write the fit to a safetensors file (tensors + the config as JSON metadata), atomically."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.to_tensors().items()}
         meta = {"format": FORMAT, "version": VERSION, "config": json.dumps(dataclasses.asdict(self.config))}
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> GaussianAnchors:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from disdis.errors import DisdisError
+from disdis.io import atomic_path
 
 FORMAT = "disdis-checkpoint-1"
 _NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
@@ -50,18 +50,10 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Atomically write ``tensors`` and the JSON-serialisable ``meta`` to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     header = {"format": FORMAT, "meta": json.dumps(meta), "sha256": _digest(tensors)}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path, durable=True) as tmp:
         save_file(tensors, str(tmp), metadata=header)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
     return path
 
 
@@ -144,14 +136,3 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
         sha.update(f"{key}:{str(value.dtype)}:{tuple(value.shape)};".encode())
         sha.update(value.reshape(-1).view(torch.uint8).numpy())
     return sha.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported on every platform
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from disdis.io import atomic_path
+
 
 class CSVLogger:
     def __init__(self, path: str | Path, resume_step: int | None = None, tensorboard: bool = True):
@@ -45,12 +47,10 @@ class CSVLogger:
             reader = csv.DictReader(handle)
             self.fields = list(reader.fieldnames or [])
             rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as handle:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.fields)
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(self.path)
 
 
 def _tensorboard_writer(directory: Path):
