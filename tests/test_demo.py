@@ -12,7 +12,7 @@ TINY = ["first_stage_train.total_kimg=0.064", "first_stage_train.batch_size=32",
         "train.total_kimg=0.128", "train.batch_size=32", "anchoring.refit_every=0.064", "anchoring.refit_images=200",
         "units.num_units=4", "units.token_dim=8", "units.extractor_width=4", "units.fc_hidden=[16]",
         "units.mlp_hidden=[8]", "unet.context_dim=8", "unet.base_channels=8", "unet.channel_mult=[1,2]",
-        "unet.attention_resolutions=[2]", "unet.num_heads=2", "eval.ddim_steps=2", "eval.num_train=200",
+        "unet.attention_resolutions=[2]", "unet.num_heads=2", "diffusion.ddim_steps=2", "eval.num_train=200",
         "eval.num_test=100", "eval.num_eval=100", "eval.num_variance_estimate=200"]
 
 

@@ -145,3 +145,25 @@ def test_ddim_invert_then_sample_round_trip():
             errors = [(ddim_sample(model, ddim_invert(model, x0, s, steps=n), s, steps=n) - x0).abs().max().item()
                       / x0.abs().max().item() for n in (100, 1000)]
             assert errors[1] < 5e-3 and errors[1] < errors[0] / 5
+
+
+def test_ddim_step_returns_the_next_sample_and_the_x0_prediction():
+    """With the true noise, x0_hat is x0 exactly (float64), a step to abar_next = 1 returns x0, and
+    the step to any abar_next lands on q_sample(x0, eps) at abar_next; golden numbers for eta = 1."""
+    from disdis.diffusion import ddim_step
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 3, dtype=torch.float64, generator=g), torch.randn(4, 3, dtype=torch.float64, generator=g)
+    abar, abar_next = 0.3, 0.7
+    x = abar ** 0.5 * x0 + (1 - abar) ** 0.5 * eps
+    out = ddim_step(eps, x, abar, abar_next)
+    assert torch.allclose(out.pred_x0, x0, atol=1e-12)
+    assert torch.allclose(out.prev_sample, abar_next ** 0.5 * x0 + (1 - abar_next) ** 0.5 * eps, atol=1e-12)
+    assert torch.allclose(ddim_step(eps, x, abar, 1.0).prev_sample, x0, atol=1e-12)
+    back = ddim_step(eps, out.prev_sample, abar_next, abar)  # eta 0 toward the noise: the inversion step
+    assert torch.allclose(back.prev_sample, x, atol=1e-12)
+    # eta = 1: sigma = sqrt((1 - 0.7) / 0.7) * sqrt(1 - 0.3 / 0.7) = 0.4949..., noise from the generator
+    one = ddim_step(torch.ones(1), torch.ones(1), abar, abar_next, eta=1.0, generator=torch.Generator().manual_seed(3))
+    sigma = ((1 - abar_next) / (1 - abar)) ** 0.5 * (1 - abar / abar_next) ** 0.5
+    z = torch.randn(1, generator=torch.Generator().manual_seed(3))
+    expected = abar_next ** 0.5 * (1 - (1 - abar) ** 0.5) / abar ** 0.5 + (1 - abar_next - sigma ** 2) ** 0.5 + sigma * z
+    assert sigma == pytest.approx(0.4948717, abs=1e-6) and torch.allclose(one.prev_sample, expected)

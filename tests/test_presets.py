@@ -52,7 +52,7 @@ def test_dsprites_preset_trains_and_evaluates_one_channel_images(tmp_path, one_t
             "unet.context_dim=8", "anchoring.refit_images=64", "anchoring.refit_unit=kimg", "anchoring.refit_every=0.064", "train.total_kimg=0.128",
             "train.batch_size=32", "train.device=cpu", "train.num_workers=0", "train.bf16=false",
             "train.channels_last=false", "train.checkpoint_every_kimg=0.064", "train.log_every_kimg=0.064",
-            "train.probe_images=64", "eval.batch_size=64", "eval.ddim_steps=2"]
+            "train.probe_images=64", "eval.batch_size=64", "diffusion.ddim_steps=2"]
     assert main(["train", "dsprites", *tiny]) == 0
     assert sorted(p.name for p in (run / "fits").iterdir())  # refitted on 1-channel tokens
     assert main(["evaluate", str(run), "eval.metrics=[dci,mig]", "eval.num_train=100", "eval.num_test=50"]) == 0

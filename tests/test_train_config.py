@@ -56,3 +56,16 @@ def test_command_line_errors_are_one_line(tmp_path, capsys, shapes3d_grid_npz):
     (tmp_path / "run/checkpoints/ckpt-000000001.safetensors").write_bytes(b"x")
     assert main(["train", path]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_a_config_file_with_keys_that_moved_still_loads(tmp_path):
+    """Run folders saved before train.refit_* and eval.ddim_steps moved (to anchoring.refit_* and
+    diffusion.ddim_steps) resume: the file's keys are read in their new places."""
+    old = tmp_path / "config.yaml"
+    old.write_text("data: {path: x}\ntrain: {refit_every: 3, refit_unit: kimg, batch_size: 8}\n"
+                   "first_stage_train: {refit_every: 1}\neval: {ddim_steps: 7}\n")
+    cfg = load_run_config(old)
+    assert (cfg.anchoring.refit_every, cfg.anchoring.refit_unit, cfg.train.batch_size) == (3, "kimg", 8)
+    assert cfg.diffusion.ddim_steps == 7
+    with pytest.raises(ConfigError, match="eval.ddim_steps: this setting is now diffusion.ddim_steps"):
+        load_run_config(old, ["eval.ddim_steps=3"])

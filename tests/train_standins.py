@@ -134,7 +134,7 @@ def tiny_run_config(data_path, run_dir, **sections) -> dict:
         "train": {"batch_size": 16, "total_kimg": 0.32, "lr": 2e-3, "ema_halflife_kimg": 0.05,
                   "checkpoint_every_kimg": 0.08,
                   "keep_checkpoints": 3, "log_every_kimg": 0.08, "num_workers": 0, "device": "cpu", "seed": 3},
-        "eval": {"batch_size": 64, "ddim_steps": 4},
+        "eval": {"batch_size": 64},
     }
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value

@@ -8,8 +8,10 @@ closure). Notation follows Ho et al. 2020 (DDPM): ``alpha_t = 1 - beta_t``,
 - :func:`make_betas`: the "linear in sqrt" schedule of latent diffusion.
 - :class:`NoiseSchedule`: forward noising ``q(x_t | x_0)`` (DDPM eq. 4) and its inverse.
 - :class:`NoiseLoss`: the simplified noise-prediction objective (DDPM eq. 14), L1 by default.
-- :func:`ddim_sample` / :func:`ddim_invert`: the DDIM update (Song et al. 2021, eq. 12)
-  and its deterministic (eta = 0) reverse, which maps an image to its noise.
+- :func:`ddim_step`: one DDIM update (Song et al. 2021, eq. 12), returning the next sample and
+  the x0 prediction (:class:`DDIMStepOutput`), stateless;
+- :func:`ddim_sample` / :func:`ddim_invert`: loops of that step, down to x0 and (eta = 0)
+  back up to the noise that regenerates an image.
 """
 
 from __future__ import annotations
@@ -138,17 +140,40 @@ def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
     return [round(i * (num_steps - 1) / (steps - 1)) for i in range(steps)]
 
 
+@dataclass
+class DDIMStepOutput:
+    prev_sample: torch.Tensor  # x at the next step of the loop
+    pred_x0: torch.Tensor      # the model's estimate of x_0 from this step
+
+
+def ddim_step(eps: torch.Tensor, x: torch.Tensor, abar: float, abar_next: float, eta: float = 0.0, *,
+              generator: torch.Generator | None = None) -> DDIMStepOutput:
+    """One DDIM update of ``x`` at cumulative signal ``abar`` to ``abar_next``, given the predicted
+    noise ``eps`` (Song et al. 2021, eq. 12):
+
+        x0_hat  = (x - sqrt(1 - abar) eps) / sqrt(abar)
+        sigma   = eta * sqrt((1 - abar_next) / (1 - abar)) * sqrt(1 - abar / abar_next)
+        x_next  = sqrt(abar_next) x0_hat + sqrt(1 - abar_next - sigma^2) eps + sigma z
+
+    ``abar_next`` = 1 returns x0_hat. With eta = 0 and ``abar_next`` < ``abar`` the same formula
+    steps toward the noise: the DDIM inversion.
+    """
+    x0_hat = (x - (1.0 - abar) ** 0.5 * eps) / abar ** 0.5
+    sigma = eta * ((1.0 - abar_next) / (1.0 - abar)) ** 0.5 * (1.0 - abar / abar_next) ** 0.5 if eta else 0.0
+    x_next = abar_next ** 0.5 * x0_hat + max(1.0 - abar_next - sigma ** 2, 0.0) ** 0.5 * eps
+    if sigma > 0:
+        x_next = x_next + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return DDIMStepOutput(x_next, x0_hat)
+
+
 def ddim_sample(model_fn: ModelFn, noise_or_shape: torch.Tensor | Sequence[int], schedule: NoiseSchedule,
                 steps: int = 100, eta: float = 0.0, *, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None,
                 progress: Callable[[Sequence[int]], Sequence[int]] | None = None) -> torch.Tensor:
     """Run the DDIM sampler from ``x_{tau_S}`` (given noise, or drawn for a shape) down to ``x_0``.
 
-    Each step from tau_i to tau_{i-1} (Song et al. 2021, eq. 12), with eps = model_fn(x, tau_i):
-        x0_hat  = (x - sqrt(1 - abar_i) eps) / sqrt(abar_i)
-        sigma   = eta * sqrt((1 - abar_{i-1}) / (1 - abar_i)) * sqrt(1 - abar_i / abar_{i-1})
-        x      <- sqrt(abar_{i-1}) x0_hat + sqrt(1 - abar_{i-1} - sigma^2) eps + sigma z
-    with abar_{-1} = 1, so the last step returns x0_hat. eta = 0 is deterministic, eta = 1 is
+    Each step from tau_i to tau_{i-1} is :func:`ddim_step` with eps = model_fn(x, tau_i) and
+    abar_{-1} = 1, so the last step returns x0_hat. eta = 0 is deterministic, eta = 1 is
     DDPM's ancestral sampler on the sub-sequence. ``progress`` may wrap the step list (a bar).
     """
     if isinstance(noise_or_shape, torch.Tensor):
@@ -161,11 +186,7 @@ def ddim_sample(model_fn: ModelFn, noise_or_shape: torch.Tensor | Sequence[int],
     for i in (progress(order) if progress else order):
         a, a_prev = abars[i], (abars[i - 1] if i > 0 else 1.0)
         eps = model_fn(x, torch.full((x.shape[0],), taus[i], device=x.device, dtype=torch.long))
-        x0_hat = (x - (1.0 - a) ** 0.5 * eps) / a ** 0.5
-        sigma = eta * ((1.0 - a_prev) / (1.0 - a)) ** 0.5 * (1.0 - a / a_prev) ** 0.5
-        x = a_prev ** 0.5 * x0_hat + max(1.0 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
-        if sigma > 0:
-            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = ddim_step(eps, x, a, a_prev, eta, generator=generator).prev_sample
     return x
 
 
@@ -173,7 +194,8 @@ def ddim_invert(model_fn: ModelFn, x0: torch.Tensor, schedule: NoiseSchedule, st
                 progress: Callable[[Sequence[int]], Sequence[int]] | None = None) -> torch.Tensor:
     """Map ``x_0`` to the noise ``x_{tau_S}`` that :func:`ddim_sample` (eta = 0) maps back to it.
 
-    Runs the eta = 0 update of eq. 12 backwards, from abar_{i-1} to abar_i (abar_{-1} = 1):
+    Runs the eta = 0 update of eq. 12 backwards, :func:`ddim_step` from abar_{i-1} to abar_i
+    (abar_{-1} = 1):
         x0_hat = (x - sqrt(1 - abar_{i-1}) eps) / sqrt(abar_{i-1}),
         x     <- sqrt(abar_i) x0_hat + sqrt(1 - abar_i) eps.
     The exact inverse would need eps at the unknown ``x_{tau_i}``; this uses the model at the
@@ -187,6 +209,5 @@ def ddim_invert(model_fn: ModelFn, x0: torch.Tensor, schedule: NoiseSchedule, st
     for i in (progress(order) if progress else order):
         a_prev, a = (abars[i - 1] if i > 0 else 1.0), abars[i]
         eps = model_fn(x, torch.full((x.shape[0],), taus[i], device=x.device, dtype=torch.long))
-        x0_hat = (x - (1.0 - a_prev) ** 0.5 * eps) / a_prev ** 0.5
-        x = a ** 0.5 * x0_hat + (1.0 - a) ** 0.5 * eps
+        x = ddim_step(eps, x, a_prev, a).prev_sample
     return x

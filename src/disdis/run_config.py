@@ -44,12 +44,11 @@ class EvalConfig:
     num_eval: int = 5000
     num_variance_estimate: int = 10000
     seed: int = 0
-    ddim_steps: int = 100
 
     def __post_init__(self) -> None:
         from disdis.metrics.suite import check_metric_names
         check_metric_names(self.metrics, "eval.metrics")
-        for key in ("batch_size", "num_train", "num_test", "num_eval", "num_variance_estimate", "ddim_steps"):
+        for key in ("batch_size", "num_train", "num_test", "num_eval", "num_variance_estimate"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"eval.{key}: expected a positive integer, got {getattr(self, key)!r}")
 
@@ -90,7 +89,8 @@ class RunConfig:
 
 
 # keys that moved to another section: read from older config files, refused as overrides
-MOVED = {f"train.{key}": f"anchoring.{key}" for key in ("refit_every", "refit_unit", "refit_source", "refit_images")}
+MOVED = {**{f"train.{key}": f"anchoring.{key}" for key in ("refit_every", "refit_unit", "refit_source", "refit_images")},
+         "eval.ddim_steps": "diffusion.ddim_steps"}
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -106,13 +106,12 @@ def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, .
 
 
 def _move_keys(data: dict) -> dict:
-    """``data`` with the keys of :data:`MOVED` in their new sections (a first stage has no anchoring)."""
+    """``data`` with the keys of :data:`MOVED` in their new sections (where both are set, the new one wins)."""
     for old, new in MOVED.items():
-        section, key = old.split(".")
+        (section, key), (target, _) = old.split("."), new.split(".")
         if key in (data.get(section) or {}):
             value = data[section].pop(key)
-            if data.get("stage", "diffusion") == "diffusion":
-                data.setdefault(new.split(".")[0], {}).setdefault(key, value)
+            data.setdefault(target, {}).setdefault(key, value)
         (data.get("first_stage_train") or {}).pop(key, None)
     return data
 
@@ -140,8 +139,8 @@ def check_run_config(cfg: RunConfig) -> None:
     if res is not None and cfg.unet.resolution * factor != res:
         raise ConfigError(f"unet.resolution: {cfg.unet.resolution} does not match the latent size "
                           f"{res // factor} (data.resolution {res} / first-stage downsampling {factor})")
-    for key, steps in (("diffusion.ddim_steps", cfg.diffusion.ddim_steps), ("eval.ddim_steps", cfg.eval.ddim_steps)):
-        if steps > cfg.diffusion.num_steps:
-            raise ConfigError(f"{key}: {steps} is more than the {cfg.diffusion.num_steps} diffusion steps")
+    if cfg.diffusion.ddim_steps > cfg.diffusion.num_steps:
+        raise ConfigError(f"diffusion.ddim_steps: {cfg.diffusion.ddim_steps} is more than the "
+                          f"{cfg.diffusion.num_steps} diffusion steps")
     if cfg.unet.context_dim != cfg.units.token_dim:
         raise ConfigError(f"unet.context_dim: {cfg.unet.context_dim} differs from units.token_dim {cfg.units.token_dim}")

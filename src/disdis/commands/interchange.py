@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--source", type=int, help="dataset index of the source image (default: random)")
     parser.add_argument("--targets", type=int, default=6, help="number of random target images (default 6)")
     parser.add_argument("--units", help="comma-separated units to show (default all)")
-    parser.add_argument("--steps", type=int, help="DDIM steps (default eval.ddim_steps of the run)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (default diffusion.ddim_steps of the run)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random images (default 0)")
     parser.add_argument("--weights", choices=("ema", "model"), default="ema")
     parser.set_defaults(func=run)

@@ -50,7 +50,7 @@ def interchange_grid(run_source: str | Path, out: str | Path | None = None, sour
         picks[0] = source
     images = torch.stack([data[int(i)][0] for i in picks]).to(device)
     src, targets = images[:1], images[1:]
-    steps = steps or cfg.eval.ddim_steps
+    steps = steps or cfg.diffusion.ddim_steps
     noise = model.invert(targets, steps=steps)
     rows = [torch.cat([torch.ones_like(src), targets])]
     for u in progress(units, desc="interchange", unit="unit"):
