@@ -29,8 +29,8 @@ EVAL = ["eval.metrics=[factor_vae,dci,mig]", "eval.num_train=2000", "eval.num_te
 def score(run_dir: Path, eval_overrides: list[str]) -> str:
     from disdis.report import headline
     from disdis.evaluation import evaluate_run
-    from disdis.train.checkpoint import list_checkpoints
-    found = list_checkpoints(run_dir / "checkpoints")
+    from disdis.rundir import RunDir
+    found = RunDir(run_dir).list_checkpoints()
     if not found:
         return "no checkpoint yet"
     result, _ = evaluate_run(found[-1], eval_overrides, out=run_dir / "metrics_fidelity.json")
@@ -39,8 +39,9 @@ def score(run_dir: Path, eval_overrides: list[str]) -> str:
 
 
 def shares(run_dir: Path) -> str:
+    from disdis.rundir import RunDir
     from disdis.train.logger import read_csv_log
-    path = run_dir / "logs" / "train.csv"
+    path = RunDir(run_dir).log("train")
     rows = read_csv_log(path) if path.is_file() else []
     if not rows or "units_top_pc" not in rows[-1]:
         return "no probe row yet"

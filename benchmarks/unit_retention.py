@@ -28,6 +28,7 @@ from disdis.config import save_config
 from disdis.metrics import unit_factor_shares
 from disdis.models import build_model
 from disdis.run_config import load_run_config
+from disdis.rundir import RunDir
 from disdis.train.logger import read_csv_log
 from disdis.train.loop import train
 from disdis.train.run import unit_probe, load_first_stage, open_training_data
@@ -59,7 +60,7 @@ def main() -> None:
     model = build_model(cfg, load_first_stage(cfg.first_stage_run)[1])
     model.extractor.load_state_dict(extractor.state_dict())
     train(model, data, cfg.train, out, probe=unit_probe(cfg, data, out))
-    rows = read_csv_log(out / "logs" / "train.csv")
+    rows = read_csv_log(RunDir(out).log("train"))
     print("best unit share per factor; then the loss rise x 1000 when the units describe the image that "
           "differs in that factor alone (does the U-Net read it?)")
     print("| kimg | " + " | ".join(names) + " | top direction | " + " | ".join(f"usage {n}" for n in names) + " |")

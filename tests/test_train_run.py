@@ -12,6 +12,7 @@ import torch
 
 from disdis.cli import main
 from disdis.train.checkpoint import list_checkpoints, load_checkpoint
+from disdis.rundir import RunDir
 from disdis.train.logger import read_csv_log
 from train_standins import tiny_run_config, write_yaml
 
@@ -31,6 +32,10 @@ def test_tiny_run_learns_and_fills_its_folder(tmp_path, shapes3d_grid_npz, capsy
     assert [p.name for p in sorted((run / "fits").iterdir())][:2] == ["fit-000000005.safetensors", "fit-000000010.safetensors"]
     tensors, meta = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
     assert meta["step"] == 40 and "model/anchor_state.means" in tensors and "ema/unet.out.2.weight" in tensors
+    status = RunDir(run).status()
+    assert (status["state"], status["step"], status["stage"]) == ("finished", 40, "diffusion")
+    assert RunDir.of(list_checkpoints(run / "checkpoints")[-1]) == RunDir(run)
+    assert RunDir(run).metrics == run / "metrics.json" and RunDir(run).fit(5) == run / "fits/fit-000000005.safetensors"
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -157,7 +162,10 @@ def test_a_signal_saves_the_current_step_and_the_run_resumes_exactly(tmp_path, s
     assert proc.returncode == 128 + sig, err[-2000:]
     saved = list_checkpoints(tmp_path / "stopped" / "checkpoints")
     assert len(saved) == 1 and saved[0].name != "ckpt-000000020.safetensors" and "continue with --resume" in err
+    status = RunDir(tmp_path / "stopped").status()
+    assert status["state"] == "failed" and f"stopped by {signal.Signals(sig).name}" in status["message"]
     assert main(["train", "--resume", str(tmp_path / "stopped")]) == 0
+    assert RunDir(tmp_path / "stopped").status()["state"] == "finished"
     assert main(["train", config, f"run_dir={tmp_path / 'straight'}"]) == 0
     a, _ = load_checkpoint(tmp_path / "stopped/checkpoints/ckpt-000000020.safetensors")
     b, _ = load_checkpoint(tmp_path / "straight/checkpoints/ckpt-000000020.safetensors")

@@ -47,6 +47,7 @@ from torch import nn
 
 from disdis.metrics import unit_factor_shares
 from disdis.nn.layers import TransformerBlock
+from disdis.rundir import RunDir
 from disdis.train.logger import CSVLogger, read_csv_log
 
 CAPTURED = 0.5  # a factor counts as captured when some unit's share of it reaches this
@@ -84,13 +85,13 @@ class UnitProbe:
             moved = position.copy()
             moved[:, k] = (moved[:, k] + 1) % self.sizes[k]
             self.swapped[name] = self.indices[np.ravel_multi_index(moved.T, self.sizes)]
-        self.run_dir = Path(run_dir)
-        self.figure = self.run_dir / "figures" / "factor_shares.png"
+        self.run_dir = RunDir.of(run_dir)
+        self.figure = self.run_dir.figure("factor_shares")
         self.table_log: CSVLogger | None = None
 
     def open(self, resume_step: int | None) -> None:
         """Start (or, resuming at ``resume_step``, continue) ``logs/shares.csv``."""
-        self.table_log = CSVLogger(self.run_dir / "logs" / "shares.csv", resume_step, tensorboard=False)
+        self.table_log = CSVLogger(self.run_dir.log("shares"), resume_step, tensorboard=False)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, step: int, kimg: float) -> dict[str, float]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from disdis.rundir import RunDir
+
 
 def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = (), weights: str = "ema",
                  out: str | Path | None = None, n_jobs: int = 2) -> tuple[dict, Path]:
@@ -33,8 +35,7 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
     model.to(device)
     data = open_training_data(cfg)
     units, tokens = encode_dataset(model, data, cfg.eval.batch_size, device, bf16=cfg.train.bf16)
-    run_dir = checkpoint.parent.parent
-    out = Path(out) if out else run_dir / "metrics.json"
+    out = Path(out) if out else RunDir.of(checkpoint).metrics
     if not distributed.is_main():
         return {}, out
     codes = reduce_units_by_pca(tokens) if cfg.eval.representation == "tokens_pca" else units

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from disdis.data.demo_grid import DEMO_GRID
+from disdis.rundir import RunDir
 
 REPRESENTATIONS = ("tokens_pca", "scalar")  # the paper's protocol first (docs/method.md)
 TARGET = {"factor_vae": 0.9, "dci": 0.6}      # the demo's goal: FactorVAE >= 0.9, DCI disentanglement >= 0.6
@@ -54,7 +55,7 @@ def capture_line(run_dir: Path) -> str:
     """When training first captured each factor (some unit's share >= 0.5), from logs/train.csv."""
     from disdis.diagnostics import CAPTURED, capture_times
     from disdis.train.logger import read_csv_log
-    log = run_dir / "logs" / "train.csv"
+    log = RunDir.of(run_dir).log("train")
     times = capture_times(read_csv_log(log), list(DEMO_GRID)) if log.is_file() else {}
     got = [f"{n} at {t[0]:g} kimg ({t[1]:.1f} min)" for n, t in times.items() if t]
     missed = [n for n, t in times.items() if not t]
@@ -77,7 +78,7 @@ def shares_table(result: dict, factor_names: list[str]) -> list[str]:
 
 def capture_curve(run_dir: Path) -> list[str]:
     """Markdown: the training probe's figure of each factor's best unit share against kimg."""
-    figure = run_dir / "figures" / "factor_shares.png"
+    figure = RunDir.of(run_dir).figure("factor_shares")
     if not figure.is_file():
         return []
     return ["When each factor was captured during training (each factor's best unit share, measured on the "

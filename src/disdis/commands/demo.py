@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from disdis.metrics import format_table
     from disdis.report import REPRESENTATIONS, Clock, report_summary, shares_table, write_report
     from disdis.run_config import load_run_config
-    from disdis.train import checkpoint as ckpt
+    from disdis.rundir import RunDir
     from disdis.train.run import resume_run, start_run
 
     torch.set_num_threads(max(1, args.threads))
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     make_demo_data(Path(args.data), cfg.data.resolution or 32)
     clock.lap("data")
     _phase("2/4 training (first stage, then the diffusion model)")
-    if ckpt.list_checkpoints(out / "checkpoints"):
+    if RunDir(out).list_checkpoints():
         resume_run(out, args.overrides)  # e.g. a larger train.total_kimg lengthens a finished demo
     else:
         start_run(cfg)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from disdis.rundir import RunDir
+
 
 def save_grid(grid, path: str | Path, pad: int = 2) -> None:
     """Save images (rows, cols, C, H, W) in [-1, 1] as one PNG with white gutters (atomic)."""
@@ -55,8 +57,7 @@ def interchange_grid(run_source: str | Path, out: str | Path | None = None, sour
     rows = [torch.cat([torch.ones_like(src), targets])]
     for u in progress(units, desc="interchange", unit="unit"):
         rows.append(torch.cat([src, model.interchange(src, targets, u, noise=noise, steps=steps)]))
-    run_dir = checkpoint.parent.parent
-    out = Path(out) if out else run_dir / "figures" / "interchange.png"
+    out = Path(out) if out else RunDir.of(checkpoint).figure("interchange")
     save_grid(torch.stack(rows), out)
     return out
 
@@ -76,6 +77,6 @@ def reconstructions(run_dir: Path, steps: int, count: int = 8) -> Path:
         first = model.first_stage(x).clamp(-1, 1)
     context = model.encode_units(x)[1]
     ddim = model.sample(context, noise=model.invert(x, context, steps), steps=steps)
-    path = run_dir / "figures" / "reconstructions.png"
+    path = RunDir.of(run_dir).figure("reconstructions")
     save_grid(torch.stack([x, first, ddim]), path)
     return path

@@ -53,7 +53,7 @@ class AnchorRefit(Hook):
             self.subset = np.sort(rng.choice(len(ctx.dataset), size=count, replace=False))
         self.batch_size = ctx.cfg.batch_size
         if distributed.is_main():
-            self.log = CSVLogger(ctx.run_dir / "logs" / "fits.csv", ctx.resume_step, tensorboard=False)
+            self.log = CSVLogger(ctx.run_dir.log("fits"), ctx.resume_step, tensorboard=False)
 
     def after_step(self, out: dict) -> None:
         if self.recent is not None:
@@ -69,7 +69,7 @@ class AnchorRefit(Hook):
         anchors = GaussianAnchors.from_tensors(distributed.broadcast_tensors(fit), self.cfg)
         self.method.anchor_state.load(anchors)
         if distributed.is_main():
-            anchors.save(ctx.run_dir / "fits" / f"fit-{step:09d}.safetensors")
+            anchors.save(ctx.run_dir.fit(step))
             counts = anchors.num_components
             self.log.log({"step": step, "tokens": len(tokens), "seconds": time.perf_counter() - start,
                           "components_mean": sum(counts) / len(counts), "components_min": min(counts),

@@ -19,12 +19,12 @@ state) reach the EMA copy in the same step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from disdis.rundir import RunDir
 from disdis.train.config import TrainConfig
 
 
@@ -36,7 +36,7 @@ class HookContext:
     cfg: TrainConfig
     device: torch.device
     bf16: bool                        # autocast in use (GPUs)
-    run_dir: Path
+    run_dir: RunDir
     resume_step: int | None           # the step a resumed run continues from; None for a fresh run
     steps_per_epoch: int
 

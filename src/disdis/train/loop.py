@@ -38,6 +38,7 @@ from torch import nn
 
 from disdis.errors import ConfigError, DisdisError
 from disdis.progress import progress
+from disdis.rundir import RunDir
 from disdis.train import checkpoint as ckpt
 from disdis.train import distributed
 from disdis.train.config import TrainConfig
@@ -182,7 +183,7 @@ class TrainStep:
         return StepOutput(out, loss_mean, bool(stopping > 0))
 
 
-def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: str | Path,
+def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: str | Path | RunDir,
           *, resume: bool = False, probe=None) -> TrainResult:
     """Train ``model`` on ``dataset`` (items: image tensor or (image, ...)); checkpoints go to ``run_dir``.
 
@@ -192,7 +193,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     logging interval as ``probe(model, step, kimg) -> dict``, adds its scalars to the log row; it
     is opened with ``probe.open(resume_step)`` and closed with ``probe.close()``.
     """
-    run_dir = Path(run_dir)
+    run = RunDir.of(run_dir)
     device = distributed.init(resolve_device(cfg.device).type)
     rank, world = distributed.rank(), distributed.world_size()
     main = rank == 0
@@ -206,14 +207,14 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank, world_size=world)
-    state = _load_latest(run_dir / "checkpoints") if resume else None
+    state = _load_latest(run.checkpoints) if resume else None
     resume_step = int(state.meta["step"]) if state is not None else None
     hooks = model.hooks()
     ctx = HookContext(model=model, dataset=dataset, cfg=cfg, device=device, bf16=cfg.bf16 and device.type == "cuda",
-                      run_dir=run_dir, resume_step=resume_step, steps_per_epoch=sched.steps_per_epoch)
+                      run_dir=run, resume_step=resume_step, steps_per_epoch=sched.steps_per_epoch)
     probe = probe if main else None
     opened = [h for h in (*hooks, probe) if h is not None]
-    logger = CSVLogger(run_dir / "logs" / "train.csv", resume_step) if main else None
+    logger = CSVLogger(run.log("train"), resume_step) if main else None
     try:
         for hook in hooks:
             hook.open(ctx)
@@ -234,7 +235,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
                                              pin_memory=device.type == "cuda", collate_fn=_collate,
                                              persistent_workers=False,
                                              generator=torch.Generator().manual_seed(cfg.seed))
-        return _run(stepper, loader, sched, start, state.path if state is not None else None, run_dir, logger, probe,
+        return _run(stepper, loader, sched, start, state.path if state is not None else None, run, logger, probe,
                     layout)
     finally:
         for log in (logger, *opened):
@@ -242,7 +243,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
                 log.close()
 
 
-def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Path | None, run_dir: Path,
+def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Path | None, run: RunDir,
          logger: CSVLogger | None, probe, layout) -> TrainResult:
     """The steps from ``start`` to the end, with logging, checkpoints and the stop signals."""
     cfg, device, main = stepper.cfg, stepper.device, distributed.is_main()
@@ -273,8 +274,8 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
             bar.update(1)
             saved = done % sched.checkpoint == 0 or done == sched.total
             if main and (saved or result.stopping):
-                last_ckpt = _save(run_dir / "checkpoints", stepper, cfg, done, sched)
-                ckpt.prune_checkpoints(run_dir / "checkpoints", cfg.keep_checkpoints)
+                last_ckpt = _save(run.checkpoints, stepper, cfg, done, sched)
+                ckpt.prune_checkpoints(run.checkpoints, cfg.keep_checkpoints)
             if done % sched.log == 0 or done == sched.total:
                 elapsed = time.perf_counter() - window_start
                 row = {"step": done, "kimg": done * cfg.batch_size / 1000, "epoch": done / max(sched.steps_per_epoch, 1)}
@@ -293,7 +294,7 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
             if result.stopping:
                 signum = stop.received or signal.SIGTERM
                 raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} after step {done}; saved "
-                                          f"{last_ckpt}; continue with --resume {run_dir}", signum)
+                                          f"{last_ckpt}; continue with --resume {run}", signum)
     finally:
         stop.restore()
         bar.close()
