@@ -49,7 +49,8 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
         result["unit_factor_shares"] = unit_factor_shares(codes, dataset.factor_sizes).round(4).tolist()
     else:  # CelebA: attributes, no factor grid
         labels = dataset.labels(np.arange(len(dataset)))
-        result = {"metrics": {"tad": tad(codes, labels)}, "seconds": {}, "protocol": {"reference": True}}
+        result = {"metrics": {"tad": tad(codes, labels)}, "seconds": {},
+                  "protocol": {"reference": True, "tad_auroc": "threshold sweep, step 0.1 (published)"}}
     result["run"] = {"checkpoint": str(checkpoint), "weights": weights, "representation": cfg.eval.representation,
                      "num_images": int(len(codes))}
     write_text_atomic(out, json.dumps(result, indent=2))

@@ -1,17 +1,26 @@
 """TAD, the total AUROC difference (Yeats et al. 2022, NashAE), for binary attributes
-such as CelebA's.
+such as CelebA's, computed as the published code computes it (the NashAE-derived code that
+EncDiff and dis-dis ship, which produced the seed paper's Table 2).
 
-For attribute a and code d, ``auroc[a, d] = max(AUC, 1 - AUC)`` of the code as a
-score for the attribute (either sign). Per attribute the gap between the best
-and second-best code counts when (i) the best AUROC is >= 0.75 and (ii) the
-attribute is not largely explained by another attribute: the largest mutual
-information with another attribute, divided by the attribute's entropy (the
+AUROC of code d for attribute a (``auroc="threshold"``, the default): when the code's range
+(max - min over the samples) is <= 0.2 it is 0.5. Otherwise the code is thresholded at
+lo + t (hi - lo) for t = 0, step, 2 step, ..., 1 (11 thresholds at the published step 0.1);
+for each direction (positive when z >= threshold, and when z < threshold) the false- and
+true-positive rates at the thresholds are sorted, each column on its own, as the published
+code does, and the area is the right Riemann sum sum_{k >= 1} TPR_k (FPR_k - FPR_{k-1}); the
+AUROC is the larger of the two directions' areas. ``auroc="exact"`` is the exact rank AUROC
+instead, max(AUC, 1 - AUC) with the Mann-Whitney statistic (ties averaged): it never rounds a
+code to 11 levels, so its numbers are not comparable with published TADs (docs/method.md).
+
+Per attribute the gap between the best and second-best code counts when (i) the best AUROC is
+>= 0.75 and (ii) the attribute is not largely explained by another attribute: the largest
+mutual information with another attribute, divided by the attribute's entropy (the
 proportional entropy reduction), is <= 0.2.
 
     TAD = sum over counted attributes of (best - second best AUROC)
 
-``num_attributes_captured`` is the number of counted attributes. A constant
-attribute (no AUROC defined, zero entropy) is never counted.
+``num_attributes_captured`` is the number of counted attributes. A constant attribute (no
+AUROC defined, zero entropy) is never counted.
 """
 
 from __future__ import annotations
@@ -24,18 +33,51 @@ from disdis.metrics.inputs import check_codes
 
 AUROC_THRESHOLD = 0.75
 ENTROPY_REDUCTION_THRESHOLD = 0.2
+MIN_RANGE = 0.2  # the published code scores codes of a smaller range as chance (0.5)
 
 
-def tad(codes: np.ndarray, attributes: np.ndarray) -> dict[str, float]:
+def tad(codes: np.ndarray, attributes: np.ndarray, *, auroc: str = "threshold", step: float = 0.1) -> dict[str, float]:
     """TAD of codes (N, D >= 2) for binary attributes (N, A) with values in {0, 1}
-    (CelebA's -1/1 labels are accepted and mapped to 0/1)."""
+    (CelebA's -1/1 labels are accepted and mapped to 0/1); ``auroc``: "threshold" (published,
+    with thresholds every ``step`` of each code's range) or "exact" (rank AUROC)."""
     codes = check_codes(codes, min_dims=2)
     attrs = _binary_attributes(attributes, len(codes))
-    auroc = aurocs(codes, attrs)
+    if auroc == "threshold":
+        if not 0 < step <= 1:
+            raise DisdisError(f"tad: step must be in (0, 1], got {step}")
+        auroc = threshold_aurocs(codes, attrs, step)
+    elif auroc == "exact":
+        auroc = aurocs(codes, attrs)
+    else:
+        raise DisdisError(f"tad: auroc must be 'threshold' or 'exact', got {auroc!r}")
     ordered = -np.sort(-auroc, axis=1)
     gap = ordered[:, 0] - ordered[:, 1]
     counted = (ordered[:, 0] >= AUROC_THRESHOLD) & (entropy_reduction(attrs) <= ENTROPY_REDUCTION_THRESHOLD)
     return {"tad": float(gap[counted].sum()), "num_attributes_captured": int(counted.sum())}
+
+
+def threshold_aurocs(codes: np.ndarray, attrs: np.ndarray, step: float = 0.1) -> np.ndarray:
+    """(A, D) AUROC of each code for each attribute by the published threshold sweep (module
+    docstring); NaN for constant attributes."""
+    fractions = np.arange(0.0, 1.0 + 1e-4, step)  # as the published torch.arange(0, 1.0001, step)
+    positives = attrs.T.astype(np.float64)            # (A, N)
+    n_pos = positives.sum(axis=1, keepdims=True)
+    n_neg = len(attrs) - n_pos
+    out = np.full((attrs.shape[1], codes.shape[1]), 0.5)
+    for d, z in enumerate(codes.T.astype(np.float64)):
+        lo, hi = z.min(), z.max()
+        if hi - lo <= MIN_RANGE:
+            continue
+        above = (z[:, None] >= lo + fractions * (hi - lo)).astype(np.float64)  # (N, T)
+        areas = []
+        for predicted in (above, 1.0 - above):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                fpr = np.sort(((1.0 - positives) @ predicted) / n_neg, axis=1)   # (A, T)
+                tpr = np.sort((positives @ predicted) / n_pos, axis=1)
+            areas.append((tpr[:, 1:] * np.diff(fpr, axis=1)).sum(axis=1))
+        out[:, d] = np.maximum(*areas)
+    out[(n_pos[:, 0] == 0) | (n_neg[:, 0] == 0)] = np.nan
+    return out
 
 
 def aurocs(codes: np.ndarray, attrs: np.ndarray) -> np.ndarray:
