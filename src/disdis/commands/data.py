@@ -24,10 +24,17 @@ def register(subparsers) -> None:
         description="Render the full factor grid. shapes3d: 480000 images in the 3dshapes.h5 "
         "layout ('images' (N,R,R,3) uint8, 'labels' (N,6) float64). dsprites: 737280 binary "
         "64x64 images in the published npz layout (imgs, latents_classes, latents_values). "
+        "celeba-like: --count Shapes3D-like scenes at CelebA's 178x218 in the CelebA folder layout "
+        "(img_align_celeba/*.jpg, list_attr_celeba.txt with 6 binary attributes that are functions "
+        "of the scene: Warm_Object, Cool_Wall, Warm_Floor, Large_Object, Round_Object, Tilted_Left; "
+        "scene_factors.csv with each image's factors), for the CelebA loader and TAD. "
         "Deterministic; written to a temporary file and renamed, so an interrupted run leaves "
         "nothing under the final name.")
-    make.add_argument("dataset", choices=("shapes3d", "dsprites"))
-    make.add_argument("--out", required=True, help="output file (.h5 for shapes3d, .npz for dsprites)")
+    make.add_argument("dataset", choices=("shapes3d", "dsprites", "celeba-like"))
+    make.add_argument("--out", required=True, help="output file (.h5 for shapes3d, .npz for dsprites), "
+                      "or a new folder for celeba-like")
+    make.add_argument("--count", type=int, default=2000, help="celeba-like: number of images (default 2000)")
+    make.add_argument("--seed", type=int, default=0, help="celeba-like: seed of the scenes (default 0)")
     make.add_argument("--resolution", type=int, default=64,
                       help="image size for shapes3d (default 64, as published); dsprites is always 64")
     make.set_defaults(func=_make)
@@ -70,11 +77,14 @@ def _make(args: argparse.Namespace) -> int:
         if args.resolution < 1:
             raise DisdisError(f"--resolution must be positive, got {args.resolution}")
         write_shapes3d(args.out, args.resolution)
-    else:
+    elif args.dataset == "dsprites":
         from disdis.data.dsprites import write_dsprites
         if args.resolution != 64:
             raise DisdisError("--resolution: dsprites is always 64x64, as published")
         write_dsprites(args.out)
+    else:
+        from disdis.data.celeba_like import write_celeba_like
+        write_celeba_like(args.out, args.count, args.seed)
     print(f"wrote {args.out} ({args.dataset}) in {time.perf_counter() - start:.1f} s")
     return 0
 
