@@ -38,7 +38,7 @@ def test_the_celeba_loader_reads_it_and_its_attributes_are_the_scenes(celeba_lik
         write_celeba_like(str(celeba_like), count=4)
 
 
-def test_a_celeba_run_trains_and_is_scored_by_tad(celeba_like, tmp_path, one_torch_thread):
+def test_a_celeba_run_trains_and_is_scored_by_tad_and_fid(celeba_like, tmp_path, one_torch_thread, monkeypatch, capsys):
     run = tmp_path / "run"
     tiny = [f"data.path={celeba_like}", f"run_dir={run}", "first_stage.base_channels=8", "first_stage.channel_mult=[1,2]",
             "first_stage.num_res_blocks=1", "first_stage.codebook_size=32", "data.resolution=16",
@@ -51,7 +51,22 @@ def test_a_celeba_run_trains_and_is_scored_by_tad(celeba_like, tmp_path, one_tor
             "train.device=cpu", "train.num_workers=0", "train.bf16=false", "train.channels_last=false",
             "train.checkpoint_every_kimg=0.064", "train.log_every_kimg=0.064", "eval.batch_size=64", "diffusion.ddim_steps=2"]
     assert main(["train", "celeba", *tiny]) == 0
+    monkeypatch.delenv("DISDIS_INCEPTION_WEIGHTS", raising=False)
     assert main(["evaluate", str(run)]) == 0
+    assert "FID skipped: no Inception weights" in capsys.readouterr().err
     result = json.loads((run / "metrics.json").read_text())
-    assert set(result["metrics"]["tad"]) == {"tad", "num_attributes_captured"}
+    assert set(result["metrics"]) == {"tad"} and set(result["metrics"]["tad"]) == {"tad", "num_attributes_captured"}
     assert result["metrics"]["tad"]["tad"] >= 0 and "published" in result["protocol"]["tad_auroc"]
+    # with local weights (here an untrained network's): FID of 16 generated against 16 training images
+    import torch
+    from safetensors.torch import save_file
+    from disdis.metrics.fid import InceptionFeatures
+    torch.manual_seed(0)
+    save_file(InceptionFeatures().state_dict(), str(tmp_path / "inception.safetensors"))
+    monkeypatch.setenv("DISDIS_INCEPTION_WEIGHTS", str(tmp_path / "inception.safetensors"))
+    assert main(["evaluate", str(run), "eval.fid_images=16", "eval.batch_size=8"]) == 0
+    result = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(result["metrics"]["fid"]["fid"]) and result["metrics"]["fid"]["fid"] >= 0
+    assert result["protocol"]["fid_images"] == 16
+    assert main(["evaluate", str(run), f"eval.inception_weights={tmp_path / 'missing.pth'}"]) != 0
+    assert "Inception weights file not found" in capsys.readouterr().err

@@ -44,11 +44,13 @@ class EvalConfig:
     num_eval: int = 5000
     num_variance_estimate: int = 10000
     seed: int = 0
+    fid_images: int = 10000                 # data without a factor grid (CelebA): generated and real images for FID
+    inception_weights: Optional[str] = None  # local FID Inception weights (else $DISDIS_INCEPTION_WEIGHTS; none: no FID)
 
     def __post_init__(self) -> None:
         from disdis.metrics.suite import check_metric_names
         check_metric_names(self.metrics, "eval.metrics")
-        for key in ("batch_size", "num_train", "num_test", "num_eval", "num_variance_estimate"):
+        for key in ("batch_size", "num_train", "num_test", "num_eval", "num_variance_estimate", "fid_images"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"eval.{key}: expected a positive integer, got {getattr(self, key)!r}")
 
