@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from disdis.errors import DisdisError
-from disdis.metrics.fid import InceptionFeatures, frechet_distance, gaussian_of, load_inception
+from disdis.metrics import frechet_distance
+from disdis.metrics.fid import InceptionFeatures, gaussian_of, load_inception
 
 
 def test_frechet_distance_closed_forms():

@@ -12,6 +12,7 @@ from disdis.metrics.beta_vae import beta_vae
 from disdis.metrics.dci import dci, dci_completeness, dci_disentanglement, importance_matrix
 from disdis.metrics.downstream import downstream_efficiency
 from disdis.metrics.factor_vae import factor_vae
+from disdis.metrics.fid import frechet_distance
 from disdis.metrics.information import entropy, histogram_discretize, mutual_information
 from disdis.metrics.mig import mig
 from disdis.metrics.modularity import modularity, modularity_explicitness
@@ -24,7 +25,7 @@ from disdis.metrics.tad import tad
 
 __all__ = [
     "Protocol", "beta_vae", "dci", "dci_completeness", "dci_disentanglement",
-    "downstream_efficiency", "entropy", "evaluate_representation", "factor_vae",
+    "downstream_efficiency", "entropy", "evaluate_representation", "factor_vae", "frechet_distance",
     "format_table", "histogram_discretize", "importance_matrix", "index_of", "mig",
     "modularity", "modularity_explicitness", "mutual_information", "reduce_units_by_pca",
     "sample_codes", "sample_factors", "sap", "sap_score_matrix", "tad", "unit_factor_shares",
