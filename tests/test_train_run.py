@@ -68,7 +68,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes3d_grid_npz, cha
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_diffusion_run_trains_its_own_first_stage_then_resumes(tmp_path, shapes3d_grid_npz):
+def test_diffusion_run_trains_its_own_first_stage_then_resumes(tmp_path, shapes3d_grid_npz, capsys):
     """A VQ first stage (f=2) trained inside the run, then the diffusion model on its 8x8 latents."""
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run",
                           first_stage={"kind": "vq", "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
@@ -80,16 +80,28 @@ def test_diffusion_run_trains_its_own_first_stage_then_resumes(tmp_path, shapes3
     config = write_yaml(tmp_path / "vq.yaml", cfg)
     assert main(["train", config]) == 0
     run = tmp_path / "run"
-    first = load_checkpoint(list_checkpoints(run / "first_stage/checkpoints")[-1])[0]
-    second = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])[0]
-    # the diffusion model carries the trained (frozen) first stage, and the latent scale it fitted
-    shared = [k for k in first if k.startswith("model/first_stage.")]
-    assert shared and all(torch.equal(first[k], second[k]) for k in shared)
+    first_path = list_checkpoints(run / "first_stage/checkpoints")[-1]
+    first = load_checkpoint(first_path)[0]
+    second, meta = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
+    # the frozen first stage stays in its own run: recorded by reference (path inside the run, SHA-256
+    # of its tensors), not copied into the model and the EMA; the latent scale it fitted is saved
+    from disdis.train.checkpoint import read_digest
+    assert meta["requires"] == {"first_stage": {"checkpoint": "first_stage/checkpoints/ckpt-000000006.safetensors",
+                                                "sha256": read_digest(first_path)}}
+    assert not any(k.startswith(("model/first_stage.", "ema/first_stage.")) for k in second)
     assert float(second["model/scaler.fitted"]) == 1.0
+    from disdis.train.run import load_trained_model
+    _, model, _ = load_trained_model(run)
+    assert all(torch.equal(first[f"model/first_stage.{k}"], v) for k, v in model.first_stage.state_dict().items())
     # extending a finished run continues it (and the first stage is not retrained)
     assert main(["train", "--resume", str(run), "train.total_kimg=0.32"]) == 0
     assert list_checkpoints(run / "checkpoints")[-1].name == "ckpt-000000020.safetensors"
     assert list_checkpoints(run / "first_stage/checkpoints")[-1].name == "ckpt-000000006.safetensors"
+    # a first stage that changed (here: retrained from scratch) is refused, with the reason
+    import shutil
+    shutil.copy(list_checkpoints(run / "first_stage/checkpoints")[0], first_path)
+    assert main(["evaluate", str(run)]) != 0
+    assert "has changed since the run used it" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override", ["unet.num_heads=3", "unet.skip_dropout=1.5", "units.num_units=0", "diffusion.ddim_steps=5000",

@@ -7,6 +7,9 @@ A method is one ``nn.Module`` subclassing :class:`Method` (docs/architecture.md)
 * ``param_groups(cfg)``: its optimizer groups (:mod:`disdis.train.optim`); by default the
   released single AdamW group, or the ``train.lr_scale`` / ``train.group_eps`` groups;
 * ``hooks()``: periodic work for the loop to schedule (:mod:`disdis.train.hooks`);
+* ``dependencies()``: submodules whose weights come from another run (a frozen first stage):
+  name -> the reference ``{"checkpoint": path, "sha256": digest}`` set with :meth:`requires`.
+  Checkpoints leave their tensors out and record the reference; loading reads them from there;
 * ``capabilities``: what else it offers, declared rather than probed:
   ``"represent"``: ``representation(images) -> dict`` gives what evaluation reads
   (``"units"`` (B, N) scalars, and ``"tokens"`` (B, N, D) where the units are vectors);
@@ -28,6 +31,19 @@ from disdis.train.optim import default_param_groups
 
 class Method(nn.Module):
     capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dependencies: dict[str, dict] = {}
+
+    def requires(self, name: str, reference: dict) -> None:
+        """Submodule ``name`` holds the weights of ``reference`` (another run's checkpoint), frozen."""
+        if name not in dict(self.named_children()):
+            raise ValueError(f"{type(self).__name__} has no submodule {name!r}")
+        self._dependencies[name] = dict(reference)
+
+    def dependencies(self) -> dict[str, dict]:
+        return dict(self._dependencies)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError

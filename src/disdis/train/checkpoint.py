@@ -67,6 +67,18 @@ def read_meta(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def read_digest(path: str | Path) -> str:
+    """The SHA-256 of a checkpoint's tensors, from its header (what :func:`load_checkpoint` verifies)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a disdis checkpoint")
+    return header["sha256"]
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint`; returns (tensors on the CPU, meta)."""
     path = Path(path)

@@ -316,14 +316,16 @@ class _State:
 
 def _save(directory: Path, stepper: TrainStep, cfg: TrainConfig, step: int, sched: _Schedule) -> Path:
     optim_tensors, groups = ckpt.optimizer_state(stepper.optimizer)
-    tensors = {**ckpt.with_prefix("model", stepper.model.state_dict()),
-               **ckpt.with_prefix("ema", stepper.ema.module.state_dict()), **ckpt.with_prefix("optim", optim_tensors)}
+    requires = stepper.model.dependencies()
+    tensors = {**ckpt.with_prefix("model", own_state(stepper.model.state_dict(), requires)),
+               **ckpt.with_prefix("ema", own_state(stepper.ema.module.state_dict(), requires)),
+               **ckpt.with_prefix("optim", optim_tensors)}
     for hook in stepper.hooks:
         tensors.update(ckpt.with_prefix(f"hook/{hook.name}", hook.state_dict()))
     epoch, offset = divmod(step, sched.steps_per_epoch)
     meta = {"step": step, "kimg": step * cfg.batch_size / 1000, "epoch": epoch, "batch_in_epoch": offset,
             "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": distributed.world_size(),
-            "ema_updates": stepper.ema.num_updates, "optimizer_groups": groups}
+            "ema_updates": stepper.ema.num_updates, "optimizer_groups": groups, "requires": requires}
     return ckpt.save_checkpoint(ckpt.checkpoint_path(directory, step), tensors, meta)
 
 
@@ -357,8 +359,9 @@ def check_resumable(meta: dict, cfg: TrainConfig, path: Path) -> None:
 
 def _restore(state: _State, stepper: TrainStep, cfg: TrainConfig) -> int:
     check_resumable(state.meta, cfg, state.path)
-    load_weights(stepper.model, ckpt.strip_prefix("model", state.tensors), state.path)
-    load_weights(stepper.ema.module, ckpt.strip_prefix("ema", state.tensors), state.path)
+    requires = stepper.model.dependencies()
+    load_weights(stepper.model, ckpt.strip_prefix("model", state.tensors), state.path, requires)
+    load_weights(stepper.ema.module, ckpt.strip_prefix("ema", state.tensors), state.path, requires)
     ckpt.load_optimizer_state(stepper.optimizer, ckpt.strip_prefix("optim", state.tensors), state.meta["optimizer_groups"])
     stepper.ema.num_updates = int(state.meta["ema_updates"])
     for hook in stepper.hooks:
@@ -368,13 +371,26 @@ def _restore(state: _State, stepper: TrainStep, cfg: TrainConfig) -> int:
     return int(state.meta["step"])
 
 
-def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
-    """``module``'s weights and buffers from a checkpoint's; a mismatch is a CheckpointError naming ``path``."""
+def own_state(state: dict[str, torch.Tensor], requires: dict) -> dict[str, torch.Tensor]:
+    """``state`` without the tensors of the submodules another run supplies (``requires``)."""
+    skip = tuple(f"{name}." for name in requires)
+    return {k: v for k, v in state.items() if not k.startswith(skip)} if skip else state
+
+
+def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path, requires: dict = ()) -> None:
+    """``module``'s weights and buffers from a checkpoint's (the submodules in ``requires`` come from
+    their own runs and may be absent); a mismatch is a CheckpointError naming ``path``."""
+    skip = tuple(f"{name}." for name in requires)
     try:
-        module.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
+        missing, unexpected = module.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # a shape mismatch
         raise ckpt.CheckpointError(f"{path}: weights do not match the configured model "
                                    f"({str(err).splitlines()[0]})") from None
+    missing = [k for k in missing if not (skip and k.startswith(skip))]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise ckpt.CheckpointError(f"{path}: weights do not match the configured model ({what}, "
+                                   f"{len(missing)} missing, {len(unexpected)} unexpected)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from disdis.run_config import RunConfig, check_run_config, load_run_config
 from disdis.rundir import RunDir
 from disdis.train import checkpoint as ckpt
 from disdis.train import distributed
-from disdis.train.loop import TrainingInterrupted, TrainResult, check_resumable, resolve_device, train
+from disdis.train.loop import TrainingInterrupted, TrainResult, check_resumable, load_weights, resolve_device, train
 
 
 def start_run(cfg: RunConfig) -> tuple[Path, TrainResult]:
@@ -51,8 +51,9 @@ def resume_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ())
 def _run_stages(cfg: RunConfig, run: RunDir) -> TrainResult:
     """Train (or continue) the run's stages: a diffusion run whose first stage is not given trains
     its own first, in ``RUN/first_stage`` with the ``first_stage_train`` settings."""
-    resume = bool(run.list_checkpoints())
-    first_stage = None
+    newest = run.list_checkpoints()[-1:]
+    resume = bool(newest)
+    first_stage = reference = None
     if cfg.stage == "diffusion" and cfg.first_stage.kind != "identity":
         source = cfg.first_stage_run
         if not source:
@@ -65,14 +66,43 @@ def _run_stages(cfg: RunConfig, run: RunDir) -> TrainResult:
             _train(first_cfg, source, None, resume=True)  # a finished first stage returns at once
             if distributed.is_main():
                 print(f"stage 2/2: diffusion model in {run}", file=sys.stderr)
-        if not resume:  # once the diffusion model has a checkpoint, the first stage's weights are in it
-            first_cfg, first_stage = load_first_stage(source)
+        # a resumed run reads the first stage it recorded (checkpoints of older versions carry its weights)
+        recorded = ((ckpt.read_meta(newest[0]) or {}).get("requires") or {}).get("first_stage") if resume else None
+        if recorded:
+            first_cfg, first_stage, reference = load_dependency(recorded, run)
+        elif not resume:
+            first_cfg, first_stage, path = load_first_stage(source)
+            reference = dependency_reference(path, run)
             if distributed.is_main() and first_cfg != cfg.first_stage:
                 print(f"note: first_stage settings taken from {source}", file=sys.stderr)
             cfg.first_stage = first_cfg
             if distributed.is_main():
                 save_config(cfg, run.config)
-    return _train(cfg, run, first_stage, resume=resume)
+    return _train(cfg, run, first_stage, resume=resume, reference=reference)
+
+
+def dependency_reference(checkpoint: Path, run: RunDir) -> dict:
+    """How a run records a checkpoint it depends on: its path (relative to the run folder when inside
+    it, so the folder can move) and the SHA-256 of its tensors."""
+    checkpoint = Path(checkpoint).absolute()
+    try:
+        shown = checkpoint.relative_to(run.path.absolute())
+    except ValueError:
+        shown = checkpoint
+    return {"checkpoint": str(shown), "sha256": ckpt.read_digest(checkpoint)}
+
+
+def load_dependency(reference: dict, run: RunDir):
+    """(config, module, reference) of the first stage a run recorded, after checking it is the same."""
+    path = Path(reference["checkpoint"])
+    path = path if path.is_absolute() else run.path / path
+    if not path.is_file():
+        raise DisdisError(f"{run}: its first stage {path} is gone (the run recorded it; restore the file)")
+    if ckpt.read_digest(path) != reference["sha256"]:
+        raise DisdisError(f"{run}: its first stage {path} has changed since the run used it (SHA-256 "
+                          f"{reference['sha256'][:12]}... recorded); restore it, or start a new run")
+    first_cfg, module, _ = load_first_stage(path)
+    return first_cfg, module, reference
 
 
 def validate_run_config(cfg: RunConfig) -> None:
@@ -119,7 +149,7 @@ def load_first_stage(source: str | Path):
     weights = ckpt.strip_prefix("model", tensors)
     module.load_state_dict({k.removeprefix("first_stage."): v for k, v in weights.items()
                             if k.startswith("first_stage.")}, strict=True)
-    return first_run.first_stage, module
+    return first_run.first_stage, module, path
 
 
 def load_trained_model(source: str | Path, weights: str = "ema") -> tuple[RunConfig, torch.nn.Module, Path]:
@@ -129,16 +159,17 @@ def load_trained_model(source: str | Path, weights: str = "ema") -> tuple[RunCon
     run = RunDir.of(source)
     cfg = read_run_config(run)
     path = source if source.is_file() else run.newest_checkpoint()
-    tensors, _ = ckpt.load_checkpoint(path)
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(ckpt.strip_prefix(weights, tensors), strict=True)
-    except RuntimeError as err:
-        raise ckpt.CheckpointError(f"{path}: weights do not match the run's config ({str(err).splitlines()[0]})") from None
+    tensors, meta = ckpt.load_checkpoint(path)
+    requires = meta.get("requires") or {}
+    first_stage = load_dependency(requires["first_stage"], run)[1] if "first_stage" in requires else None
+    model = build_model(cfg, first_stage)
+    for name, reference in requires.items():
+        model.requires(name, reference)
+    load_weights(model, ckpt.strip_prefix(weights, tensors), path, requires)
     return cfg, model.eval(), path
 
 
-def _train(cfg: RunConfig, run: RunDir, first_stage, resume: bool) -> TrainResult:
+def _train(cfg: RunConfig, run: RunDir, first_stage, resume: bool, reference: dict | None = None) -> TrainResult:
     """One stage, with its status recorded: running, then finished or failed (with the message)."""
     from disdis.models import build_model
     main = distributed.is_main()
@@ -148,6 +179,8 @@ def _train(cfg: RunConfig, run: RunDir, first_stage, resume: bool) -> TrainResul
         dataset = open_training_data(cfg)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         model = build_model(cfg, first_stage)
+        if reference:  # the frozen first stage stays in its own run: checkpoints record it by reference
+            model.requires("first_stage", reference)
         result = train(model, dataset, cfg.train, run, resume=resume, probe=unit_probe(cfg, dataset, run))
     except (Exception, KeyboardInterrupt) as err:
         if main:
