@@ -31,6 +31,7 @@ def test_released_hyperparameters():
     (["unet.resolution=8"], "unet.resolution: 8 does not match the latent size 16"),
     (["units.resolution=32"], "units.resolution: 32 differs from data.resolution 16"),
     (["unet.context_dim=4"], "unet.context_dim: 4 differs from units.token_dim 8"),
+    (["unet.context_tokens=3"], r"unet.context_tokens: expected 0 or units.num_units \(4\), got 3"),
     (["data.path="], "data.path: required"),
     (["stage=first_stage"], "identity"),
     (["anchoring.refit_unit=steps"], "anchoring.refit_unit: expected one of 'epochs', 'kimg'"),

@@ -205,3 +205,25 @@ def test_coord_channels_give_the_network_each_pixels_position():
     x = torch.ones(1, 3, 8, 8)  # a constant image: any spatial variation of the output comes from the coordinates
     out = net(x, torch.tensor([10]), torch.zeros(1, 2, 4))
     assert out.shape == (1, 3, 8, 8) and out[0, :, 2:6, 1].sub(out[0, :, 2:6, 6]).abs().max() > 1e-4
+
+
+def test_context_tokens_also_condition_through_the_time_embedding():
+    """unet.context_tokens=N: one linear map of the N flattened tokens is added to the time embedding
+    (N D x 4C weights and 4C biases more); a token change then moves the ResBlocks' scale and shift."""
+    cfg = dict(in_channels=3, out_channels=3, resolution=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+               attention_resolutions=(2,), num_heads=2, context_dim=4)
+    torch.manual_seed(0)
+    plain, film = UNet(UNetConfig(**cfg)), UNet(UNetConfig(**cfg, context_tokens=3))
+    extra = sum(p.numel() for p in film.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 3 * 4 * 32 + 32
+    emb = {}
+
+    def record(module, args, out):  # the embedding the first ResBlock receives
+        emb[len(emb)] = args[1]
+    film.input_blocks[1][0].register_forward_hook(record)
+    x, t = torch.randn(1, 3, 8, 8), torch.tensor([5])
+    film(x, t, torch.zeros(1, 3, 4))
+    film(x, t, torch.ones(1, 3, 4))
+    assert not torch.allclose(emb[0], emb[1])
+    with pytest.raises(ConfigError, match="context_tokens"):
+        UNetConfig(**cfg, context_tokens=-1)

@@ -144,5 +144,8 @@ def check_run_config(cfg: RunConfig) -> None:
     if cfg.diffusion.ddim_steps > cfg.diffusion.num_steps:
         raise ConfigError(f"diffusion.ddim_steps: {cfg.diffusion.ddim_steps} is more than the "
                           f"{cfg.diffusion.num_steps} diffusion steps")
+    if cfg.unet.context_tokens not in (0, cfg.units.num_units):
+        raise ConfigError(f"unet.context_tokens: expected 0 or units.num_units ({cfg.units.num_units}), "
+                          f"got {cfg.unet.context_tokens}")
     if cfg.unet.context_dim != cfg.units.token_dim:
         raise ConfigError(f"unet.context_dim: {cfg.unet.context_dim} differs from units.token_dim {cfg.units.token_dim}")

@@ -56,6 +56,10 @@ class UNetConfig:
     # a diagnostic (not in the released code): append two fixed channels holding each pixel's x and
     # y in [-1, 1] to the input, so that features, and the cross-attention queries, know where they are
     coord_channels: bool = False
+    # a diagnostic (not in the released code): with N > 0, the N context tokens, flattened, are also
+    # projected into the time embedding, so that they scale and shift every ResBlock's features
+    # (the class-conditioning path of ADM) besides entering the cross-attention
+    context_tokens: int = 0
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
 
@@ -68,6 +72,7 @@ class UNetConfig:
             (len(self.channel_mult) >= 1 and min(self.channel_mult) >= 1, "channel_mult", "positive multipliers"),
             (0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)"),
             (0.0 <= self.skip_dropout < 1.0, "skip_dropout", "in [0, 1)"),
+            (self.context_tokens >= 0, "context_tokens", "0 or more"),
         ]
         for ok, key, expected in checks:
             if not ok:
@@ -128,6 +133,8 @@ class UNet(nn.Module):
         ch = cfg.base_channels
         emb_dim = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.context_tokens:
+            self.context_embed = nn.Linear(cfg.context_tokens * cfg.context_dim, emb_dim)
 
         def res(cin: int, cout: int, **kw) -> ResBlock:
             return ResBlock(cin, cout, emb_dim, cfg.dropout, cfg.use_scale_shift_norm, **kw)
@@ -186,6 +193,8 @@ class UNet(nn.Module):
             t = t.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))
         context = context.to(x.dtype)
+        if self.cfg.context_tokens:
+            emb = emb + self.context_embed(context.flatten(1))
         skips = []
         h = torch.cat([x, _coordinates(x)], dim=1) if self.cfg.coord_channels else x
         for block in self.input_blocks:
