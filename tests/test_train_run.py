@@ -97,6 +97,13 @@ def test_diffusion_run_trains_its_own_first_stage_then_resumes(tmp_path, shapes3
     assert main(["train", "--resume", str(run), "train.total_kimg=0.32"]) == 0
     assert list_checkpoints(run / "checkpoints")[-1].name == "ckpt-000000020.safetensors"
     assert list_checkpoints(run / "first_stage/checkpoints")[-1].name == "ckpt-000000006.safetensors"
+    # a first stage saved by an older version (keys that have since moved) still loads
+    import yaml
+    old = yaml.safe_load((run / "first_stage/config.yaml").read_text())
+    old["eval"]["ddim_steps"] = 4
+    old["train"]["refit_every"] = 1.0
+    (run / "first_stage/config.yaml").write_text(yaml.safe_dump(old))
+    assert main(["interchange", str(run), "--targets", "2", "--units", "0", "--steps", "2"]) == 0
     # a first stage that changed (here: retrained from scratch) is refused, with the reason
     import shutil
     shutil.copy(list_checkpoints(run / "first_stage/checkpoints")[0], first_path)

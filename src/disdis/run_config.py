@@ -101,10 +101,15 @@ def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, .
         key = item.partition("=")[0]
         if key in MOVED:
             raise ConfigError(f"{key}: this setting is now {MOVED[key]}")
-    data = _move_keys(read_yaml(presets.resolve(path))) if path is not None else {}
+    data = read_run_file(path) if path is not None else {}
     cfg = config_from_dict(RunConfig, apply_overrides(data, overrides))
     check_run_config(cfg)
     return cfg
+
+
+def read_run_file(path: str | Path) -> dict:
+    """A run config file (or preset) as a dict, with the keys of older versions in their new places."""
+    return _move_keys(read_yaml(presets.resolve(path)))
 
 
 def _move_keys(data: dict) -> dict:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from disdis.config import config_from_dict, read_yaml, save_config
+from disdis.config import config_from_dict, save_config
 from disdis.errors import ConfigError, DisdisError
-from disdis.run_config import RunConfig, check_run_config, load_run_config
+from disdis.run_config import RunConfig, check_run_config, load_run_config, read_run_file
 from disdis.rundir import RunDir
 from disdis.train import checkpoint as ckpt
 from disdis.train import distributed
@@ -134,13 +134,14 @@ def open_training_data(cfg: RunConfig) -> torch.utils.data.Dataset:
 
 
 def load_first_stage(source: str | Path):
-    """(config, module) of a trained first stage from its run folder or one of its checkpoint files."""
+    """(config, module, checkpoint path) of a trained first stage from its run folder or one of its
+    checkpoint files."""
     from disdis.nn.first_stage import build_first_stage
     source = source.path if isinstance(source, RunDir) else Path(source)
     run = RunDir.of(source)
     if not run.is_run():
         raise ConfigError(f"first_stage_run: {source} is not a first-stage run folder or checkpoint (no {run.config.name})")
-    first_run = config_from_dict(RunConfig, read_yaml(run.config))
+    first_run = config_from_dict(RunConfig, read_run_file(run.config))
     if first_run.stage != "first_stage":
         raise ConfigError(f"first_stage_run: {source} is a '{first_run.stage}' run, not a first-stage one")
     path = source if source.is_file() else run.newest_checkpoint()
