@@ -189,3 +189,26 @@ def test_a_signal_saves_the_current_step_and_the_run_resumes_exactly(tmp_path, s
     a, _ = load_checkpoint(tmp_path / "stopped/checkpoints/ckpt-000000020.safetensors")
     b, _ = load_checkpoint(tmp_path / "straight/checkpoints/ckpt-000000020.safetensors")
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_from_before_the_anchors_were_module_state_loads_and_resumes(tmp_path, shapes3d_grid_npz):
+    """Older checkpoints kept the DyGA fit as anchors/* beside the weights: evaluating gives the same
+    representation as the current layout, and the run resumes."""
+    from disdis.anchoring import GaussianAnchors
+    from disdis.train.checkpoint import save_checkpoint
+    from disdis.train.run import load_trained_model
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "run",
+                                                                train={"total_kimg": 0.16, "probe_images": 0}))
+    assert main(["train", config]) == 0
+    path = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    _, now, _ = load_trained_model(tmp_path / "run")
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    expected = now.representation(x)["tokens"]
+    tensors, meta = load_checkpoint(path)
+    fit = GaussianAnchors.load(sorted((tmp_path / "run" / "fits").iterdir())[-1]).to_tensors()
+    old = {k: v for k, v in tensors.items() if "anchor_state." not in k}
+    old.update({f"anchors/{k}": v for k, v in fit.items()})
+    save_checkpoint(path, old, meta)
+    _, loaded, _ = load_trained_model(tmp_path / "run")
+    assert torch.allclose(loaded.representation(x)["tokens"], expected, atol=1e-6)
+    assert main(["train", "--resume", str(tmp_path / "run"), "train.total_kimg=0.32"]) == 0

@@ -69,6 +69,23 @@ class DisentangledDiffusion(Method):
         loss = self.noise_loss(self.unet, z0, self.anchor(tokens))
         return {"loss": loss, "tokens": tokens.detach()}
 
+    def upgrade_checkpoint(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoints written before the anchors were module state kept the fit as ``anchors/*``
+        (and the recent-token buffer as ``recent_tokens``): load them into ``anchor_state``."""
+        old = {k.removeprefix("anchors/"): v for k, v in tensors.items() if k.startswith("anchors/")}
+        if not old and "recent_tokens" not in tensors:
+            return tensors
+        recent = tensors.get("recent_tokens")
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("anchors/") and k != "recent_tokens"}
+        state = AnchorState(self.tokenizer.num_units, self.anchor_state.offset.shape[1], self.anchoring)
+        if old:
+            state.load(GaussianAnchors.from_tensors(old, self.anchoring))
+        for prefix in ("model", "ema"):
+            tensors.update({f"{prefix}/anchor_state.{k}": v for k, v in state.state_dict().items()})
+        if recent is not None:
+            tensors["hook/anchor_refit/recent_tokens"] = recent
+        return tensors
+
     def fit_anchors(self, tokens: torch.Tensor, seed: int) -> GaussianAnchors:
         """Fit the per-unit mixtures on tokens (U, N, D)."""
         tokens = tokens.to(self.scaler.scale.device)  # fit where the model lives (fast on a GPU)

@@ -45,6 +45,11 @@ class Method(nn.Module):
     def dependencies(self) -> dict[str, dict]:
         return dict(self._dependencies)
 
+    def upgrade_checkpoint(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's tensors in this version's layout (a method whose state moved converts the
+        old keys here; loading and resuming call it before reading the weights)."""
+        return tensors
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

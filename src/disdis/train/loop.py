@@ -359,6 +359,7 @@ def check_resumable(meta: dict, cfg: TrainConfig, path: Path) -> None:
 
 def _restore(state: _State, stepper: TrainStep, cfg: TrainConfig) -> int:
     check_resumable(state.meta, cfg, state.path)
+    state.tensors = stepper.model.upgrade_checkpoint(state.tensors)
     requires = stepper.model.dependencies()
     load_weights(stepper.model, ckpt.strip_prefix("model", state.tensors), state.path, requires)
     load_weights(stepper.ema.module, ckpt.strip_prefix("ema", state.tensors), state.path, requires)

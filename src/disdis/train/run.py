@@ -166,7 +166,7 @@ def load_trained_model(source: str | Path, weights: str = "ema") -> tuple[RunCon
     model = build_model(cfg, first_stage)
     for name, reference in requires.items():
         model.requires(name, reference)
-    load_weights(model, ckpt.strip_prefix(weights, tensors), path, requires)
+    load_weights(model, ckpt.strip_prefix(weights, model.upgrade_checkpoint(tensors)), path, requires)
     return cfg, model.eval(), path
 
 
