@@ -3,7 +3,7 @@
 Each unit's tokens are made like the model's: a scalar latent unit, drawn from a
 few well-separated values (the "attribute values", 3 to 16 per unit) with a little
 noise, lifted by a random 1 -> 256 -> 512 -> D MLP with ReLU after every layer
-(DESIGN 2.2). The table gives the fit time, the components per unit and the
+(docs/method.md). The table gives the fit time, the components per unit and the
 purity of the components (the share of a component's tokens, by hard
 assignment, that come from its most common attribute value; the minimum over
 components and units), for the default options and, with --compare, for
