@@ -312,3 +312,23 @@ def test_suite_scores_are_the_same_on_every_run_even_with_tied_codes():
     first, second = run(), run()
     assert first == second
     assert first["dci"]["informativeness_test"] == 1.0
+
+
+def test_a_runs_eval_section_is_the_protocols_sampling():
+    """EvalConfig and Protocol share one definition of the sample sizes and settings (Sampling):
+    a run's eval section becomes the suite's protocol field for field, and bad values name the key."""
+    from dataclasses import fields
+
+    from disdis.errors import ConfigError
+    from disdis.metrics.suite import Sampling
+    from disdis.run_config import EvalConfig
+    shared = {f.name for f in fields(Sampling)}
+    assert shared <= {f.name for f in fields(EvalConfig)} and shared <= {f.name for f in fields(M.Protocol)}
+    e = EvalConfig(num_train=123, dci_backend="sklearn", metrics=("dci",))
+    p = M.Protocol.of(e, n_jobs=1)
+    assert (p.num_train, p.dci_backend, p.metrics, p.n_jobs, p.batch_size) == (123, "sklearn", ("dci",), 1, 64)
+    assert M.Protocol.of(EvalConfig()).is_reference()
+    with pytest.raises(ConfigError, match="eval.num_test: expected a positive integer"):
+        EvalConfig(num_test=0)
+    with pytest.raises(ConfigError, match="eval.metrics: unknown metric 'dcii'"):
+        EvalConfig(metrics=("dcii",))

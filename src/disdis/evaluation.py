@@ -21,7 +21,7 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
     from disdis.config import apply_overrides, config_from_dict, config_to_dict
     from disdis.errors import ConfigError
     from disdis.io import write_text_atomic
-    from disdis.metrics import evaluate_representation, reduce_units_by_pca, tad, unit_factor_shares
+    from disdis.metrics import Protocol, evaluate_representation, reduce_units_by_pca, tad, unit_factor_shares
     from disdis.run_config import EvalConfig
     from disdis.train import distributed
     from disdis.train.loop import resolve_device
@@ -52,11 +52,8 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
     codes = reduce_units_by_pca(tokens) if cfg.eval.representation == "tokens_pca" else units
     dataset = data.dataset
     if dataset.has_factor_grid:
-        e = cfg.eval
-        result = evaluate_representation(codes, dataset.factor_sizes, dataset.factor_names, num_train=e.num_train,
-                                         num_test=e.num_test, num_eval=e.num_eval,
-                                         num_variance_estimate=e.num_variance_estimate, metrics=tuple(e.metrics),
-                                         seed=e.seed, n_jobs=n_jobs)
+        result = evaluate_representation(codes, dataset.factor_sizes, dataset.factor_names,
+                                         protocol=Protocol.of(cfg.eval, n_jobs=n_jobs))
         result["unit_factor_shares"] = unit_factor_shares(codes, dataset.factor_sizes).round(4).tolist()
     else:  # CelebA: attributes, no factor grid
         labels = dataset.labels(np.arange(len(dataset)))
@@ -120,7 +117,7 @@ def encode_dataset(model, data, batch_size: int, device, bf16: bool = False):
 
 
 def evaluate_codes(codes_path: str | Path, dataset_path: str | Path, overrides=(), *,
-                   dci_backend: str = "exact", n_jobs: int = 2, out: str | Path | None = None,
+                   dci_backend: str | None = None, n_jobs: int = 2, out: str | Path | None = None,
                    progress: bool = True) -> dict:
     """Metric suite of the codes stored in ``codes_path`` over the factor grid of the
     dataset at ``dataset_path``; writes ``out`` (metrics.json) atomically when given."""
@@ -131,7 +128,7 @@ def evaluate_codes(codes_path: str | Path, dataset_path: str | Path, overrides=(
     from disdis.data import open_dataset
     from disdis.errors import ConfigError, DisdisError
     from disdis.io import write_text_atomic
-    from disdis.metrics import evaluate_representation, reduce_units_by_pca
+    from disdis.metrics import Protocol, evaluate_representation, reduce_units_by_pca
     from disdis.run_config import EvalConfig
 
     if any(not item.startswith("eval.") for item in overrides):
@@ -152,10 +149,8 @@ def evaluate_codes(codes_path: str | Path, dataset_path: str | Path, overrides=(
     representation = "codes"
     if codes.ndim == 3:
         codes, representation = reduce_units_by_pca(codes), "tokens_pca"
-    result = evaluate_representation(
-        codes, sizes, names, num_train=cfg.num_train, num_test=cfg.num_test, num_eval=cfg.num_eval,
-        num_variance_estimate=cfg.num_variance_estimate, metrics=tuple(cfg.metrics), seed=cfg.seed,
-        dci_backend=dci_backend, n_jobs=n_jobs, progress=progress)
+    settings = {"n_jobs": n_jobs, **({"dci_backend": dci_backend} if dci_backend else {})}  # the flag wins
+    result = evaluate_representation(codes, sizes, names, progress=progress, protocol=Protocol.of(cfg, **settings))
     result["run"] = {"codes": os.fspath(codes_path), "dataset": os.fspath(dataset_path),
                      "representation": representation, "num_images": int(len(codes))}
     if out is not None:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from disdis import presets
 from disdis.anchoring import AnchoringConfig
 from disdis.config import apply_overrides, config_from_dict, read_yaml
 from disdis.diffusion import DiffusionConfig
-from disdis import presets
 from disdis.errors import ConfigError
+from disdis.metrics.suite import Sampling
 from disdis.nn.first_stage import FirstStageConfig
 from disdis.nn.unet import UNetConfig
 from disdis.nn.units import UnitsConfig
@@ -33,24 +34,19 @@ class DataConfig:
 
 
 @dataclass
-class EvalConfig:
-    """``disdis evaluate`` / ``interchange``; metric sample sizes default to disentanglement_lib's."""
-    batch_size: int = 256
+class EvalConfig(Sampling):
+    """``disdis evaluate``: the metric protocol (:class:`disdis.metrics.suite.Sampling`, defaults
+    disentanglement_lib's) plus how the run's images are encoded and, for CelebA-type data, FID."""
+    batch_size: int = 256                   # images per encoding batch
     representation: Literal["tokens_pca", "scalar"] = "tokens_pca"  # docs/method.md, "Evaluation"
-    metrics: list[str] = field(default_factory=lambda: ["factor_vae", "dci", "mig", "beta_vae", "sap",
-                                                        "modularity_explicitness", "downstream"])
-    num_train: int = 10000
-    num_test: int = 5000
-    num_eval: int = 5000
-    num_variance_estimate: int = 10000
-    seed: int = 0
     fid_images: int = 10000                 # data without a factor grid (CelebA): generated and real images for FID
     inception_weights: Optional[str] = None  # local FID Inception weights (else $DISDIS_INCEPTION_WEIGHTS; none: no FID)
 
+    key_prefix = "eval."
+
     def __post_init__(self) -> None:
-        from disdis.metrics.suite import check_metric_names
-        check_metric_names(self.metrics, "eval.metrics")
-        for key in ("batch_size", "num_train", "num_test", "num_eval", "num_variance_estimate", "fid_images"):
+        super().__post_init__()
+        for key in ("batch_size", "fid_images"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"eval.{key}: expected a positive integer, got {getattr(self, key)!r}")
 

@@ -33,9 +33,10 @@ def register(subparsers) -> None:
     parser.add_argument("--codes", help="npz with 'codes' (N, U) or 'tokens' (N, U, D) in canonical order")
     parser.add_argument("--dataset", help="dataset file or folder whose factor grid the codes cover "
                         "(with --codes)")
-    parser.add_argument("--dci-backend", choices=("exact", "sklearn"), default="exact",
+    parser.add_argument("--dci-backend", choices=("exact", "sklearn"),
                         help="DCI/downstream classifiers (with --codes): exact (default; scikit-learn's "
-                        "protocol, presorted) or sklearn (scikit-learn's own, slow)")
+                        "protocol, presorted) or sklearn (scikit-learn's own, slow); the same as "
+                        "eval.dci_backend=...")
     parser.add_argument("--jobs", type=int, default=2, help="threads for the per-factor fits (default 2)")
     parser.set_defaults(func=run)
 

@@ -9,7 +9,7 @@ number equals what disentanglement_lib reports for the same codes.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Sequence
 
 import numpy as np
@@ -37,22 +37,43 @@ def check_metric_names(names: Sequence[str], key: str = "metrics") -> None:
 
 
 @dataclass
-class Protocol:
-    """Sample sizes and settings; the defaults are disentanglement_lib's study values."""
+class Sampling:
+    """The protocol's metrics, sample sizes and settings (disentanglement_lib's study values by
+    default): the part a run's ``eval`` section shares with :class:`Protocol`, defined once."""
 
     num_train: int = 10000
     num_test: int = 5000
     num_eval: int = 5000               # FactorVAE / beta-VAE evaluation votes
     num_variance_estimate: int = 10000
-    batch_size: int = 64               # FactorVAE / beta-VAE batch per vote
     num_bins: int = 20
     prune_threshold: float = 0.05
     seed: int = 0
     dci_backend: str = "exact"
     downstream_sizes: tuple[int, ...] = (100, 1000, 10000)
     metrics: tuple[str, ...] = METRIC_NAMES
+
+    key_prefix = ""  # how errors name the settings (a run's section: "eval.")
+
+    def __post_init__(self) -> None:
+        from disdis.errors import ConfigError
+        check_metric_names(self.metrics, f"{self.key_prefix}metrics")
+        for key in ("num_train", "num_test", "num_eval", "num_variance_estimate", "num_bins"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{self.key_prefix}{key}: expected a positive integer, got {getattr(self, key)!r}")
+
+
+@dataclass
+class Protocol(Sampling):
+    """Everything the suite needs: :class:`Sampling` plus the vote batch and the worker count."""
+
+    batch_size: int = 64               # FactorVAE / beta-VAE batch per vote
     n_jobs: int = 2
     notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, sampling: Sampling, **settings) -> Protocol:
+        """The protocol of ``sampling`` (e.g. a run's eval section); ``settings`` set or override fields."""
+        return cls(**{**{f.name: getattr(sampling, f.name) for f in fields(Sampling)}, **settings})
 
     def is_reference(self) -> bool:
         return asdict(self) | {"notes": [], "n_jobs": 0, "metrics": ()} == \
