@@ -33,13 +33,15 @@ def test_frechet_distance_closed_forms():
 
 
 def test_inception_has_the_fid_layout_and_loads_only_local_weights(tmp_path):
-    """23,850,960 parameters (torchvision's Inception-v3 without the auxiliary head, 23,834,568, with
-    the FID graph's 1008-way classifier); 2048-d features; weights from a file, safetensors or a
-    tensors-only state dict; a file of the wrong network is a clear error."""
+    """The parameter count is torchvision's published one for Inception-v3 (27,161,264, its model
+    card), less its auxiliary head and with the FID graph's 1008-way classifier instead of 1000;
+    2048-d features; weights from a file, safetensors or a tensors-only state dict; a file of the
+    wrong network is a clear error."""
     from safetensors.torch import save_file
     torch.manual_seed(0)
     net = InceptionFeatures().eval()
-    assert sum(p.numel() for p in net.parameters()) == 23_850_960
+    aux_head = (768 * 128 + 2 * 128) + (128 * 768 * 25 + 2 * 768) + (768 * 1000 + 1000)  # conv, BN, conv, BN, fc
+    assert sum(p.numel() for p in net.parameters()) == 27_161_264 - aux_head + 8 * (2048 + 1) == 23_850_960
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         features = net(x)

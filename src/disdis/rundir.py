@@ -48,9 +48,6 @@ class RunDir:
     def __str__(self) -> str:
         return str(self.path)
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     # ------------------------------------------------------------------ layout
     @property
     def config(self) -> Path:

@@ -45,18 +45,8 @@ class AnchorState(nn.Module):
         self.register_buffer("means_padded", torch.zeros(u, k, d), persistent=False)
 
     @torch.no_grad()
-    def load(self, anchors: GaussianAnchors | None) -> None:
-        """Hold ``anchors`` (None: back to the unfitted state, tokens pass through)."""
-        if anchors is None:
-            eye = torch.eye(self.chol.shape[-1], device=self.chol.device)
-            for name in ("fitted", "offset", "means", "num_components", "means_padded"):
-                getattr(self, name).zero_()
-            for name in ("chol", "whitening"):
-                getattr(self, name).copy_(eye.expand_as(self.chol))
-            for name in ("log_weights", "log_norm"):
-                getattr(self, name).fill_(-math.inf)
-            self.scale.fill_(1.0)
-            return
+    def load(self, anchors: GaussianAnchors) -> None:
+        """Hold ``anchors``, padded to this state's shapes."""
         padded = anchors.padded(self.config.max_components).to(self.fitted.device)
         for key, value in padded.to_tensors().items():
             getattr(self, key).copy_(value)

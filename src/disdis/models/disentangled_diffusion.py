@@ -77,7 +77,7 @@ class DisentangledDiffusion(Method):
             return tensors
         recent = tensors.get("recent_tokens")
         tensors = {k: v for k, v in tensors.items() if not k.startswith("anchors/") and k != "recent_tokens"}
-        state = AnchorState(self.tokenizer.num_units, self.anchor_state.offset.shape[1], self.anchoring)
+        state = AnchorState(*self.anchor_state.offset.shape, self.anchoring)  # (units, token dim)
         if old:
             state.load(GaussianAnchors.from_tensors(old, self.anchoring))
         for prefix in ("model", "ema"):

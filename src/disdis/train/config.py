@@ -39,6 +39,10 @@ class TrainConfig:
                                               # (benchmarks/train_step.py), slower for the demo's tiny ones on CPUs
     num_workers: int = 4
 
+    def steps(self, kimg: float) -> int:
+        """Whole steps of the global batch in ``kimg`` thousand images (at least 1)."""
+        return max(1, round(kimg * 1000 / self.batch_size))
+
     def __post_init__(self) -> None:
         checks = [
             (self.batch_size >= 1, "batch_size", "a positive integer"),

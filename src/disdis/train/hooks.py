@@ -42,7 +42,7 @@ class HookContext:
 
     def steps(self, kimg: float) -> int:
         """Whole steps of the global batch in ``kimg`` thousand images (at least 1)."""
-        return max(1, round(kimg * 1000 / self.cfg.batch_size))
+        return self.cfg.steps(kimg)
 
 
 class Hook:

@@ -108,10 +108,8 @@ class _Schedule:
 
     @classmethod
     def build(cls, cfg: TrainConfig, num_items: int) -> _Schedule:
-        def steps(kimg: float) -> int:
-            return max(1, round(kimg * 1000 / cfg.batch_size))
-        return cls(total=steps(cfg.total_kimg), checkpoint=steps(cfg.checkpoint_every_kimg), log=steps(cfg.log_every_kimg),
-                   steps_per_epoch=max(1, num_items // cfg.batch_size))
+        return cls(total=cfg.steps(cfg.total_kimg), checkpoint=cfg.steps(cfg.checkpoint_every_kimg),
+                   log=cfg.steps(cfg.log_every_kimg), steps_per_epoch=max(1, num_items // cfg.batch_size))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,7 +123,7 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class StepOutput:
     out: dict                 # the model's output
-    loss: torch.Tensor        # the loss, averaged over ranks
+    loss: float               # the loss, averaged over ranks
     stopping: bool            # some rank received SIGINT or SIGTERM
 
 
@@ -159,9 +157,10 @@ class TrainStep:
             out = self.ddp(images)
         loss = out["loss"]
         flag = torch.tensor(stop_flag, device=self.device)
-        loss_mean, stopping = distributed.all_reduce_mean(torch.stack([loss.detach().float(), flag]))
-        if not math.isfinite(float(loss_mean)):
-            raise NonFiniteLossError(f"non-finite loss ({float(loss_mean)}) at step {step} "
+        # the step's one host read: the rank-averaged loss and stop flag together
+        loss_mean, stopping = distributed.all_reduce_mean(torch.stack([loss.detach().float(), flag])).tolist()
+        if not math.isfinite(loss_mean):
+            raise NonFiniteLossError(f"non-finite loss ({loss_mean}) at step {step} "
                                      f"({step * self.cfg.batch_size / 1000:g} kimg)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -180,7 +179,7 @@ class TrainStep:
             if every and (step + 1) % every == 0:
                 hook(self.ctx, step + 1)
         self.ema.update(self.model, self.cfg.batch_size)
-        return StepOutput(out, loss_mean, bool(stopping > 0))
+        return StepOutput(out, loss_mean, stopping > 0)
 
 
 def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: str | Path | RunDir,
@@ -213,7 +212,6 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     ctx = HookContext(model=model, dataset=dataset, cfg=cfg, device=device, bf16=cfg.bf16 and device.type == "cuda",
                       run_dir=run, resume_step=resume_step, steps_per_epoch=sched.steps_per_epoch)
     probe = probe if main else None
-    opened = [h for h in (*hooks, probe) if h is not None]
     logger = CSVLogger(run.log("train"), resume_step) if main else None
     try:
         for hook in hooks:
@@ -238,7 +236,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
         return _run(stepper, loader, sched, start, state.path if state is not None else None, run, logger, probe,
                     layout)
     finally:
-        for log in (logger, *opened):
+        for log in (logger, *hooks, probe):
             if log is not None:
                 log.close()
 
@@ -267,7 +265,7 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"{err}; the run stopped without saving; last good checkpoint: "
                                          f"{last_ckpt or 'none (nothing saved yet)'}") from None
-            loss_value = float(result.loss)
+            loss_value = result.loss
             done = step + 1
             _accumulate(totals, result.out, result.loss)
             window_steps += 1
@@ -372,22 +370,25 @@ def _restore(state: _State, stepper: TrainStep, cfg: TrainConfig) -> int:
     return int(state.meta["step"])
 
 
+def _supplied(key: str, requires: dict) -> bool:
+    """Whether a state-dict key belongs to a submodule another run supplies (``requires``)."""
+    return any(key.startswith(f"{name}.") for name in requires)
+
+
 def own_state(state: dict[str, torch.Tensor], requires: dict) -> dict[str, torch.Tensor]:
     """``state`` without the tensors of the submodules another run supplies (``requires``)."""
-    skip = tuple(f"{name}." for name in requires)
-    return {k: v for k, v in state.items() if not k.startswith(skip)} if skip else state
+    return {k: v for k, v in state.items() if not _supplied(k, requires)}
 
 
 def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path, requires: dict = ()) -> None:
     """``module``'s weights and buffers from a checkpoint's (the submodules in ``requires`` come from
     their own runs and may be absent); a mismatch is a CheckpointError naming ``path``."""
-    skip = tuple(f"{name}." for name in requires)
     try:
         missing, unexpected = module.load_state_dict(weights, strict=False)
     except RuntimeError as err:  # a shape mismatch
         raise ckpt.CheckpointError(f"{path}: weights do not match the configured model "
                                    f"({str(err).splitlines()[0]})") from None
-    missing = [k for k in missing if not (skip and k.startswith(skip))]
+    missing = [k for k in missing if not _supplied(k, requires)]
     if missing or unexpected:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
         raise ckpt.CheckpointError(f"{path}: weights do not match the configured model ({what}, "

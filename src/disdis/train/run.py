@@ -16,7 +16,7 @@ from disdis.run_config import RunConfig, check_run_config, load_run_config, read
 from disdis.rundir import RunDir
 from disdis.train import checkpoint as ckpt
 from disdis.train import distributed
-from disdis.train.loop import TrainingInterrupted, TrainResult, check_resumable, load_weights, resolve_device, train
+from disdis.train.loop import TrainResult, check_resumable, load_weights, resolve_device, train
 
 
 def start_run(cfg: RunConfig) -> tuple[Path, TrainResult]:
@@ -69,7 +69,7 @@ def _run_stages(cfg: RunConfig, run: RunDir) -> TrainResult:
         # a resumed run reads the first stage it recorded (checkpoints of older versions carry its weights)
         recorded = ((ckpt.read_meta(newest[0]) or {}).get("requires") or {}).get("first_stage") if resume else None
         if recorded:
-            first_cfg, first_stage, reference = load_dependency(recorded, run)
+            first_stage, reference = load_dependency(recorded, run), recorded
         elif not resume:
             first_cfg, first_stage, path = load_first_stage(source)
             reference = dependency_reference(path, run)
@@ -93,7 +93,7 @@ def dependency_reference(checkpoint: Path, run: RunDir) -> dict:
 
 
 def load_dependency(reference: dict, run: RunDir):
-    """(config, module, reference) of the first stage a run recorded, after checking it is the same."""
+    """The first stage a run recorded, after checking that the file is the one it used."""
     path = Path(reference["checkpoint"])
     path = path if path.is_absolute() else run.path / path
     if not path.is_file():
@@ -101,8 +101,7 @@ def load_dependency(reference: dict, run: RunDir):
     if ckpt.read_digest(path) != reference["sha256"]:
         raise DisdisError(f"{run}: its first stage {path} has changed since the run used it (SHA-256 "
                           f"{reference['sha256'][:12]}... recorded); restore it, or start a new run")
-    first_cfg, module, _ = load_first_stage(path)
-    return first_cfg, module, reference
+    return load_first_stage(path)[1]
 
 
 def validate_run_config(cfg: RunConfig) -> None:
@@ -162,7 +161,7 @@ def load_trained_model(source: str | Path, weights: str = "ema") -> tuple[RunCon
     path = source if source.is_file() else run.newest_checkpoint()
     tensors, meta = ckpt.load_checkpoint(path)
     requires = meta.get("requires") or {}
-    first_stage = load_dependency(requires["first_stage"], run)[1] if "first_stage" in requires else None
+    first_stage = load_dependency(requires["first_stage"], run) if "first_stage" in requires else None
     model = build_model(cfg, first_stage)
     for name, reference in requires.items():
         model.requires(name, reference)
@@ -185,7 +184,7 @@ def _train(cfg: RunConfig, run: RunDir, first_stage, resume: bool, reference: di
         result = train(model, dataset, cfg.train, run, resume=resume, probe=unit_probe(cfg, dataset, run))
     except (Exception, KeyboardInterrupt) as err:
         if main:
-            message = str(err) if isinstance(err, (DisdisError, TrainingInterrupted)) else f"{type(err).__name__}: {err}"
+            message = str(err) if isinstance(err, DisdisError) else f"{type(err).__name__}: {err}"
             run.set_status("failed", stage=cfg.stage, message=message)
         raise
     if main:
