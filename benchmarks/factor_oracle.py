@@ -11,7 +11,7 @@ a linear classifier per factor on its units instead of the diffusion loss, and t
 images whose class it then gets right, per factor.
 
     .venv/bin/python benchmarks/factor_oracle.py configs/demo.yaml data.path=data/demo/shapes3d_grid.npz \\
-        first_stage_run=runs/demo/first_stage --groups floor_hue,wall_hue,object_hue scale,shape,orientation
+        requires.first_stage=runs/demo/first_stage --groups floor_hue,wall_hue,object_hue scale,shape,orientation
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from disdis.nn.first_stage import LatentScaler
 from disdis.nn.unet import UNet
 from disdis.nn.units import FeatureExtractor
 from disdis.run_config import load_run_config
-from disdis.train.run import load_first_stage, open_training_data
+from disdis.train.run import load_required, open_training_data
 
 BAND_EDGES = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)  # timestep bands as fractions of T
 
@@ -64,9 +64,9 @@ def fit(cfg, modules: list[nn.Module], batch_loss, size: int, steps: int, seed: 
 
 def train_oracle(cfg, z0, classes, known, steps, seed) -> tuple[UNet, OracleTokens]:
     torch.manual_seed(seed)
-    unet = UNet(cfg.unet)
-    tokens = OracleTokens([int(c.max()) + 1 for c in classes.T], cfg.unet.context_dim, known)
-    loss_fn = NoiseLoss(NoiseSchedule.from_config(cfg.diffusion), cfg.diffusion.loss)
+    unet = UNet(cfg.method.unet)
+    tokens = OracleTokens([int(c.max()) + 1 for c in classes.T], cfg.method.unet.context_dim, known)
+    loss_fn = NoiseLoss(NoiseSchedule.from_config(cfg.method.diffusion), cfg.method.diffusion.loss)
     fit(cfg, [unet, tokens], lambda i, g: loss_fn(unet, z0[i], tokens(classes[i]), generator=g),
         len(z0), steps, seed)
     return unet.eval(), tokens
@@ -75,8 +75,8 @@ def train_oracle(cfg, z0, classes, known, steps, seed) -> tuple[UNet, OracleToke
 @torch.no_grad()
 def band_losses(cfg, unet, tokens, z0, classes, draws: int = 3) -> list[float]:
     """Mean loss over every image, ``draws`` noises each, per timestep band (fixed seeds)."""
-    schedule = NoiseSchedule.from_config(cfg.diffusion)
-    loss_fn = NoiseLoss(schedule, cfg.diffusion.loss)
+    schedule = NoiseSchedule.from_config(cfg.method.diffusion)
+    loss_fn = NoiseLoss(schedule, cfg.method.diffusion.loss)
     g = torch.Generator().manual_seed(12345)
     out = []
     for lo, hi in bands(schedule.num_steps):
@@ -91,9 +91,9 @@ def band_losses(cfg, unet, tokens, z0, classes, draws: int = 3) -> list[float]:
 def supervised_extractor(cfg, images, classes, steps: int, seed: int) -> tuple[FeatureExtractor, nn.ModuleList]:
     """The run's extractor trained with a linear classifier per factor on its units (and the heads)."""
     torch.manual_seed(seed)
-    extractor = FeatureExtractor(cfg.units)
+    extractor = FeatureExtractor(cfg.method.units)
     sizes = [int(c.max()) + 1 for c in classes.T]
-    heads = nn.ModuleList(nn.Linear(cfg.units.num_units, n) for n in sizes)
+    heads = nn.ModuleList(nn.Linear(cfg.method.units.num_units, n) for n in sizes)
 
     def batch_loss(i, g):
         units = extractor(images[i])
@@ -114,7 +114,7 @@ def extractor_accuracy(cfg, images, classes, steps: int, seed: int) -> list[floa
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key=value; needs data.path and first_stage_run")
+    p.add_argument("overrides", nargs="*", help="key=value; needs data.path and requires.first_stage")
     p.add_argument("--groups", nargs="+", default=[], help="comma-separated factor names, one group each "
                    "(knowing nothing and knowing every factor are always measured)")
     p.add_argument("--steps", type=int, default=600, help="training steps per group")
@@ -124,12 +124,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_run_config(args.config, args.overrides)
-    if not cfg.first_stage_run:
-        p.error("first_stage_run=RUN is required (a trained first stage)")
+    if not cfg.requires.get("first_stage"):
+        p.error("requires.first_stage=RUN is required (a trained first stage)")
     data = open_training_data(cfg)
     names = list(data.dataset.factor_names)
     images, classes = map(torch.stack, zip(*data.__getitems__(range(len(data)))))  # one read of the file
-    first_stage = load_first_stage(cfg.first_stage_run)[1].eval()
+    first_stage = load_required(cfg.requires["first_stage"], "first_stage")[1].eval()
     with torch.no_grad():
         z = first_stage.encode(images).float()
     scaler = LatentScaler()
@@ -144,7 +144,7 @@ def main() -> None:
         groups[group] = group.split(",")
     groups["every factor"] = names
 
-    edges = bands(NoiseSchedule.from_config(cfg.diffusion).num_steps)
+    edges = bands(NoiseSchedule.from_config(cfg.method.diffusion).num_steps)
     header = "| known factors | " + " | ".join(f"t {lo}-{hi - 1}" for lo, hi in edges) + " | mean | gain | s |"
     print(f"{len(z0)} images, {args.steps} steps at batch {cfg.train.batch_size}; loss on fresh noise "
           "per timestep band")

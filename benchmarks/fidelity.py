@@ -9,7 +9,7 @@ Made for the GPU check (``benchmarks/gpu_check.sh``), where the paper configurat
 the procedural 64x64 Shapes3D; on a CPU give it a small config.
 
     .venv/bin/python benchmarks/fidelity.py configs/shapes3d.yaml data.path=shapes3d_64.npz \\
-        first_stage_run=RUN/first_stage run_dir=OUT/fidelity --minutes 6 --every 60
+        requires.first_stage=RUN/first_stage run_dir=OUT/fidelity --minutes 6 --every 60
 """
 
 from __future__ import annotations

@@ -50,9 +50,9 @@ row "generate 24,000 64x64 images" "$((SECONDS - t0)) s"
 # 3. the paper configuration, short: 20 kimg of first stage (batch 64), then 300 steps of batch 512
 #    (refits every epoch = 46 steps on 24,000 images); stopped after the step-200 checkpoint and resumed
 RUN="$OUT/run"
-ARGS=(data.path="$DATA" run_dir="$RUN" first_stage_train.total_kimg=19.2 first_stage_train.checkpoint_every_kimg=9.6
-      first_stage_train.log_every_kimg=3.2 train.total_kimg=102.4 train.checkpoint_every_kimg=51.2
-      train.log_every_kimg=12.8 anchoring.refit_images=24000)
+ARGS=(data.path="$DATA" run_dir="$RUN" method.first_stage_train.total_kimg=19.2 method.first_stage_train.checkpoint_every_kimg=9.6
+      method.first_stage_train.log_every_kimg=3.2 train.total_kimg=102.4 train.checkpoint_every_kimg=51.2
+      train.log_every_kimg=12.8 method.anchoring.refit_images=24000)
 if want 3; then
 t0=$SECONDS
 timeout 150 .venv/bin/disdis train configs/shapes3d.yaml "${ARGS[@]}" train.total_kimg=51.2 > "$OUT/train1.log" 2>&1
@@ -96,12 +96,12 @@ grep -h "resuming\|error" "$OUT"/train*.log 2>/dev/null | tail -4
 
 # 4. fidelity: the paper configuration for FIDELITY_MINUTES on the 64x64 grid, scored every minute
 if want 4; then
-  FS=(first_stage_train.total_kimg=19.2 first_stage_train.checkpoint_every_kimg=9.6)
-  [ -d "$RUN/first_stage/checkpoints" ] && FS=(first_stage_run="$RUN/first_stage")
+  FS=(method.first_stage_train.total_kimg=19.2 method.first_stage_train.checkpoint_every_kimg=9.6)
+  [ -d "$RUN/first_stage/checkpoints" ] && FS=(requires.first_stage="$RUN/first_stage")
   t0=$SECONDS
   timeout $(( ${FIDELITY_MINUTES:-5} * 60 + 240 )) "$PY" benchmarks/fidelity.py configs/shapes3d.yaml \
     data.path="$DATA" run_dir="$OUT/fidelity" "${FS[@]}" train.total_kimg=1000000 train.checkpoint_every_kimg=51.2 \
-    train.log_every_kimg=25.6 anchoring.refit_images=24000 train.keep_checkpoints=2 \
+    train.log_every_kimg=25.6 method.anchoring.refit_images=24000 train.keep_checkpoints=2 \
     --minutes "${FIDELITY_MINUTES:-5}" --every 60 2>"$OUT/fidelity.err" | tee "$OUT/fidelity.txt"
   row "fidelity run (${FIDELITY_MINUTES:-5} min + scoring)" "exit $?, $((SECONDS - t0)) s ($OUT/fidelity.txt)"
   tail -2 "$OUT/fidelity.txt" | while read -r line; do row "fidelity ${line%%]*}]" "${line#*] }"; done

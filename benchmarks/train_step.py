@@ -88,14 +88,14 @@ class ModelStep:
         cfg = load_run_config(path, ["data.path=unused", *overrides])
         torch.manual_seed(0)
         self.model = build_model(cfg).to(device).train()
-        res = cfg.data.resolution or cfg.units.resolution
-        self.images = torch.rand(batch, cfg.units.in_channels, res, res, device=device) * 2 - 1
+        res = cfg.data.resolution or cfg.method.units.resolution
+        self.images = torch.rand(batch, cfg.method.units.in_channels, res, res, device=device) * 2 - 1
         if variant in ("channels_last", "compiled"):
             self.model.to(memory_format=torch.channels_last)
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             self.model.setup(self.images)
-            if cfg.anchoring.enabled:
+            if cfg.method.anchoring.enabled:
                 tokens = self.model.unit_tokens(self.images).float().transpose(0, 1).contiguous()
                 self.model.anchor_state.load(self.model.fit_anchors(tokens, seed=0))
         if variant == "compiled":

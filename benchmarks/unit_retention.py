@@ -11,7 +11,7 @@ that stay high mean discovery is the problem; shares that fall mean the loss
 lets the factor go.
 
     .venv/bin/python benchmarks/unit_retention.py configs/demo.yaml data.path=data/demo/shapes3d_grid.npz \\
-        first_stage_run=runs/demo/first_stage train.total_kimg=24 --out runs/retention
+        requires.first_stage=runs/demo/first_stage train.total_kimg=24 --out runs/retention
 """
 
 from __future__ import annotations
@@ -31,21 +31,21 @@ from disdis.run_config import load_run_config
 from disdis.rundir import RunDir
 from disdis.train.logger import read_csv_log
 from disdis.train.loop import train
-from disdis.train.run import unit_probe, load_first_stage, open_training_data
+from disdis.train.run import unit_probe, load_required, open_training_data
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key=value; needs data.path and first_stage_run")
+    p.add_argument("overrides", nargs="*", help="key=value; needs data.path and requires.first_stage")
     p.add_argument("--out", required=True, help="run folder (replaced)")
     p.add_argument("--extractor-steps", type=int, default=300, help="steps of the supervised extractor")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_intermixed_args()
     torch.set_num_threads(args.threads)
     cfg = load_run_config(args.config, [*args.overrides, f"run_dir={args.out}"])
-    if not cfg.first_stage_run:
-        p.error("first_stage_run=RUN is required (a trained first stage)")
+    if not cfg.requires.get("first_stage"):
+        p.error("requires.first_stage=RUN is required (a trained first stage)")
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -57,9 +57,9 @@ def main() -> None:
     with torch.no_grad():
         start = unit_factor_shares(extractor(images).double().numpy(), data.dataset.factor_sizes).max(axis=0)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, load_first_stage(cfg.first_stage_run)[1])
+    model = build_model(cfg, {"first_stage": load_required(cfg.requires["first_stage"], "first_stage")[1]})
     model.extractor.load_state_dict(extractor.state_dict())
-    train(model, data, cfg.train, out, probe=unit_probe(cfg, data, out))
+    train(model, data, cfg.train, out, probe=unit_probe(cfg, model, data, out))
     rows = read_csv_log(RunDir(out).log("train"))
     print("best unit share per factor; then the loss rise x 1000 when the units describe the image that "
           "differs in that factor alone (does the U-Net read it?)")

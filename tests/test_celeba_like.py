@@ -40,16 +40,16 @@ def test_the_celeba_loader_reads_it_and_its_attributes_are_the_scenes(celeba_lik
 
 def test_a_celeba_run_trains_and_is_scored_by_tad_and_fid(celeba_like, tmp_path, one_torch_thread, monkeypatch, capsys):
     run = tmp_path / "run"
-    tiny = [f"data.path={celeba_like}", f"run_dir={run}", "first_stage.base_channels=8", "first_stage.channel_mult=[1,2]",
-            "first_stage.num_res_blocks=1", "first_stage.codebook_size=32", "data.resolution=16",
-            "first_stage_train.total_kimg=0.064", "first_stage_train.batch_size=32", "first_stage_train.device=cpu",
-            "first_stage_train.num_workers=0", "first_stage_train.bf16=false", "units.num_units=4", "units.token_dim=8",
-            "units.extractor_width=4", "units.fc_hidden=[16]", "units.mlp_hidden=[8]", "units.resolution=16",
-            "unet.resolution=8", "unet.base_channels=8", "unet.channel_mult=[1,2]", "unet.num_res_blocks=1",
-            "unet.attention_resolutions=[2]", "unet.num_heads=2", "unet.context_dim=8", "anchoring.refit_images=64",
-            "anchoring.refit_unit=kimg", "anchoring.refit_every=0.064", "train.total_kimg=0.128", "train.batch_size=32",
+    tiny = [f"data.path={celeba_like}", f"run_dir={run}", "method.first_stage.base_channels=8", "method.first_stage.channel_mult=[1,2]",
+            "method.first_stage.num_res_blocks=1", "method.first_stage.codebook_size=32", "data.resolution=16",
+            "method.first_stage_train.total_kimg=0.064", "method.first_stage_train.batch_size=32", "method.first_stage_train.device=cpu",
+            "method.first_stage_train.num_workers=0", "method.first_stage_train.bf16=false", "method.units.num_units=4", "method.units.token_dim=8",
+            "method.units.extractor_width=4", "method.units.fc_hidden=[16]", "method.units.mlp_hidden=[8]", "method.units.resolution=16",
+            "method.unet.resolution=8", "method.unet.base_channels=8", "method.unet.channel_mult=[1,2]", "method.unet.num_res_blocks=1",
+            "method.unet.attention_resolutions=[2]", "method.unet.num_heads=2", "method.unet.context_dim=8", "method.anchoring.refit_images=64",
+            "method.anchoring.refit_unit=kimg", "method.anchoring.refit_every=0.064", "train.total_kimg=0.128", "train.batch_size=32",
             "train.device=cpu", "train.num_workers=0", "train.bf16=false", "train.channels_last=false",
-            "train.checkpoint_every_kimg=0.064", "train.log_every_kimg=0.064", "eval.batch_size=64", "diffusion.ddim_steps=2"]
+            "train.checkpoint_every_kimg=0.064", "train.log_every_kimg=0.064", "eval.batch_size=64", "method.diffusion.ddim_steps=2"]
     assert main(["train", "celeba", *tiny]) == 0
     monkeypatch.delenv("DISDIS_INCEPTION_WEIGHTS", raising=False)
     assert main(["evaluate", str(run)]) == 0

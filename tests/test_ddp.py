@@ -21,13 +21,12 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, out_dir: str) -> N
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from disdis.config import config_from_dict
     from disdis.models import build_model
-    from disdis.run_config import RunConfig
+    from disdis.run_config import run_config_from_dict
     from disdis.train import distributed, train
     from disdis.train.run import open_training_data
 
-    cfg = config_from_dict(RunConfig, cfg_dict)
+    cfg = run_config_from_dict(cfg_dict)
     distributed.init("cpu")
     torch.manual_seed(cfg.train.seed + rank)  # different initial weights per rank: DDP must sync them
     model = build_model(cfg)

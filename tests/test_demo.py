@@ -8,11 +8,11 @@ from PIL import Image
 from disdis.cli import main
 
 # the demo's own config, shrunk: a few training steps, tiny networks, small metric samples, 2 DDIM steps
-TINY = ["first_stage_train.total_kimg=0.064", "first_stage_train.batch_size=32", "first_stage.base_channels=8",
-        "train.total_kimg=0.128", "train.batch_size=32", "anchoring.refit_every=0.064", "anchoring.refit_images=200",
-        "units.num_units=4", "units.token_dim=8", "units.extractor_width=4", "units.fc_hidden=[16]",
-        "units.mlp_hidden=[8]", "unet.context_dim=8", "unet.base_channels=8", "unet.channel_mult=[1,2]",
-        "unet.attention_resolutions=[2]", "unet.num_heads=2", "diffusion.ddim_steps=2", "eval.num_train=200",
+TINY = ["method.first_stage_train.total_kimg=0.064", "method.first_stage_train.batch_size=32", "method.first_stage.base_channels=8",
+        "train.total_kimg=0.128", "train.batch_size=32", "method.anchoring.refit_every=0.064", "method.anchoring.refit_images=200",
+        "method.units.num_units=4", "method.units.token_dim=8", "method.units.extractor_width=4", "method.units.fc_hidden=[16]",
+        "method.units.mlp_hidden=[8]", "method.unet.context_dim=8", "method.unet.base_channels=8", "method.unet.channel_mult=[1,2]",
+        "method.unet.attention_resolutions=[2]", "method.unet.num_heads=2", "method.diffusion.ddim_steps=2", "eval.num_train=200",
         "eval.num_test=100", "eval.num_eval=100", "eval.num_variance_estimate=200"]
 
 

@@ -15,7 +15,7 @@ def test_presets_are_found_by_name_and_file_paths_still_work(tmp_path):
     assert {"demo", "dsprites", "shapes3d", "encdiff"} <= set(presets.names())
     assert presets.resolve("shapes3d") == presets.resolve("shapes3d.yaml")
     assert presets.resolve("shapes3d").parent.name == "presets"
-    assert load_run_config("dsprites", ["data.path=x"]).units.in_channels == 1
+    assert load_run_config("dsprites", ["data.path=x"]).method.units.in_channels == 1
     mine = tmp_path / "mine.yaml"
     mine.write_text("name: mine\ndata: {path: x}\n")
     assert load_run_config(mine).name == "mine"
@@ -43,16 +43,16 @@ def test_dsprites_preset_trains_and_evaluates_one_channel_images(tmp_path, one_t
     _sprite_grid(data)
     run = tmp_path / "run"
     tiny = [f"data.path={data}", "data.kind=null", "data.resolution=16", f"run_dir={run}",
-            "first_stage.base_channels=8", "first_stage.channel_mult=[1,2]", "first_stage.num_res_blocks=1",
-            "first_stage.codebook_size=32", "first_stage_train.total_kimg=0.064", "first_stage_train.batch_size=32",
-            "first_stage_train.device=cpu", "first_stage_train.num_workers=0", "first_stage_train.bf16=false",
-            "units.num_units=4", "units.token_dim=8", "units.extractor_width=4", "units.fc_hidden=[16]",
-            "units.mlp_hidden=[8]", "units.resolution=16", "unet.resolution=8", "unet.base_channels=8",
-            "unet.channel_mult=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[2]", "unet.num_heads=2",
-            "unet.context_dim=8", "anchoring.refit_images=64", "anchoring.refit_unit=kimg", "anchoring.refit_every=0.064", "train.total_kimg=0.128",
+            "method.first_stage.base_channels=8", "method.first_stage.channel_mult=[1,2]", "method.first_stage.num_res_blocks=1",
+            "method.first_stage.codebook_size=32", "method.first_stage_train.total_kimg=0.064", "method.first_stage_train.batch_size=32",
+            "method.first_stage_train.device=cpu", "method.first_stage_train.num_workers=0", "method.first_stage_train.bf16=false",
+            "method.units.num_units=4", "method.units.token_dim=8", "method.units.extractor_width=4", "method.units.fc_hidden=[16]",
+            "method.units.mlp_hidden=[8]", "method.units.resolution=16", "method.unet.resolution=8", "method.unet.base_channels=8",
+            "method.unet.channel_mult=[1,2]", "method.unet.num_res_blocks=1", "method.unet.attention_resolutions=[2]", "method.unet.num_heads=2",
+            "method.unet.context_dim=8", "method.anchoring.refit_images=64", "method.anchoring.refit_unit=kimg", "method.anchoring.refit_every=0.064", "train.total_kimg=0.128",
             "train.batch_size=32", "train.device=cpu", "train.num_workers=0", "train.bf16=false",
             "train.channels_last=false", "train.checkpoint_every_kimg=0.064", "train.log_every_kimg=0.064",
-            "train.probe_images=64", "eval.batch_size=64", "diffusion.ddim_steps=2"]
+            "train.probe_images=64", "eval.batch_size=64", "method.diffusion.ddim_steps=2"]
     assert main(["train", "dsprites", *tiny]) == 0
     assert sorted(p.name for p in (run / "fits").iterdir())  # refitted on 1-channel tokens
     assert main(["evaluate", str(run), "eval.metrics=[dci,mig]", "eval.num_train=100", "eval.num_test=50"]) == 0

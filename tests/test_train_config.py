@@ -21,21 +21,27 @@ def test_shipped_configs_load(name):
 def test_released_hyperparameters():
     cfg = load_run_config(CONFIGS / "shapes3d.yaml", ["data.path=x"])
     assert (cfg.train.batch_size, cfg.train.total_kimg * 1000 / cfg.train.batch_size) == (512, 100000)
-    assert (cfg.units.num_units, cfg.units.token_dim, cfg.unet.skip_dropout, cfg.anchoring.enabled) == (20, 32, 0.2, True)
-    assert (cfg.anchoring.refit_every, cfg.anchoring.refit_unit) == (1, "epochs")
+    assert (cfg.method.units.num_units, cfg.method.units.token_dim, cfg.method.unet.skip_dropout, cfg.method.anchoring.enabled) == (20, 32, 0.2, True)
+    assert (cfg.method.anchoring.refit_every, cfg.method.anchoring.refit_unit) == (1, "epochs")
     assert load_run_config(CONFIGS / "celeba.yaml", ["data.path=x"]).train.batch_size == 64
-    assert load_run_config(CONFIGS / "cars3d.yaml", ["data.path=x"]).anchoring.refit_every == 5
+    assert load_run_config(CONFIGS / "cars3d.yaml", ["data.path=x"]).method.anchoring.refit_every == 5
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["unet.resolution=8"], "unet.resolution: 8 does not match the latent size 16"),
-    (["units.resolution=32"], "units.resolution: 32 differs from data.resolution 16"),
-    (["unet.context_dim=4"], "unet.context_dim: 4 differs from units.token_dim 8"),
-    (["unet.context_tokens=3"], r"unet.context_tokens: expected 0 or units.num_units \(4\), got 3"),
+    (["method.unet.resolution=8"], "method.unet.resolution: 8 does not match the latent size 16"),
+    (["method.units.resolution=32"], "method.units.resolution: 32 differs from data.resolution 16"),
+    (["method.unet.context_dim=4"], "method.unet.context_dim: 4 differs from method.units.token_dim 8"),
+    (["method.unet.context_tokens=3"], r"method.unet.context_tokens: expected 0 or method.units.num_units \(4\), got 3"),
+    (["method.unet.skip_dropout=1.5"], r"method.unet.skip_dropout: expected in \[0, 1\)"),
     (["data.path="], "data.path: required"),
-    (["stage=first_stage"], "identity"),
-    (["anchoring.refit_unit=steps"], "anchoring.refit_unit: expected one of 'epochs', 'kimg'"),
-    (["train.refit_every=2"], "train.refit_every: this setting is now anchoring.refit_every"),
+    (["method.name=first_stage"], "unknown key 'method.anchoring' \\(known in this section: first_stage, name\\)"),
+    (["method.name=nope"], "method.name: unknown method 'nope'"),
+    (["requires.unet=somewhere"], "requires.unet: disentangled_diffusion depends on no 'unet'"),
+    (["method.anchoring.refit_unit=steps"], "method.anchoring.refit_unit: expected one of 'epochs', 'kimg'"),
+    (["train.refit_every=2"], "train.refit_every: this setting is now method.anchoring.refit_every"),
+    (["units.num_units=2"], "units.num_units: this setting is now method.units.num_units"),
+    (["first_stage_run=x"], "first_stage_run: this setting is now requires.first_stage"),
+    (["stage=first_stage"], "stage: this setting is now method.name"),
     (["train.batch_size=0"], "train.batch_size"),
 ])
 def test_mismatched_sections(tmp_path, overrides, message):
@@ -46,9 +52,9 @@ def test_mismatched_sections(tmp_path, overrides, message):
 
 def test_command_line_errors_are_one_line(tmp_path, capsys, shapes3d_grid_npz):
     path = write_yaml(tmp_path / "c.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "run"))
-    assert main(["train", path, "unet.resolution=8"]) == 2
+    assert main(["train", path, "method.unet.resolution=8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("disdis train: error: unet.resolution")
+    assert len(err) == 1 and err[0].startswith("disdis train: error: method.unet.resolution")
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
     assert main(["train"]) == 2
@@ -60,13 +66,53 @@ def test_command_line_errors_are_one_line(tmp_path, capsys, shapes3d_grid_npz):
 
 
 def test_a_config_file_with_keys_that_moved_still_loads(tmp_path):
-    """Run folders saved before train.refit_* and eval.ddim_steps moved (to anchoring.refit_* and
-    diffusion.ddim_steps) resume: the file's keys are read in their new places."""
+    """Run folders of older versions resume: their method's sections at the top level (with stage,
+    model, first_stage_run), train.refit_* and eval.ddim_steps are read in their new places
+    (method.anchoring.refit_*, method.diffusion.ddim_steps, requires.first_stage)."""
     old = tmp_path / "config.yaml"
-    old.write_text("data: {path: x}\ntrain: {refit_every: 3, refit_unit: kimg, batch_size: 8}\n"
-                   "first_stage_train: {refit_every: 1}\neval: {ddim_steps: 7}\n")
+    old.write_text("data: {path: x}\nstage: diffusion\nmodel: disentangled_diffusion\nfirst_stage_run: fs\n"
+                   "train: {refit_every: 3, refit_unit: kimg, batch_size: 8}\nunits: {num_units: 5}\n"
+                   "first_stage_train: {refit_every: 1, batch_size: 4}\neval: {ddim_steps: 7}\n")
     cfg = load_run_config(old)
-    assert (cfg.anchoring.refit_every, cfg.anchoring.refit_unit, cfg.train.batch_size) == (3, "kimg", 8)
-    assert cfg.diffusion.ddim_steps == 7
-    with pytest.raises(ConfigError, match="eval.ddim_steps: this setting is now diffusion.ddim_steps"):
+    assert (cfg.method.anchoring.refit_every, cfg.method.anchoring.refit_unit, cfg.train.batch_size) == (3, "kimg", 8)
+    assert cfg.method.diffusion.ddim_steps == 7 and cfg.method.units.num_units == 5
+    assert cfg.method.first_stage_train.batch_size == 4 and cfg.requires == {"first_stage": "fs"}
+    with pytest.raises(ConfigError, match="eval.ddim_steps: this setting is now method.diffusion.ddim_steps"):
         load_run_config(old, ["eval.ddim_steps=3"])
+    first = tmp_path / "first.yaml"  # an old first-stage run saved every section; only its autoencoder counts
+    first.write_text("data: {path: x}\nstage: first_stage\nfirst_stage: {codebook_size: 16}\nunits: {num_units: 5}\n")
+    cfg = load_run_config(first)
+    assert cfg.method.name == "first_stage" and cfg.method.first_stage.codebook_size == 16
+
+
+def test_derived_sizes_follow_the_first_stage_tokens_and_data(tmp_path):
+    """The U-Net's channels and size come from the first stage, its context from the tokens and the
+    extractor's input from the data, unless written (then they must agree)."""
+    data = {"data": {"path": "x", "resolution": 32},
+            "method": {"first_stage": {"in_channels": 1, "latent_channels": 4, "channel_mult": [1, 2]},
+                       "units": {"token_dim": 12}}}
+    cfg = load_run_config(write_yaml(tmp_path / "c.yaml", data))
+    unet, units = cfg.method.unet, cfg.method.units
+    assert (unet.in_channels, unet.out_channels, unet.resolution, unet.context_dim) == (4, 4, 16, 12)
+    assert (units.in_channels, units.resolution) == (1, 32)
+    with pytest.raises(ConfigError, match="method.unet.in_channels: 3 differs"):
+        load_run_config(tmp_path / "c.yaml", ["method.unet.in_channels=3"])
+
+
+def test_a_preset_holds_only_what_differs_from_its_base(tmp_path):
+    """``base:`` lays a config over a preset section by section; mpi3d is shapes3d on other data."""
+    shapes, mpi = (load_run_config(name, ["data.path=x"]) for name in ("shapes3d", "mpi3d"))
+    assert mpi.method.units == shapes.method.units and mpi.train == shapes.train
+    assert (mpi.data.kind, mpi.method.anchoring.refit_images) == ("mpi3d", 100000)
+    mine = write_yaml(tmp_path / "mine.yaml", {"base": "demo", "train": {"total_kimg": 4}})
+    cfg = load_run_config(mine, ["data.path=x"])
+    assert cfg.train.total_kimg == 4 and cfg.train.batch_size == 64 and cfg.method.units.num_units == 10
+    loop = write_yaml(tmp_path / "loop.yaml", {"base": str(tmp_path / "loop.yaml")})
+    with pytest.raises(ConfigError, match="base: expected the name of another preset"):
+        load_run_config(loop, ["data.path=x"])
+
+
+def test_print_config_shows_every_setting(capsys):
+    assert main(["train", "encdiff", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "token_activation: elu" in out and "context_dim: 16" in out and "requires: {}" in out

@@ -45,6 +45,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, source)
     assert ("hook/anchor_refit/recent_tokens" in a) == (source == "recent")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    assert meta_a.pop("train_seconds") > 0 and meta_b.pop("train_seconds") > 0  # wall time, not state
     assert meta_a == meta_b
     # the log reads as if the run had never stopped
     steps = [row["step"] for row in read_csv_log(tmp_path / "b/logs/train.csv")]
@@ -61,6 +62,23 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path):
     assert result.step == 4 and [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt-000000004.safetensors"]
     after = load_checkpoint(tmp_path / "checkpoints/ckpt-000000004.safetensors")[0]
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_time_budget_stops_with_a_checkpoint_and_counts_over_resumes(tmp_path, capsys):
+    """train.max_minutes: the run stops, saved, once its training time (summed over sessions) reaches the
+    budget; resumed, a spent run does nothing, and a larger budget continues it."""
+    cfg = config(total_kimg=5000 * STEP_KIMG, max_minutes=0.0005)  # 30 ms of a 5000-step run
+    first = run(cfg, tmp_path)
+    newest = list_checkpoints(tmp_path / "checkpoints")[-1]
+    meta = load_checkpoint(newest)[1]
+    assert 0 < first.step < 5000 and meta["step"] == first.step and meta["train_seconds"] >= 0.03
+    assert "time budget reached" in capsys.readouterr().err
+    again = run(cfg, tmp_path, resume=True)
+    assert again.step == first.step and "minutes are spent" in capsys.readouterr().err
+    budget = meta["train_seconds"] + 0.05
+    longer = run(dataclasses.replace(cfg, max_minutes=budget / 60), tmp_path, resume=True)
+    meta = load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1])[1]
+    assert longer.step > first.step and meta["train_seconds"] >= budget
 
 
 class ExplodingDenoiser(TinyDenoiser):
@@ -167,6 +185,7 @@ def test_schedule_counts_images():
 @pytest.mark.parametrize("key, value, message", [
     ("batch_size", 0, "train.batch_size"), ("total_kimg", -1, "train.total_kimg"),
     ("log_every_kimg", 0, "train.log_every_kimg"), ("grad_clip", 0.0, "train.grad_clip"),
+    ("max_minutes", 0, "train.max_minutes"),
 ])
 def test_bad_train_settings(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -253,6 +272,7 @@ def test_a_method_without_anchoring_with_two_groups_and_a_hook_resumes_exactly(t
     assert sorted(a) == sorted(b) and "hook/loss_average/total" in a and not any("anchor" in k for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    assert meta_a.pop("train_seconds") > 0 and meta_b.pop("train_seconds") > 0  # wall time, not state
     assert meta_a == meta_b
     encoder, decoder = meta_a["optimizer_groups"]
     assert (encoder["lr"], tuple(encoder["betas"]), encoder["weight_decay"]) == (3e-3, (0.9, 0.999), 0.01)

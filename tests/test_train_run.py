@@ -33,7 +33,7 @@ def test_tiny_run_learns_and_fills_its_folder(tmp_path, shapes3d_grid_npz, capsy
     tensors, meta = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
     assert meta["step"] == 40 and "model/anchor_state.means" in tensors and "ema/unet.out.2.weight" in tensors
     status = RunDir(run).status()
-    assert (status["state"], status["step"], status["stage"]) == ("finished", 40, "diffusion")
+    assert (status["state"], status["step"], status["method"]) == ("finished", 40, "disentangled_diffusion")
     assert RunDir.of(list_checkpoints(run / "checkpoints")[-1]) == RunDir(run)
     assert RunDir(run).metrics == run / "metrics.json" and RunDir(run).fit(5) == run / "fits/fit-000000005.safetensors"
 
@@ -111,8 +111,8 @@ def test_diffusion_run_trains_its_own_first_stage_then_resumes(tmp_path, shapes3
     assert "has changed since the run used it" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override", ["unet.num_heads=3", "unet.skip_dropout=1.5", "units.num_units=0", "diffusion.ddim_steps=5000",
-                                      "eval.metrics=[dcii]", "unet.attention_resolutions=[3]"])
+@pytest.mark.parametrize("override", ["method.unet.num_heads=3", "method.unet.skip_dropout=1.5", "method.units.num_units=0", "method.diffusion.ddim_steps=5000",
+                                      "eval.metrics=[dcii]", "method.unet.attention_resolutions=[3]"])
 def test_rejected_settings_stop_before_any_work_and_leave_a_resumable_run(tmp_path, shapes3d_grid_npz, capsys, override):
     """A bad value stops `train` with one line before a folder is made or a stage trained; on
     --resume it leaves config.yaml as it was, so the run still resumes, evaluates and interchanges."""

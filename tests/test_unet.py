@@ -208,7 +208,7 @@ def test_coord_channels_give_the_network_each_pixels_position():
 
 
 def test_context_tokens_also_condition_through_the_time_embedding():
-    """unet.context_tokens=N: one linear map of the N flattened tokens is added to the time embedding
+    """method.unet.context_tokens=N: one linear map of the N flattened tokens is added to the time embedding
     (N D x 4C weights and 4C biases more); a token change then moves the ResBlocks' scale and shift."""
     cfg = dict(in_channels=3, out_channels=3, resolution=8, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                attention_resolutions=(2,), num_heads=2, context_dim=4)

@@ -117,27 +117,41 @@ class TwoGroupAutoencoder(Method):
         return {"units": self.encoder(images)}
 
 
+METHOD_SECTIONS = ("first_stage", "units", "unet", "diffusion", "anchoring", "first_stage_train")
+
+
 def tiny_run_config(data_path, run_dir, **sections) -> dict:
-    """A diffusion run config small enough for CPU tests (16x16 images, pixel space); ``sections``
-    update the config's sections (e.g. train={"total_kimg": 0.32})."""
-    cfg = {
-        "name": "tiny", "run_dir": str(run_dir),
-        "data": {"path": str(data_path), "resolution": 16},
+    """A run config of the paper's method small enough for CPU tests (16x16 images, pixel space);
+    ``sections`` update the config's sections (e.g. train={"total_kimg": 0.32}; the method's own,
+    e.g. unet={...}, update its part of ``method``; method={"name": "first_stage"} trains a first stage)."""
+    method = {
+        "name": "disentangled_diffusion",
         "first_stage": {"kind": "identity"},
-        "units": {"num_units": 4, "token_dim": 8, "extractor_width": 4, "fc_hidden": [16], "mlp_hidden": [8, 8],
-                  "resolution": 16},
-        "unet": {"resolution": 16, "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
-                 "attention_resolutions": [2], "num_heads": 2, "context_dim": 8},
+        "units": {"num_units": 4, "token_dim": 8, "extractor_width": 4, "fc_hidden": [16], "mlp_hidden": [8, 8]},
+        "unet": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [2],
+                 "num_heads": 2},
         "diffusion": {"ddim_steps": 4},
         "anchoring": {"initial_components": 2, "max_components": 4, "em_iters": 5, "split_rounds": 1,
                       "min_soft_count": 2, "refit_every": 0.08, "refit_unit": "kimg", "refit_images": 64},
+    }
+    cfg = {
+        "name": "tiny", "run_dir": str(run_dir),
+        "data": {"path": str(data_path), "resolution": 16},
+        "method": method,
         "train": {"batch_size": 16, "total_kimg": 0.32, "lr": 2e-3, "ema_halflife_kimg": 0.05,
                   "checkpoint_every_kimg": 0.08,
                   "keep_checkpoints": 3, "log_every_kimg": 0.08, "num_workers": 0, "device": "cpu", "seed": 3},
         "eval": {"batch_size": 64},
     }
     for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+        if key == "method":
+            method.update(value)
+            continue
+        target = method if key in METHOD_SECTIONS else cfg
+        target[key] = {**target.get(key, {}), **value} if isinstance(value, dict) else value
+    if method["name"] == "first_stage":  # a first stage's method holds only its autoencoder
+        method = {"name": "first_stage", "first_stage": method["first_stage"]}
+    cfg["method"] = method
     return cfg
 
 

@@ -70,6 +70,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
+def merge_sections(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on it: sections merged key by key, any other value replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_sections(merged[key], value) if both else value
+    return merged
+
+
 def config_from_dict(schema: type[C], data: dict[str, Any], prefix: str = "") -> C:
     """Build dataclass ``schema`` from ``data``, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
@@ -88,7 +97,12 @@ def config_from_dict(schema: type[C], data: dict[str, Any], prefix: str = "") ->
     if missing:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(f"missing required key '{where}{missing[0]}'")
-    return schema(**values)
+    try:
+        return schema(**values)
+    except ConfigError as err:  # a section's own check names its key from the section down
+        parent, _, leaf = prefix.rpartition(".")
+        message = str(err)
+        raise ConfigError(f"{parent}.{message}" if parent and message.startswith(f"{leaf}.") else message) from None
 
 
 def config_to_dict(config: Any) -> Any:
@@ -102,10 +116,15 @@ def config_to_dict(config: Any) -> Any:
     return config
 
 
+def config_yaml(config: Any) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (the file a run keeps beside its checkpoints), atomically."""
     from disdis.io import write_text_atomic
-    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_text_atomic(path, config_yaml(config))
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
@@ -113,8 +132,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
-        return config_from_dict(tp, value, key)
+    if dataclasses.is_dataclass(tp):  # a section; one with ``schema`` picks its dataclass from the value
+        return config_from_dict(tp.schema(value, key) if hasattr(tp, "schema") else tp, value, key)
     if origin is Union or origin is types.UnionType:
         if value is None and type(None) in args:
             return None

@@ -32,10 +32,13 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
         raise ConfigError("evaluate: only eval.* settings can be overridden")
     cfg.eval = config_from_dict(EvalConfig, apply_overrides({"eval": config_to_dict(cfg.eval)}, overrides)["eval"], "eval")
     if not model.can("represent"):
-        raise ConfigError(f"evaluate: a '{cfg.stage}' run has no latent units to evaluate")
+        raise ConfigError(f"evaluate: a '{cfg.method.name}' run has no latent units to evaluate")
     device = distributed.init(resolve_device(cfg.train.device).type)
     model.to(device)
     data = open_training_data(cfg)
+    if cfg.eval.representation == "tokens_pca" and "tokens" not in model.representation(data[0][0][None].to(device)):
+        raise ConfigError(f"eval.representation: tokens_pca needs tokens, and a '{cfg.method.name}' run's units "
+                          "are scalars (use eval.representation=scalar)")
     inception = None
     if not data.dataset.has_factor_grid and model.can("generate"):  # FID: weights checked before any work
         from disdis.metrics.fid import HOW_TO_SUPPLY, inception_weights_path, load_inception
@@ -62,7 +65,7 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
         if inception is not None:
             start = time.perf_counter()
             result["metrics"]["fid"] = {"fid": generated_fid(model, data, inception, cfg.eval.fid_images,
-                                                             cfg.eval.batch_size, cfg.diffusion.ddim_steps, device,
+                                                             cfg.eval.batch_size, model.ddim_steps, device,
                                                              cfg.eval.seed)}
             result["seconds"]["fid"] = round(time.perf_counter() - start, 3)
             result["protocol"]["fid_images"] = cfg.eval.fid_images
@@ -100,8 +103,9 @@ def generated_fid(model, data, inception, count: int, batch_size: int, steps: in
 
 
 def encode_dataset(model, data, batch_size: int, device, bf16: bool = False):
-    """(scalar units (N, U), anchored tokens (N, U, D)) of every image of ``data``, in canonical
-    order, as numpy float32 (sharded over ranks under torchrun, gathered on every rank)."""
+    """(scalar units (N, U), anchored tokens (N, U, D), or None for a method whose units are scalars)
+    of every image of ``data``, in canonical order, as numpy float32 (sharded over ranks under
+    torchrun, gathered on every rank)."""
     import numpy as np
     import torch
 
@@ -109,11 +113,11 @@ def encode_dataset(model, data, batch_size: int, device, bf16: bool = False):
 
     def both(images: torch.Tensor) -> torch.Tensor:
         rep = model.representation(images)
-        units, tokens = rep["units"], rep["tokens"]
-        return torch.cat([units.unsqueeze(-1).to(tokens.dtype), tokens], dim=-1)
+        units = rep["units"].unsqueeze(-1)
+        return torch.cat([units.to(rep["tokens"].dtype), rep["tokens"]], dim=-1) if "tokens" in rep else units
 
     rows = encode_images(both, data, np.arange(len(data)), batch_size, device, bf16=bf16, desc="encode")
-    return rows[..., 0].numpy(), rows[..., 1:].numpy()
+    return rows[..., 0].numpy(), (rows[..., 1:].numpy() if rows.shape[-1] > 1 else None)
 
 
 def evaluate_codes(codes_path: str | Path, dataset_path: str | Path, overrides=(), *,

@@ -1,10 +1,11 @@
-"""The root configuration of a run: data, networks, diffusion, anchoring, training, evaluation.
+"""The root configuration of a run: its data, its method, training and evaluation.
 
-Each section is the typed config of its part (``disdis.nn.units.UnitsConfig``
-and so on); this module composes them and checks that they fit together (the
-U-Net's input is the first stage's latent, the extractor's input is the data's
-image, the tokens are the U-Net's context). A run directory keeps the resolved
-config as ``config.yaml``.
+``method: {name: ..., ...}`` picks the method's dataclass from the registry
+(:mod:`disdis.models`); ``requires: {NAME: RUN}`` names the runs whose trained modules it
+builds on (a first stage). Sizes that follow from other settings are derived where not
+written. A run directory keeps the resolved config as ``config.yaml``. Files of older
+versions (flat ``units``/``unet``/... sections, ``stage``, ``first_stage_run``) are read
+into this layout.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from disdis import presets
-from disdis.anchoring import AnchoringConfig
-from disdis.config import apply_overrides, config_from_dict, read_yaml
-from disdis.diffusion import DiffusionConfig
+from disdis.config import apply_overrides, config_from_dict, merge_sections, read_yaml
 from disdis.errors import ConfigError
 from disdis.metrics.suite import Sampling
-from disdis.nn.first_stage import FirstStageConfig
-from disdis.nn.unet import UNetConfig
-from disdis.nn.units import UnitsConfig
+from disdis.models import DEFAULT_METHOD, MethodConfig
+from disdis.models.disentangled_diffusion import DisentangledDiffusionConfig
 from disdis.train.config import TrainConfig
 
 
@@ -52,70 +50,95 @@ class EvalConfig(Sampling):
 
 
 @dataclass
-class FirstStageTrainConfig(TrainConfig):
-    """How a diffusion run trains its own first stage when ``first_stage_run`` is not given.
-
-    Project choices (the released autoencoder came pretrained): ~4 epochs of Shapes3D at batch
-    64 with the autoencoder betas of latent diffusion and a short EMA.
-    """
-    batch_size: int = 64
-    total_kimg: float = 2048.0
-    adam_betas: tuple[float, float] = (0.5, 0.9)
-    ema_halflife_kimg: float = 10.0
-    checkpoint_every_kimg: float = 64.0
-    log_every_kimg: float = 3.2
-
-
-@dataclass
 class RunConfig:
     name: str = "run"
-    stage: Literal["first_stage", "diffusion"] = "diffusion"
-    model: str = "disentangled_diffusion"   # see disdis.models.MODELS
     run_dir: Optional[str] = None           # null: a new numbered folder under runs_root
     runs_root: str = "runs"
-    first_stage_run: Optional[str] = None   # stage diffusion: a trained first stage (run folder or checkpoint);
-                                            # null: the run trains its own first, with first_stage_train
+    requires: dict[str, str] = field(default_factory=dict)  # dependency -> run folder or checkpoint
+                                            # (first_stage: RUN); one the method needs and this leaves
+                                            # out, the run trains itself, in RUN/<dependency>
     data: DataConfig = field(default_factory=DataConfig)
-    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
-    units: UnitsConfig = field(default_factory=UnitsConfig)
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    anchoring: AnchoringConfig = field(default_factory=AnchoringConfig)
+    method: MethodConfig = field(default_factory=DisentangledDiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    first_stage_train: FirstStageTrainConfig = field(default_factory=FirstStageTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# keys that moved to another section: read from older config files, refused as overrides
-MOVED = {**{f"train.{key}": f"anchoring.{key}" for key in ("refit_every", "refit_unit", "refit_source", "refit_images")},
-         "eval.ddim_steps": "diffusion.ddim_steps"}
+# the sections a method's config holds, at the top level in files of older versions
+OLD_METHOD_SECTIONS = ("first_stage", "units", "unet", "diffusion", "anchoring", "first_stage_train")
+# keys that moved: read from older config files, refused as overrides
+MOVED = {**{f"train.{key}": f"method.anchoring.{key}" for key in ("refit_every", "refit_unit", "refit_source", "refit_images")},
+         "eval.ddim_steps": "method.diffusion.ddim_steps", "stage": "method.name", "model": "method.name",
+         "first_stage_run": "requires.first_stage", **{section: f"method.{section}" for section in OLD_METHOD_SECTIONS}}
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a run config (YAML + ``key=value`` overrides) and check that its sections agree."""
+def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> RunConfig:
+    """Read a run config (YAML + ``key=value`` overrides), derive the sizes it leaves out and (with
+    ``check``) check that its sections agree."""
     for item in overrides:
         key = item.partition("=")[0]
-        if key in MOVED:
-            raise ConfigError(f"{key}: this setting is now {MOVED[key]}")
+        for old, new in MOVED.items():
+            if key == old or key.startswith(old + "."):
+                raise ConfigError(f"{key}: this setting is now {new}{key[len(old):]}")
     data = read_run_file(path) if path is not None else {}
-    cfg = config_from_dict(RunConfig, apply_overrides(data, overrides))
-    check_run_config(cfg)
+    cfg = run_config_from_dict(apply_overrides(data, overrides))
+    if check:
+        check_run_config(cfg)
     return cfg
 
 
-def read_run_file(path: str | Path) -> dict:
-    """A run config file (or preset) as a dict, with the keys of older versions in their new places."""
-    return _move_keys(read_yaml(presets.resolve(path)))
+def run_config_from_dict(data: dict) -> RunConfig:
+    """The typed config of a (new-layout) dict, with the method's derived sizes filled in."""
+    data = dict(data)
+    method = data.get("method", {})
+    if isinstance(method, dict):
+        data_cfg = config_from_dict(DataConfig, data.get("data") or {}, "data")
+        data["method"] = MethodConfig.schema(method, "method").derive(dict(method), data_cfg)
+    return config_from_dict(RunConfig, data)
+
+
+def read_run_file(path: str | Path, seen: tuple[str, ...] = ()) -> dict:
+    """A run config file (or preset) as a dict, with the keys of older versions in their new places.
+
+    ``base: PRESET_OR_FILE`` reads that config first and lays this one over it, section by section
+    (a ``method`` of another name replaces the base's method section: its settings do not carry over).
+    """
+    data = _move_keys(read_yaml(presets.resolve(path)))
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or base in seen:
+        raise ConfigError(f"{path}: base: expected the name of another preset or config file, got {base!r}")
+    under = read_run_file(base, (*seen, str(base)))
+    name = (data.get("method") or {}).get("name")
+    if name is not None and name != (under.get("method") or {}).get("name", DEFAULT_METHOD):
+        under.pop("method", None)
+    return merge_sections(under, data)
 
 
 def _move_keys(data: dict) -> dict:
-    """``data`` with the keys of :data:`MOVED` in their new sections (where both are set, the new one wins)."""
-    for old, new in MOVED.items():
-        (section, key), (target, _) = old.split("."), new.split(".")
-        if key in (data.get(section) or {}):
-            value = data[section].pop(key)
-            data.setdefault(target, {}).setdefault(key, value)
-        (data.get("first_stage_train") or {}).pop(key, None)
+    """``data`` in this version's layout: a file of an older one has its method's sections at the top
+    level (and ``stage``, ``model``, ``first_stage_run``, the DyGA refit keys in ``train``, the DDIM
+    steps in ``eval``); where both an old and a new place are set, the new one wins."""
+    for section in ("train", "first_stage_train"):
+        for key in ("refit_every", "refit_unit", "refit_source", "refit_images"):
+            value = (data.get(section) or {}).pop(key, None)
+            if value is not None and section == "train":
+                data.setdefault("anchoring", {}).setdefault(key, value)
+    if "ddim_steps" in (data.get("eval") or {}):
+        data.setdefault("diffusion", {}).setdefault("ddim_steps", data["eval"].pop("ddim_steps"))
+    stage, model = data.pop("stage", None), data.pop("model", None)
+    old = {section: data.pop(section) for section in OLD_METHOD_SECTIONS if section in data}
+    if stage is None and model is None and not old:
+        return data
+    method = data.setdefault("method", {})
+    method.setdefault("name", "first_stage" if stage == "first_stage" else model or DEFAULT_METHOD)
+    if method["name"] == "first_stage":  # the other sections of such a file were unused
+        old = {"first_stage": old["first_stage"]} if "first_stage" in old else {}
+    for section, values in old.items():
+        method[section] = {**(values or {}), **(method.get(section) or {})}
+    if data.get("first_stage_run"):
+        data.setdefault("requires", {}).setdefault("first_stage", data["first_stage_run"])
+    data.pop("first_stage_run", None)
     return data
 
 
@@ -123,30 +146,8 @@ def check_run_config(cfg: RunConfig) -> None:
     """Raise ConfigError naming the key when sections do not fit together."""
     if not cfg.data.path:
         raise ConfigError("data.path: required (a dataset file or folder, e.g. data.path=3dshapes.h5)")
-    if cfg.stage == "first_stage":
-        if cfg.first_stage.kind == "identity":
-            raise ConfigError("first_stage.kind: 'identity' has nothing to train (stage=first_stage)")
-        return
-    res = cfg.data.resolution
-    if res is not None and cfg.units.resolution != res:
-        raise ConfigError(f"units.resolution: {cfg.units.resolution} differs from data.resolution {res}")
-    if cfg.units.in_channels != cfg.first_stage.in_channels:
-        raise ConfigError(f"units.in_channels: {cfg.units.in_channels} differs from first_stage.in_channels "
-                          f"{cfg.first_stage.in_channels}")
-    latent_channels = cfg.first_stage.in_channels if cfg.first_stage.kind == "identity" else cfg.first_stage.latent_channels
-    factor = 1 if cfg.first_stage.kind == "identity" else 2 ** (len(cfg.first_stage.channel_mult) - 1)
-    for key in ("in_channels", "out_channels"):
-        if getattr(cfg.unet, key) != latent_channels:
-            raise ConfigError(f"unet.{key}: {getattr(cfg.unet, key)} differs from the first stage's "
-                              f"{latent_channels} latent channels")
-    if res is not None and cfg.unet.resolution * factor != res:
-        raise ConfigError(f"unet.resolution: {cfg.unet.resolution} does not match the latent size "
-                          f"{res // factor} (data.resolution {res} / first-stage downsampling {factor})")
-    if cfg.diffusion.ddim_steps > cfg.diffusion.num_steps:
-        raise ConfigError(f"diffusion.ddim_steps: {cfg.diffusion.ddim_steps} is more than the "
-                          f"{cfg.diffusion.num_steps} diffusion steps")
-    if cfg.unet.context_tokens not in (0, cfg.units.num_units):
-        raise ConfigError(f"unet.context_tokens: expected 0 or units.num_units ({cfg.units.num_units}), "
-                          f"got {cfg.unet.context_tokens}")
-    if cfg.unet.context_dim != cfg.units.token_dim:
-        raise ConfigError(f"unet.context_dim: {cfg.unet.context_dim} differs from units.token_dim {cfg.units.token_dim}")
+    unknown = sorted(set(cfg.requires) - set(cfg.method.dependency_kinds))
+    if unknown:
+        raise ConfigError(f"requires.{unknown[0]}: {cfg.method.name} depends on no {unknown[0]!r} "
+                          f"(it can require: {', '.join(sorted(cfg.method.dependency_kinds)) or 'nothing'})")
+    cfg.method.check(cfg.data)

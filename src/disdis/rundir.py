@@ -9,7 +9,7 @@
       logs/shares.csv      the probe's unit x factor table; logs/fits.csv: one row per fit
       metrics.json         the evaluation's results
       figures/             PNGs
-      first_stage/         the run's own first stage, itself a run folder
+      first_stage/         a dependency the run trained itself (its first stage), itself a run folder
 
 Every module that reads or writes a run goes through this class, so the layout is known
 in one place.
@@ -75,9 +75,9 @@ class RunDir:
     def figure(self, name: str) -> Path:
         return self.path / "figures" / f"{name}.png"
 
-    @property
-    def first_stage(self) -> RunDir:
-        return RunDir(self.path / "first_stage")
+    def dependency(self, name: str) -> RunDir:
+        """The run folder of dependency ``name`` when this run trains it itself."""
+        return RunDir(self.path / name)
 
     # ------------------------------------------------------------------ contents
     def list_checkpoints(self) -> list[Path]:

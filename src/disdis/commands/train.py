@@ -10,31 +10,36 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a model from a config, or resume a run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train one stage of a model with the settings of CONFIG (YAML) and any "
+        description="Train a method with the settings of CONFIG (YAML, or a packaged preset) and any "
         "key=value overrides (dotted keys, e.g. train.batch_size=64 data.path=3dshapes.h5).\n"
-        "stage=first_stage trains the autoencoder; stage=diffusion (default) trains the "
-        "diffusion model on top of the first stage named by first_stage_run (a finished "
-        "first-stage run folder), or in pixel space with first_stage.kind=identity.\n\n"
-        "Each run gets a folder (run_dir=..., default runs/NNNNN-NAME-STAGE) holding config.yaml, "
+        "method.name picks the method (default disentangled_diffusion, the paper's; first_stage "
+        "trains an autoencoder alone). A run that builds on another names it in requires "
+        "(requires.first_stage=RUN, a finished first-stage run folder); one it leaves out the run "
+        "trains itself first, in RUN/first_stage (method.first_stage.kind=identity: pixel space, none).\n\n"
+        "Each run gets a folder (run_dir=..., default runs/NNNNN-NAME-METHOD) holding config.yaml, "
         "checkpoints/, anchoring fits/ and logs/train.csv. Durations are in kimg (thousands of "
         "images of the global batch), the same on any number of devices.\n\n"
         "Multi-GPU (or multi-process CPU) training: torchrun --nproc_per_node N -m disdis train ...\n"
         "train.batch_size is the global batch; the learning rate is never rescaled.\n\n"
         "examples:\n"
+        "  disdis train shapes3d --print-config\n"
         "  disdis train first_stage_vq_f4 data.path=3dshapes.h5 name=shapes3d\n"
-        "  disdis train shapes3d data.path=3dshapes.h5 first_stage_run=runs/00000-shapes3d-first_stage\n"
+        "  disdis train shapes3d data.path=3dshapes.h5 requires.first_stage=runs/00000-shapes3d-first_stage\n"
         "  disdis train my_config.yaml data.path=images/\n"
-        "  disdis train --resume runs/00001-shapes3d-diffusion")
+        "  disdis train --resume runs/00001-shapes3d-disentangled_diffusion")
     parser.add_argument("config", nargs="?", help="run config YAML, or a packaged preset: "
                         f"{', '.join(presets.names())} (omit with --resume)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue this run from its newest checkpoint, exactly where it stopped "
                         "(overrides, e.g. train.total_kimg=..., are applied to its saved config)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every setting, derived sizes filled in) and exit")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from disdis.config import config_yaml
     from disdis.errors import DisdisError
     from disdis.run_config import load_run_config
     from disdis.train import distributed
@@ -49,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             if not args.config:
                 raise DisdisError("give a config file (or --resume RUN_DIR)")
+            if args.print_config:
+                print(config_yaml(load_run_config(args.config, args.overrides, check=False)), end="")
+                return 0
             run_dir, result = start_run(load_run_config(args.config, args.overrides))
         if distributed.is_main():
             print(f"done: step {result.step}, final loss {result.final_loss:.4f}; run folder {run_dir}; "

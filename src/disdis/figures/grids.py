@@ -36,7 +36,7 @@ def interchange_grid(run_source: str | Path, out: str | Path | None = None, sour
 
     cfg, model, checkpoint = load_trained_model(run_source, weights)
     if not model.can("generate"):
-        raise DisdisError(f"interchange: a '{cfg.stage}' run has no latent units")
+        raise DisdisError(f"interchange: a '{cfg.method.name}' run has no latent units")
     device = resolve_device(cfg.train.device)
     model.to(device)
     data = open_training_data(cfg)
@@ -52,7 +52,7 @@ def interchange_grid(run_source: str | Path, out: str | Path | None = None, sour
         picks[0] = source
     images = torch.stack([data[int(i)][0] for i in picks]).to(device)
     src, targets = images[:1], images[1:]
-    steps = steps or cfg.diffusion.ddim_steps
+    steps = steps or model.ddim_steps
     noise = model.invert(targets, steps=steps)
     rows = [torch.cat([torch.ones_like(src), targets])]
     for u in progress(units, desc="interchange", unit="unit"):
@@ -62,7 +62,7 @@ def interchange_grid(run_source: str | Path, out: str | Path | None = None, sour
     return out
 
 
-def reconstructions(run_dir: Path, steps: int, count: int = 8) -> Path:
+def reconstructions(run_dir: Path, steps: int | None = None, count: int = 8) -> Path:
     """Rows: images; the first stage's reconstructions; DDIM from their inverted noise and own tokens."""
     import numpy as np
     import torch

@@ -1,54 +1,94 @@
-"""Models by name, built from a run configuration.
+"""Methods by name: each a config dataclass (a run's ``method`` section) that builds its model.
 
-``disentangled_diffusion`` is the paper's method; EncDiff and the single
-ablations are configurations of it (``anchoring.enabled``, ``unet.skip_dropout``).
-The first stage trains as the model ``first_stage`` (``stage: first_stage``).
+A run's ``method: {name: ..., ...}`` section picks its dataclass from :data:`METHODS` by
+``name`` (docs/architecture.md). The dataclass holds every setting of the method, checks
+that they fit the run's data, names the runs it depends on (``requires``) and builds the
+model (a :class:`disdis.models.method.Method`) from the trained modules of those runs.
+
+``disentangled_diffusion`` is the paper's method (EncDiff and the single ablations are
+configurations of it); ``first_stage`` trains the autoencoder it builds on.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
-
-from torch import nn
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from disdis.errors import ConfigError
 
 if TYPE_CHECKING:
-    from disdis.nn.first_stage import FirstStage
-    from disdis.run_config import RunConfig
+    from torch import nn
 
-Builder = Callable[["RunConfig", "FirstStage | None"], nn.Module]
-MODELS: dict[str, Builder] = {}
+    from disdis.run_config import DataConfig, RunConfig
 
-
-def register(name: str) -> Callable[[Builder], Builder]:
-    def add(builder: Builder) -> Builder:
-        MODELS[name] = builder
-        return builder
-    return add
+METHODS: dict[str, type[MethodConfig]] = {}
+DEFAULT_METHOD = "disentangled_diffusion"
 
 
-def build_model(cfg: RunConfig, first_stage: FirstStage | None = None) -> nn.Module:
-    """The model that ``cfg`` trains: ``first_stage`` for that stage, else ``cfg.model``.
-
-    ``first_stage`` is the (trained) first stage a diffusion model builds on; None builds it
-    from ``cfg.first_stage`` with fresh weights (right for ``kind: identity``).
-    """
-    name = "first_stage" if cfg.stage == "first_stage" else cfg.model
-    if name not in MODELS:
-        raise ConfigError(f"model: unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
-    return MODELS[name](cfg, first_stage)
+def register(cls: type[MethodConfig]) -> type[MethodConfig]:
+    """Class decorator: make a method config findable by its ``name`` default."""
+    METHODS[cls.name] = cls
+    return cls
 
 
-@register("first_stage")
-def _first_stage(cfg: RunConfig, first_stage: FirstStage | None) -> nn.Module:
-    from disdis.models.first_stage import FirstStageTraining
-    return FirstStageTraining(cfg.first_stage)
+@dataclass
+class MethodConfig:
+    """The ``method`` section of a run. Subclasses set ``name``'s default and add their settings."""
+    name: str = ""
+
+    # dependencies -> the kind of run that provides them (checked when a run names one in requires)
+    dependency_kinds: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def schema(cls, data: Any, key: str) -> type[MethodConfig]:
+        """The dataclass of the method ``data`` names (the default method when it names none)."""
+        name = data.get("name", DEFAULT_METHOD) if isinstance(data, dict) else DEFAULT_METHOD
+        if name not in METHODS:
+            raise ConfigError(f"{key}.name: unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
+        return METHODS[name]
+
+    @classmethod
+    def derive(cls, section: dict, data: DataConfig) -> dict:
+        """``section`` with the sizes that follow from other settings filled in where not written."""
+        return section
+
+    def check(self, data: DataConfig) -> None:
+        """Raise ConfigError naming the key when the settings do not fit the data or each other."""
+
+    def needs(self) -> tuple[str, ...]:
+        """The dependencies (other runs' trained modules) this configuration builds on."""
+        return ()
+
+    def own_dependency(self, name: str, run: RunConfig) -> RunConfig:
+        """The config of the run that trains dependency ``name`` inside this run, when ``requires``
+        does not name one."""
+        raise ConfigError(f"requires.{name}: {self.name} cannot train its {name} itself; name a run")
+
+    def adopt(self, name: str, source: RunConfig) -> MethodConfig:
+        """This config with the settings it shares with dependency run ``source`` taken from it."""
+        return self
+
+    def build(self, dependencies: dict[str, nn.Module]) -> nn.Module:
+        """The model, built on the trained modules of its dependencies (by name; fresh ones where
+        a dependency has nothing to train)."""
+        raise NotImplementedError
 
 
-@register("disentangled_diffusion")
-def _disentangled_diffusion(cfg: RunConfig, first_stage: FirstStage | None) -> nn.Module:
-    from disdis.models.disentangled_diffusion import DisentangledDiffusion
-    from disdis.nn.first_stage import build_first_stage
-    return DisentangledDiffusion(first_stage or build_first_stage(cfg.first_stage), cfg.units, cfg.unet,
-                                 cfg.diffusion, cfg.anchoring)
+def build_model(cfg: RunConfig, dependencies: dict[str, nn.Module] | None = None) -> nn.Module:
+    """The model ``cfg`` trains, built on ``dependencies`` (the trained modules of the runs it
+    requires, by name)."""
+    try:
+        return cfg.method.build(dict(dependencies or {}))
+    except ConfigError as err:  # a network's own check names its key from its section down: unet.num_heads
+        message = str(err)
+        section = message.partition(".")[0]
+        if section in {f.name for f in fields(cfg.method)}:
+            raise ConfigError(f"method.{message}") from None
+        raise
+
+
+def _import_methods() -> None:
+    from disdis.models import disentangled_diffusion, first_stage  # noqa: F401  (register on import)
+
+
+_import_methods()

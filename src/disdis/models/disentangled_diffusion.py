@@ -7,24 +7,114 @@
     loss    = | eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, c~) |_1
 
 with Skip Dropout inside the U-Net during training. EncDiff and the ablations are
-configurations of this one model: ``anchoring.enabled: false`` drops DyGA,
-``unet.skip_dropout: 0`` drops Skip Dropout.
+configurations of this one model: ``method.anchoring.enabled: false`` drops DyGA,
+``method.unet.skip_dropout: 0`` drops Skip Dropout.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
 from disdis.anchoring import AnchorState, AnchoringConfig, GaussianAnchors
+from disdis.config import config_from_dict
 from disdis.diffusion import DiffusionConfig, NoiseLoss, NoiseSchedule, ddim_invert, ddim_sample
+from disdis.errors import ConfigError
+from disdis.models import MethodConfig, register
 from disdis.models.anchor_refit import AnchorRefit
+from disdis.models.first_stage import FirstStageMethod, FirstStageTrainConfig
 from disdis.models.method import Method
-from disdis.nn.first_stage import FirstStage, LatentScaler
+from disdis.nn.first_stage import FirstStage, FirstStageConfig, LatentScaler, build_first_stage
 from disdis.nn.unet import UNet, UNetConfig
 from disdis.nn.units import FeatureExtractor, UnitsConfig, UnitTokenizer
 from disdis.train.hooks import Hook, OnFirstBatch
+
+
+@register
+@dataclass
+class DisentangledDiffusionConfig(MethodConfig):
+    """The paper's method: a first stage (``requires.first_stage``, or trained by the run itself with
+    ``first_stage_train``), the latent units and tokens, the U-Net, the diffusion and DyGA.
+
+    The U-Net's channels and size follow from the first stage, its context from the tokens, and the
+    extractor's input from the data (:meth:`derive`); written by hand they must agree.
+    """
+    name: str = "disentangled_diffusion"
+    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
+    units: UnitsConfig = field(default_factory=UnitsConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    anchoring: AnchoringConfig = field(default_factory=AnchoringConfig)
+    first_stage_train: FirstStageTrainConfig = field(default_factory=FirstStageTrainConfig)
+
+    dependency_kinds = {"first_stage": "first_stage"}
+
+    @classmethod
+    def derive(cls, section: dict, data) -> dict:
+        first = config_from_dict(FirstStageConfig, section.get("first_stage") or {}, "method.first_stage")
+        units = section["units"] = dict(section.get("units") or {})
+        if data.resolution is not None:
+            units.setdefault("resolution", data.resolution)
+        units.setdefault("in_channels", first.in_channels)
+        unet = section["unet"] = dict(section.get("unet") or {})
+        channels, factor = _latent_channels_and_factor(first)
+        unet.setdefault("in_channels", channels)
+        unet.setdefault("out_channels", channels)
+        resolution = data.resolution if data.resolution is not None else units.get("resolution")
+        if resolution is not None:
+            unet.setdefault("resolution", resolution // factor)
+        if "token_dim" in units:
+            unet.setdefault("context_dim", units["token_dim"])
+        return section
+
+    def check(self, data) -> None:
+        res = data.resolution
+        if res is not None and self.units.resolution != res:
+            raise ConfigError(f"method.units.resolution: {self.units.resolution} differs from data.resolution {res}")
+        if self.units.in_channels != self.first_stage.in_channels:
+            raise ConfigError(f"method.units.in_channels: {self.units.in_channels} differs from "
+                              f"method.first_stage.in_channels {self.first_stage.in_channels}")
+        channels, factor = _latent_channels_and_factor(self.first_stage)
+        for key in ("in_channels", "out_channels"):
+            if getattr(self.unet, key) != channels:
+                raise ConfigError(f"method.unet.{key}: {getattr(self.unet, key)} differs from the first stage's "
+                                  f"{channels} latent channels")
+        if res is not None and self.unet.resolution * factor != res:
+            raise ConfigError(f"method.unet.resolution: {self.unet.resolution} does not match the latent size "
+                              f"{res // factor} (data.resolution {res} / first-stage downsampling {factor})")
+        if self.diffusion.ddim_steps > self.diffusion.num_steps:
+            raise ConfigError(f"method.diffusion.ddim_steps: {self.diffusion.ddim_steps} is more than the "
+                              f"{self.diffusion.num_steps} diffusion steps")
+        if self.unet.context_tokens not in (0, self.units.num_units):
+            raise ConfigError(f"method.unet.context_tokens: expected 0 or method.units.num_units "
+                              f"({self.units.num_units}), got {self.unet.context_tokens}")
+        if self.unet.context_dim != self.units.token_dim:
+            raise ConfigError(f"method.unet.context_dim: {self.unet.context_dim} differs from "
+                              f"method.units.token_dim {self.units.token_dim}")
+
+    def needs(self) -> tuple[str, ...]:
+        return () if self.first_stage.kind == "identity" else ("first_stage",)
+
+    def own_dependency(self, name: str, run):
+        return dataclasses.replace(run, method=FirstStageMethod(first_stage=self.first_stage),
+                                   train=self.first_stage_train, requires={})
+
+    def adopt(self, name: str, source) -> DisentangledDiffusionConfig:
+        return dataclasses.replace(self, first_stage=source.method.first_stage)
+
+    def build(self, dependencies: dict) -> DisentangledDiffusion:
+        first_stage = dependencies.get("first_stage") or build_first_stage(self.first_stage)
+        return DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring)
+
+
+def _latent_channels_and_factor(first: FirstStageConfig) -> tuple[int, int]:
+    """The first stage's latent channels and downsampling factor."""
+    if first.kind == "identity":
+        return first.in_channels, 1
+    return first.latent_channels, 2 ** (len(first.channel_mult) - 1)
 
 
 class DisentangledDiffusion(Method):
@@ -126,6 +216,11 @@ class DisentangledDiffusion(Method):
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         return self.first_stage.decode(self.scaler.inverse(z)).clamp(-1, 1)
+
+    @property
+    def ddim_steps(self) -> int:
+        """The DDIM steps sampling uses unless told otherwise (``method.diffusion.ddim_steps``)."""
+        return self.diffusion_cfg.ddim_steps
 
     def latent_shape(self, batch: int) -> tuple[int, ...]:
         cfg = self.unet.cfg

@@ -28,6 +28,8 @@ class TrainConfig:
     ema_modules: Optional[list[str]] = None   # submodules the EMA averages (released: [unet]); null: all trained
     freeze_modules: list[str] = dataclasses.field(default_factory=list)  # submodules held fixed ...
     freeze_kimg: float = 0.0                  # ... for the first this many kimg (a diagnostic; none by default)
+    max_minutes: Optional[float] = None       # stop (with a checkpoint) after this much training time, summed
+                                              # over resumed sessions: equal wall time for comparisons
     checkpoint_every_kimg: float = 512.0
     keep_checkpoints: int = 2
     log_every_kimg: float = 12.8
@@ -54,6 +56,7 @@ class TrainConfig:
             (self.adam_eps > 0, "adam_eps", "positive"),
             (self.grad_clip is None or self.grad_clip > 0, "grad_clip", "positive or null"),
             (self.ema_halflife_kimg >= 0, "ema_halflife_kimg", "0 or more"),
+            (self.max_minutes is None or self.max_minutes > 0, "max_minutes", "positive or null"),
             (self.checkpoint_every_kimg > 0, "checkpoint_every_kimg", "positive"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", "at least 1"),
             (self.log_every_kimg > 0, "log_every_kimg", "positive"),

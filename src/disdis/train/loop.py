@@ -125,6 +125,7 @@ class StepOutput:
     out: dict                 # the model's output
     loss: float               # the loss, averaged over ranks
     stopping: bool            # some rank received SIGINT or SIGTERM
+    out_of_time: bool = False # the run's time budget (train.max_minutes) is spent
 
 
 class TrainStep:
@@ -151,14 +152,15 @@ class TrainStep:
         self.intervals = [hook.interval(ctx) for hook in self.hooks] if ctx is not None else [0] * len(self.hooks)
         self.rank = distributed.rank()
 
-    def __call__(self, images: torch.Tensor, step: int, stop_flag: float = 0.0) -> StepOutput:
+    def __call__(self, images: torch.Tensor, step: int, stop_flag: float = 0.0, time_flag: float = 0.0) -> StepOutput:
         torch.manual_seed(step_seed(self.cfg.seed, step, self.rank))
         with _autocast(self.device, self.bf16):
             out = self.ddp(images)
         loss = out["loss"]
-        flag = torch.tensor(stop_flag, device=self.device)
-        # the step's one host read: the rank-averaged loss and stop flag together
-        loss_mean, stopping = distributed.all_reduce_mean(torch.stack([loss.detach().float(), flag])).tolist()
+        flags = torch.tensor([stop_flag, time_flag], device=self.device)
+        # the step's one host read: the rank-averaged loss and the stop flags together
+        loss_mean, stopping, out_of_time = distributed.all_reduce_mean(
+            torch.cat([loss.detach().float().view(1), flags])).tolist()
         if not math.isfinite(loss_mean):
             raise NonFiniteLossError(f"non-finite loss ({loss_mean}) at step {step} "
                                      f"({step * self.cfg.batch_size / 1000:g} kimg)")
@@ -179,7 +181,7 @@ class TrainStep:
             if every and (step + 1) % every == 0:
                 hook(self.ctx, step + 1)
         self.ema.update(self.model, self.cfg.batch_size)
-        return StepOutput(out, loss_mean, stopping > 0)
+        return StepOutput(out, loss_mean, stopping > 0, out_of_time > 0)
 
 
 def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: str | Path | RunDir,
@@ -228,13 +230,14 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
         freeze = round(cfg.freeze_kimg * 1000 / cfg.batch_size) if cfg.freeze_modules else 0
         stepper = TrainStep(model, cfg, device, ddp=ddp, hooks=hooks, ctx=ctx, freeze_steps=freeze)
         start = _restore(state, stepper, cfg) if state is not None else 0
+        seconds = float(state.meta.get("train_seconds", 0.0)) if state is not None else 0.0
         sampler.start_step = start
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                                              pin_memory=device.type == "cuda", collate_fn=_collate,
                                              persistent_workers=False,
                                              generator=torch.Generator().manual_seed(cfg.seed))
         return _run(stepper, loader, sched, start, state.path if state is not None else None, run, logger, probe,
-                    layout)
+                    layout, seconds)
     finally:
         for log in (logger, *hooks, probe):
             if log is not None:
@@ -242,26 +245,36 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
 
 
 def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Path | None, run: RunDir,
-         logger: CSVLogger | None, probe, layout) -> TrainResult:
-    """The steps from ``start`` to the end, with logging, checkpoints and the stop signals."""
+         logger: CSVLogger | None, probe, layout, seconds_before: float) -> TrainResult:
+    """The steps from ``start`` to the end (or to the time budget), with logging, checkpoints and the
+    stop signals. ``seconds_before``: the training time of the run's earlier sessions."""
     cfg, device, main = stepper.cfg, stepper.device, distributed.is_main()
+    budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+    session_start = time.perf_counter()
+
+    def seconds() -> float:
+        return seconds_before + time.perf_counter() - session_start
+
     bar = progress(total=sched.total, initial=start, desc="train", unit="step", disable=None if main else True)
     totals: dict[str, torch.Tensor] = {}
     window_start, window_steps = time.perf_counter(), 0
     loss_value = float("nan")
-    if start >= sched.total:  # a finished run: report its last logged loss
+    finished = start >= sched.total or seconds_before >= budget
+    if finished:  # a finished run: report its last logged loss
         rows = read_csv_log(logger.path) if main and logger.path.is_file() else []
         loss_value = rows[-1]["loss"] if rows else loss_value
         if main:
-            print(f"the run is already finished (step {start} of {sched.total}); nothing to train", file=sys.stderr)
+            why = f"step {start} of {sched.total}" if start >= sched.total else f"its {cfg.max_minutes:g} minutes are spent"
+            print(f"the run is already finished ({why}); nothing to train", file=sys.stderr)
     data = iter(loader)
     stop = _StopSignals()
+    done = start
     try:
         stop.install()
-        for step in range(start, sched.total):
+        for step in range(start, start if finished else sched.total):
             images = next(data).to(device, non_blocking=True).contiguous(memory_format=layout)
             try:
-                result = stepper(images, step, stop.flag())
+                result = stepper(images, step, stop.flag(), float(main and seconds() >= budget))
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"{err}; the run stopped without saving; last good checkpoint: "
                                          f"{last_ckpt or 'none (nothing saved yet)'}") from None
@@ -270,11 +283,12 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
             _accumulate(totals, result.out, result.loss)
             window_steps += 1
             bar.update(1)
-            saved = done % sched.checkpoint == 0 or done == sched.total
+            last = done == sched.total or result.out_of_time
+            saved = done % sched.checkpoint == 0 or last
             if main and (saved or result.stopping):
-                last_ckpt = _save(run.checkpoints, stepper, cfg, done, sched)
+                last_ckpt = _save(run.checkpoints, stepper, cfg, done, sched, seconds())
                 ckpt.prune_checkpoints(run.checkpoints, cfg.keep_checkpoints)
-            if done % sched.log == 0 or done == sched.total:
+            if done % sched.log == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 row = {"step": done, "kimg": done * cfg.batch_size / 1000, "epoch": done / max(sched.steps_per_epoch, 1)}
                 row.update({k: float(v) / window_steps for k, v in totals.items()})
@@ -293,12 +307,17 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
                 signum = stop.received or signal.SIGTERM
                 raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} after step {done}; saved "
                                           f"{last_ckpt}; continue with --resume {run}", signum)
+            if result.out_of_time:
+                if main:
+                    print(f"time budget reached: {cfg.max_minutes:g} minutes of training, step {done} "
+                          f"({done * cfg.batch_size / 1000:g} kimg)", file=sys.stderr)
+                break
     finally:
         stop.restore()
         bar.close()
         del data
     distributed.barrier()
-    return TrainResult(step=sched.total, checkpoint=last_ckpt, final_loss=loss_value)
+    return TrainResult(step=done, checkpoint=last_ckpt, final_loss=loss_value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +331,7 @@ class _State:
     meta: dict
 
 
-def _save(directory: Path, stepper: TrainStep, cfg: TrainConfig, step: int, sched: _Schedule) -> Path:
+def _save(directory: Path, stepper: TrainStep, cfg: TrainConfig, step: int, sched: _Schedule, seconds: float) -> Path:
     optim_tensors, groups = ckpt.optimizer_state(stepper.optimizer)
     requires = stepper.model.dependencies()
     tensors = {**ckpt.with_prefix("model", own_state(stepper.model.state_dict(), requires)),
@@ -323,7 +342,8 @@ def _save(directory: Path, stepper: TrainStep, cfg: TrainConfig, step: int, sche
     epoch, offset = divmod(step, sched.steps_per_epoch)
     meta = {"step": step, "kimg": step * cfg.batch_size / 1000, "epoch": epoch, "batch_in_epoch": offset,
             "seed": cfg.seed, "batch_size": cfg.batch_size, "world_size": distributed.world_size(),
-            "ema_updates": stepper.ema.num_updates, "optimizer_groups": groups, "requires": requires}
+            "ema_updates": stepper.ema.num_updates, "optimizer_groups": groups, "requires": requires,
+            "train_seconds": round(seconds, 3)}
     return ckpt.save_checkpoint(ckpt.checkpoint_path(directory, step), tensors, meta)
 
 

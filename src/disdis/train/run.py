@@ -3,16 +3,15 @@ handed to the one loop; its status recorded as it goes (running, finished, faile
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
 from pathlib import Path
 
 import torch
 
-from disdis.config import config_from_dict, save_config
+from disdis.config import save_config
 from disdis.errors import ConfigError, DisdisError
-from disdis.run_config import RunConfig, check_run_config, load_run_config, read_run_file
+from disdis.run_config import RunConfig, check_run_config, load_run_config
 from disdis.rundir import RunDir
 from disdis.train import checkpoint as ckpt
 from disdis.train import distributed
@@ -49,36 +48,45 @@ def resume_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ())
 
 
 def _run_stages(cfg: RunConfig, run: RunDir) -> TrainResult:
-    """Train (or continue) the run's stages: a diffusion run whose first stage is not given trains
-    its own first, in ``RUN/first_stage`` with the ``first_stage_train`` settings."""
+    """Train (or continue) the run, after the runs it depends on: a dependency ``requires`` does not
+    name is trained by the run itself, in ``RUN/<dependency>`` (the first stage with the method's
+    ``first_stage_train`` settings)."""
     newest = run.list_checkpoints()[-1:]
     resume = bool(newest)
-    first_stage = reference = None
-    if cfg.stage == "diffusion" and cfg.first_stage.kind != "identity":
-        source = cfg.first_stage_run
-        if not source:
-            source = run.first_stage
-            first_cfg = dataclasses.replace(cfg, stage="first_stage", train=cfg.first_stage_train, run_dir=str(source))
+    recorded = ((ckpt.read_meta(newest[0]) or {}).get("requires") or {}) if resume else {}
+    dependencies, references = {}, {}
+    for name in cfg.method.needs():
+        if name in recorded:  # a resumed run reads what it recorded
+            dependencies[name], references[name] = load_dependency(recorded[name], run, name), recorded[name]
+            continue
+        source = cfg.requires.get(name) or _train_own_dependency(cfg, run, name)
+        if resume:  # a checkpoint of an older version, which carries the dependency's weights itself
+            continue
+        source_cfg, dependencies[name], path = load_required(source, name, cfg.method.dependency_kinds[name])
+        references[name] = dependency_reference(path, run)
+        adopted = cfg.method.adopt(name, source_cfg)
+        if adopted != cfg.method:
             if distributed.is_main():
-                source.path.mkdir(parents=True, exist_ok=True)
-                save_config(first_cfg, source.config)
-                print(f"stage 1/2: first stage in {source}", file=sys.stderr)
-            _train(first_cfg, source, None, resume=True)  # a finished first stage returns at once
-            if distributed.is_main():
-                print(f"stage 2/2: diffusion model in {run}", file=sys.stderr)
-        # a resumed run reads the first stage it recorded (checkpoints of older versions carry its weights)
-        recorded = ((ckpt.read_meta(newest[0]) or {}).get("requires") or {}).get("first_stage") if resume else None
-        if recorded:
-            first_stage, reference = load_dependency(recorded, run), recorded
-        elif not resume:
-            first_cfg, first_stage, path = load_first_stage(source)
-            reference = dependency_reference(path, run)
-            if distributed.is_main() and first_cfg != cfg.first_stage:
-                print(f"note: first_stage settings taken from {source}", file=sys.stderr)
-            cfg.first_stage = first_cfg
-            if distributed.is_main():
-                save_config(cfg, run.config)
-    return _train(cfg, run, first_stage, resume=resume, reference=reference)
+                print(f"note: method settings shared with {name} taken from {source}", file=sys.stderr)
+            cfg.method = adopted
+        if distributed.is_main():
+            save_config(cfg, run.config)
+    if distributed.is_main() and cfg.method.needs():
+        print(f"{cfg.method.name} in {run}", file=sys.stderr)
+    return _train(cfg, run, dependencies, resume=resume, references=references)
+
+
+def _train_own_dependency(cfg: RunConfig, run: RunDir, name: str) -> RunDir:
+    """Train (or finish) dependency ``name`` inside ``run`` (a finished one returns at once)."""
+    source = run.dependency(name)
+    own = cfg.method.own_dependency(name, cfg)
+    own.run_dir = str(source)
+    if distributed.is_main():
+        source.path.mkdir(parents=True, exist_ok=True)
+        save_config(own, source.config)
+        print(f"{name} (trained by this run) in {source}", file=sys.stderr)
+    _train(own, source, {}, resume=True)
+    return source
 
 
 def dependency_reference(checkpoint: Path, run: RunDir) -> dict:
@@ -92,16 +100,29 @@ def dependency_reference(checkpoint: Path, run: RunDir) -> dict:
     return {"checkpoint": str(shown), "sha256": ckpt.read_digest(checkpoint)}
 
 
-def load_dependency(reference: dict, run: RunDir):
-    """The first stage a run recorded, after checking that the file is the one it used."""
+def load_dependency(reference: dict, run: RunDir, name: str) -> torch.nn.Module:
+    """Dependency ``name`` that ``run`` recorded, after checking that the file is the one it used."""
     path = Path(reference["checkpoint"])
     path = path if path.is_absolute() else run.path / path
     if not path.is_file():
-        raise DisdisError(f"{run}: its first stage {path} is gone (the run recorded it; restore the file)")
+        raise DisdisError(f"{run}: its {name} {path} is gone (the run recorded it; restore the file)")
     if ckpt.read_digest(path) != reference["sha256"]:
-        raise DisdisError(f"{run}: its first stage {path} has changed since the run used it (SHA-256 "
+        raise DisdisError(f"{run}: its {name} {path} has changed since the run used it (SHA-256 "
                           f"{reference['sha256'][:12]}... recorded); restore it, or start a new run")
-    return load_first_stage(path)[1]
+    return load_required(path, name)[1]
+
+
+def load_required(source: str | Path | RunDir, name: str, kind: str | None = None):
+    """(config, module, checkpoint) of dependency ``name``: the submodule ``name`` of the trained model
+    in ``source`` (a run folder or one of its checkpoints; its own dependencies are loaded the same
+    way, so chains resolve recursively). ``kind``: the method that run must have trained."""
+    source = source.path if isinstance(source, RunDir) else Path(source)
+    if not RunDir.of(source).is_run():
+        raise ConfigError(f"requires.{name}: {source} is not a run folder or checkpoint (no config.yaml)")
+    cfg, model, path = load_trained_model(source, weights="model")
+    if kind is not None and cfg.method.name != kind:
+        raise ConfigError(f"requires.{name}: {source} is a '{cfg.method.name}' run, not a '{kind}' one")
+    return cfg, getattr(model, name).eval(), path
 
 
 def validate_run_config(cfg: RunConfig) -> None:
@@ -109,11 +130,10 @@ def validate_run_config(cfg: RunConfig) -> None:
     the models of its stages build (on the meta device: no memory, no computation)."""
     from disdis.models import build_model
     check_run_config(cfg)
-    stages = [cfg]
-    if cfg.stage == "diffusion" and cfg.first_stage.kind != "identity" and not cfg.first_stage_run:
-        stages.append(dataclasses.replace(cfg, stage="first_stage", train=cfg.first_stage_train))
+    stages = [cfg] + [cfg.method.own_dependency(name, cfg) for name in cfg.method.needs() if not cfg.requires.get(name)]
     with torch.device("meta"):
         for stage in stages:
+            check_run_config(stage)
             build_model(stage)
 
 
@@ -132,26 +152,6 @@ def open_training_data(cfg: RunConfig) -> torch.utils.data.Dataset:
     return TorchImageDataset(dataset)
 
 
-def load_first_stage(source: str | Path):
-    """(config, module, checkpoint path) of a trained first stage from its run folder or one of its
-    checkpoint files."""
-    from disdis.nn.first_stage import build_first_stage
-    source = source.path if isinstance(source, RunDir) else Path(source)
-    run = RunDir.of(source)
-    if not run.is_run():
-        raise ConfigError(f"first_stage_run: {source} is not a first-stage run folder or checkpoint (no {run.config.name})")
-    first_run = config_from_dict(RunConfig, read_run_file(run.config))
-    if first_run.stage != "first_stage":
-        raise ConfigError(f"first_stage_run: {source} is a '{first_run.stage}' run, not a first-stage one")
-    path = source if source.is_file() else run.newest_checkpoint()
-    tensors, _ = ckpt.load_checkpoint(path)
-    module = build_first_stage(first_run.first_stage)
-    weights = ckpt.strip_prefix("model", tensors)
-    module.load_state_dict({k.removeprefix("first_stage."): v for k, v in weights.items()
-                            if k.startswith("first_stage.")}, strict=True)
-    return first_run.first_stage, module, path
-
-
 def load_trained_model(source: str | Path, weights: str = "ema") -> tuple[RunConfig, torch.nn.Module, Path]:
     """(config, model in eval mode, checkpoint) of a run folder or checkpoint file; ``weights``: ema or model."""
     from disdis.models import build_model
@@ -161,42 +161,42 @@ def load_trained_model(source: str | Path, weights: str = "ema") -> tuple[RunCon
     path = source if source.is_file() else run.newest_checkpoint()
     tensors, meta = ckpt.load_checkpoint(path)
     requires = meta.get("requires") or {}
-    first_stage = load_dependency(requires["first_stage"], run) if "first_stage" in requires else None
-    model = build_model(cfg, first_stage)
+    model = build_model(cfg, {name: load_dependency(reference, run, name) for name, reference in requires.items()})
     for name, reference in requires.items():
         model.requires(name, reference)
     load_weights(model, ckpt.strip_prefix(weights, model.upgrade_checkpoint(tensors)), path, requires)
     return cfg, model.eval(), path
 
 
-def _train(cfg: RunConfig, run: RunDir, first_stage, resume: bool, reference: dict | None = None) -> TrainResult:
-    """One stage, with its status recorded: running, then finished or failed (with the message)."""
+def _train(cfg: RunConfig, run: RunDir, dependencies: dict, resume: bool, references: dict | None = None) -> TrainResult:
+    """One run, with its status recorded: running, then finished or failed (with the message)."""
     from disdis.models import build_model
     main = distributed.is_main()
     if main:
-        run.set_status("running", stage=cfg.stage)
+        run.set_status("running", method=cfg.method.name)
     try:
         dataset = open_training_data(cfg)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-        model = build_model(cfg, first_stage)
-        if reference:  # the frozen first stage stays in its own run: checkpoints record it by reference
-            model.requires("first_stage", reference)
-        result = train(model, dataset, cfg.train, run, resume=resume, probe=unit_probe(cfg, dataset, run))
+        model = build_model(cfg, dependencies)
+        for name, reference in (references or {}).items():  # frozen modules stay in their own runs:
+            model.requires(name, reference)                  # checkpoints record them by reference
+        result = train(model, dataset, cfg.train, run, resume=resume, probe=unit_probe(cfg, model, dataset, run))
     except (Exception, KeyboardInterrupt) as err:
         if main:
             message = str(err) if isinstance(err, DisdisError) else f"{type(err).__name__}: {err}"
-            run.set_status("failed", stage=cfg.stage, message=message)
+            run.set_status("failed", method=cfg.method.name, message=message)
         raise
     if main:
-        run.set_status("finished", stage=cfg.stage, step=result.step, final_loss=result.final_loss)
+        run.set_status("finished", method=cfg.method.name, step=result.step, final_loss=result.final_loss)
     return result
 
 
-def unit_probe(cfg: RunConfig, dataset, run_dir: RunDir):
-    """The live share table and attention diagnostics of a diffusion run on data with a factor grid."""
+def unit_probe(cfg: RunConfig, model, dataset, run_dir: RunDir):
+    """The live share table (and, for methods with attention, its diagnostics) of a run on data
+    with a factor grid."""
     from disdis.diagnostics import UnitProbe
     grid = dataset.dataset
-    if cfg.stage != "diffusion" or not cfg.train.probe_images or not grid.has_factor_grid:
+    if not model.can("represent") or not cfg.train.probe_images or not grid.has_factor_grid:
         return None
     return UnitProbe(dataset, grid.factor_names, grid.factor_sizes, run_dir, grid_index=grid.index_of,
                      max_images=cfg.train.probe_images, batch_size=cfg.eval.batch_size, seed=cfg.train.seed)
@@ -210,6 +210,6 @@ def _new_run_dir(cfg: RunConfig) -> Path:
     else:
         root = Path(cfg.runs_root)
         taken = [int(m.group(1)) for p in (root.iterdir() if root.is_dir() else ()) if (m := re.match(r"^(\d{5})-", p.name))]
-        run_dir = root / f"{max(taken, default=-1) + 1:05d}-{cfg.name}-{cfg.stage}"
+        run_dir = root / f"{max(taken, default=-1) + 1:05d}-{cfg.name}-{cfg.method.name}"
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
