@@ -88,7 +88,7 @@ def build_model(cfg: RunConfig, dependencies: dict[str, nn.Module] | None = None
 
 
 def _import_methods() -> None:
-    from disdis.models import disentangled_diffusion, first_stage  # noqa: F401  (register on import)
+    from disdis.models import disentangled_diffusion, first_stage, vae  # noqa: F401  (register on import)
 
 
 _import_methods()
