@@ -22,7 +22,7 @@ def register(subparsers) -> None:
         "row per image of the dataset in canonical order; it writes metrics.json next to the "
         "codes file (or --out).\n\n"
         "examples:\n"
-        "  disdis evaluate runs/00001-shapes3d-diffusion\n"
+        "  disdis evaluate runs/00001-shapes3d-disentangled_diffusion\n"
         "  disdis evaluate --codes codes.npz --dataset shapes3d.npz\n"
         "  disdis evaluate --codes codes.npz --dataset 3dshapes.h5 eval.num_train=2000   # quick\n"
         "  disdis evaluate RUN eval.num_train=2000 eval.num_test=1000   # a quick, non-reference protocol")

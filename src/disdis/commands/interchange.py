@@ -14,7 +14,7 @@ def register(subparsers) -> None:
         "targets regenerated (DDIM, eta 0, from each target's own DDIM-inverted noise) with unit "
         "u's anchored token replaced by the source's: the factor that changes along the row is "
         "the one unit u carries. Uses the EMA weights of the run's newest checkpoint.\n\n"
-        "example:\n  disdis interchange runs/00001-shapes3d-diffusion --targets 6 --steps 50")
+        "example:\n  disdis interchange runs/00001-shapes3d-disentangled_diffusion --targets 6 --steps 50")
     parser.add_argument("run_dir", help="run folder (or one of its checkpoint files)")
     parser.add_argument("--out", help="PNG to write (default RUN_DIR/figures/interchange.png)")
     parser.add_argument("--source", type=int, help="dataset index of the source image (default: random)")

@@ -3,6 +3,7 @@ handed to the one loop; its status recorded as it goes (running, finished, faile
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -73,7 +74,21 @@ def _run_stages(cfg: RunConfig, run: RunDir) -> TrainResult:
             save_config(cfg, run.config)
     if distributed.is_main() and cfg.method.needs():
         print(f"{cfg.method.name} in {run}", file=sys.stderr)
-    return _train(cfg, run, dependencies, resume=resume, references=references)
+    return _train(dataclasses.replace(cfg, train=_budget_left(cfg, run)), run, dependencies, resume=resume,
+                  references=references)
+
+
+def _budget_left(cfg: RunConfig, run: RunDir):
+    """The run's ``train`` settings with the training time of the dependencies it trained itself taken
+    out of ``train.max_minutes`` (the budget covers the whole run)."""
+    if cfg.train.max_minutes is None:
+        return cfg.train
+    spent = 0.0
+    for name in cfg.method.needs():
+        own = run.dependency(name)
+        if not cfg.requires.get(name) and own.list_checkpoints():
+            spent += float((ckpt.read_meta(own.newest_checkpoint()) or {}).get("train_seconds", 0.0))
+    return dataclasses.replace(cfg.train, max_minutes=max(cfg.train.max_minutes - spent / 60, 1e-6))
 
 
 def _train_own_dependency(cfg: RunConfig, run: RunDir, name: str) -> RunDir:
@@ -81,6 +96,8 @@ def _train_own_dependency(cfg: RunConfig, run: RunDir, name: str) -> RunDir:
     source = run.dependency(name)
     own = cfg.method.own_dependency(name, cfg)
     own.run_dir = str(source)
+    if own.train.max_minutes is None:  # a time budget covers the dependencies the run trains itself
+        own.train = dataclasses.replace(own.train, max_minutes=cfg.train.max_minutes)
     if distributed.is_main():
         source.path.mkdir(parents=True, exist_ok=True)
         save_config(own, source.config)

@@ -1,0 +1,230 @@
+"""Comparisons: every method x seed trained on the same data with the same budget (equal training
+minutes, or equal images), all evaluated with one protocol, summarised as ``compare.json`` and
+``compare.md`` (``disdis compare``; README, "Baselines").
+
+    DIR/
+      runs/<method>-s<seed>/     one run folder each (with metrics.json once evaluated)
+      logs/<method>-s<seed>.log  what its training and evaluation printed
+      compare.json               per method: mean and std over seeds of every headline metric,
+                                 the training minutes and kimg, the run folders
+      compare.md                 the same as a table
+
+A method is a preset (or config file) name, or one of the aliases below, which name the preset
+of the paper's method and each baseline at the chosen scale (``demo``: the CPU demo grid and its
+reduced protocol; ``paper``: the released scale and disentanglement_lib's sample counts).
+Runs train as subprocesses (``--jobs`` at a time, ``--threads`` each); a comparison that was
+stopped continues where it was: finished and evaluated runs are read back, interrupted ones
+resume (the time budget is summed over sessions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from disdis.errors import ConfigError, DisdisError
+from disdis.rundir import RunDir
+
+ALIASES = {
+    "demo": {"paper": "demo", "encdiff": "demo_encdiff", "beta_vae": "beta_vae", "beta_tcvae": "beta_tcvae",
+             "factor_vae": "factor_vae"},
+    "paper": {"paper": "shapes3d", "encdiff": "encdiff", "beta_vae": "beta_vae", "beta_tcvae": "beta_tcvae",
+              "factor_vae": "factor_vae"},
+}
+# every run at the demo scale: the grid's 32 px images on the CPU
+DEMO_SETTINGS = ("data.kind=null", "data.resolution=32", "train.device=cpu", "train.num_workers=0", "train.bf16=false")
+HEADLINE = {"factor_vae": ("factor_vae", "eval_accuracy"), "dci": ("dci", "disentanglement"),
+            "dci_completeness": ("dci", "completeness"), "dci_informativeness": ("dci", "informativeness_test"),
+            "mig": ("mig", "discrete_mig")}
+UNBOUNDED_KIMG = 1e9  # with a time budget the run ends on the clock
+
+
+@dataclass
+class Budget:
+    minutes: float | None = None
+    kimg: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.minutes is None) == (self.kimg is None):
+            raise ConfigError("compare: give exactly one budget, --minutes M or --kimg K")
+        if (self.minutes or self.kimg) <= 0:
+            raise ConfigError("compare: the budget must be positive")
+
+    def overrides(self) -> list[str]:
+        if self.minutes is not None:
+            return [f"train.max_minutes={self.minutes}", f"train.total_kimg={UNBOUNDED_KIMG}"]
+        return [f"train.total_kimg={self.kimg}"]
+
+
+@dataclass
+class Job:
+    label: str             # the method's name in the comparison
+    preset: str            # the preset or config file it trains
+    seed: int
+    run: RunDir
+    log: Path
+    overrides: list[str]   # data, budget, seed, scale
+    protocol: list[str]    # eval.* of the shared protocol
+
+
+def plan(methods: list[str], seeds: list[int], budget: Budget, out: Path, data: str, scale: str,
+         shared: list[str] = ()) -> list[Job]:
+    """Every method x seed of the comparison, each checked to build before anything runs. ``shared``:
+    ``key=value`` settings of every run (its ``eval.*`` ones join the protocol)."""
+    from disdis.run_config import load_run_config
+    from disdis.train.run import validate_run_config
+    if scale not in ALIASES:
+        raise ConfigError(f"compare: --scale: expected one of {', '.join(ALIASES)}, got {scale!r}")
+    if not methods or not seeds:
+        raise ConfigError("compare: give at least one method and one seed")
+    protocol = [*protocol_overrides(scale), *(item for item in shared if item.startswith("eval."))]
+    shared = [item for item in shared if not item.startswith("eval.")]
+    jobs = []
+    for label in methods:
+        preset = ALIASES[scale].get(label, label)
+        for seed in seeds:
+            run = RunDir(out / "runs" / f"{Path(label).stem}-s{seed}")
+            overrides = [f"data.path={data}", f"run_dir={run}", f"train.seed={seed}",
+                         *(DEMO_SETTINGS if scale == "demo" else ()), *budget.overrides(), *shared]
+            validate_run_config(load_run_config(preset, [*overrides, *protocol]))
+            jobs.append(Job(Path(label).stem, preset, seed, run, out / "logs" / f"{Path(label).stem}-s{seed}.log",
+                            overrides, protocol))
+    return jobs
+
+
+def protocol_overrides(scale: str) -> list[str]:
+    """The evaluation protocol every run shares (its sampling settings; each method keeps its own
+    representation): the demo's reduced one, or disentanglement_lib's defaults."""
+    from disdis.metrics.suite import Sampling
+    from disdis.run_config import load_run_config
+    sampling = load_run_config("demo", ["data.path=x"]).eval if scale == "demo" else Sampling()
+    values = {f.name: getattr(sampling, f.name) for f in fields(Sampling)}
+    return [f"eval.{key}=" + (f"[{','.join(map(str, v))}]" if isinstance(v, (list, tuple)) else str(v))
+            for key, v in values.items()]
+
+
+def run_comparison(methods: list[str], seeds: list[int], budget: Budget, out: str | Path, data: str,
+                   scale: str = "demo", jobs: int = 1, threads: int = 1, shared: list[str] = ()) -> dict:
+    """Train and evaluate every method x seed (skipping what is done), then write the summary."""
+    out = Path(out)
+    work = plan(methods, seeds, budget, out, data, scale, list(shared))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    print(f"compare: {len(work)} runs ({len(methods)} methods x {len(seeds)} seeds), {jobs} at a time, "
+          f"{threads} thread(s) each; logs in {out / 'logs'}", file=sys.stderr)
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        failures = [f for f in pool.map(lambda job: _complete(job, threads), work) if f]
+    except BaseException:  # Ctrl-C or SIGTERM: stop the runs (each saves a checkpoint), keep what is done
+        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_children()
+        raise
+    pool.shutdown()
+    if failures:
+        raise DisdisError(f"compare: {len(failures)} run(s) failed: {'; '.join(failures)}")
+    summary = summarise(work, budget, scale, seeds, work[0].protocol)
+    summary["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
+    from disdis.io import write_text_atomic
+    write_text_atomic(out / "compare.json", json.dumps(summary, indent=2))
+    write_text_atomic(out / "compare.md", markdown(summary))
+    return summary
+
+
+def _complete(job: Job, threads: int) -> str | None:
+    """Train (or resume) and evaluate one run unless it is done; a message when it failed."""
+    if job.run.metrics.is_file() and job.run.status().get("state") == "finished":
+        print(f"  {job.run.path.name}: done already", file=sys.stderr)
+        return None
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    train = ["--resume", str(job.run)] if job.run.list_checkpoints() else [job.preset, *job.overrides]
+    steps = [[sys.executable, "-m", "disdis", "train", *train],
+             [sys.executable, "-m", "disdis", "evaluate", str(job.run), "--jobs", "1", *job.protocol]]
+    started = time.perf_counter()
+    print(f"  {job.run.path.name}: {'resuming' if train[0] == '--resume' else 'training'}", file=sys.stderr)
+    with open(job.log, "a") as log:
+        for command in steps:
+            if _run_child(command, log, env) != 0:
+                return f"{job.run.path.name} (see {job.log})"
+    print(f"  {job.run.path.name}: finished in {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr)
+    return None
+
+
+_CHILDREN: set[subprocess.Popen] = set()
+
+
+def _run_child(command: list[str], log, env: dict) -> int:
+    """Run ``command`` to its end; if the comparison is stopped first, the child is stopped too
+    (SIGTERM: a training run saves its checkpoint)."""
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    _CHILDREN.add(child)
+    try:
+        return child.wait()
+    finally:
+        _CHILDREN.discard(child)
+
+
+def _stop_children() -> None:
+    for child in list(_CHILDREN):
+        child.terminate()
+    for child in list(_CHILDREN):
+        child.wait()
+
+
+def run_record(run: RunDir) -> dict:
+    """A finished, evaluated run: its headline metrics, training minutes (with the dependencies it
+    trained itself) and kimg."""
+    from disdis.train import checkpoint as ckpt
+    result = json.loads(run.metrics.read_text())
+    metrics = {key: float(result["metrics"][name][field]) for key, (name, field) in HEADLINE.items()
+               if name in result["metrics"]}
+    meta = ckpt.read_meta(run.newest_checkpoint()) or {}
+    seconds = float(meta.get("train_seconds", 0.0))
+    for child in run.path.iterdir():
+        own = RunDir(child)
+        if child.is_dir() and own.is_run() and own.list_checkpoints():
+            seconds += float((ckpt.read_meta(own.newest_checkpoint()) or {}).get("train_seconds", 0.0))
+    return {"run": str(run), "metrics": metrics, "minutes": seconds / 60, "kimg": float(meta.get("kimg", 0.0))}
+
+
+def summarise(work: list[Job], budget: Budget, scale: str, seeds: list[int], protocol: list[str]) -> dict:
+    """``{"methods": {NAME: {"mean", "std", "minutes", "kimg", "runs", "preset"}}, ...}``; std over
+    seeds with n - 1 (0 for one seed)."""
+    methods: dict[str, dict] = {}
+    for job in work:
+        entry = methods.setdefault(job.label, {"preset": job.preset, "records": []})
+        entry["records"].append(run_record(job.run))
+    for entry in methods.values():
+        records = entry.pop("records")
+        keys = sorted(set.intersection(*(set(r["metrics"]) for r in records)))
+        values = {k: np.array([r["metrics"][k] for r in records]) for k in keys}
+        entry["mean"] = {k: round(float(v.mean()), 4) for k, v in values.items()}
+        entry["std"] = {k: round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4) for k, v in values.items()}
+        entry["minutes"] = round(float(np.mean([r["minutes"] for r in records])), 2)
+        entry["kimg"] = round(float(np.mean([r["kimg"] for r in records])), 3)
+        entry["runs"] = [r["run"] for r in records]
+    return {"methods": methods, "seeds": seeds, "scale": scale,
+            "budget": {"minutes": budget.minutes, "kimg": budget.kimg}, "protocol": protocol}
+
+
+def markdown(summary: dict) -> str:
+    budget = summary["budget"]
+    said = f"{budget['minutes']:g} training minutes" if budget["minutes"] is not None else f"{budget['kimg']:g} kimg"
+    lines = [f"# Comparison ({summary['scale']} scale, {said} per run, seeds {', '.join(map(str, summary['seeds']))})",
+             "", "mean ± std over seeds; minutes and kimg: training per run (mean)", "",
+             "| method | preset | FactorVAE | DCI disentanglement | DCI completeness | MIG | minutes | kimg |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in summary["methods"].items():
+        cells = [f"{m['mean'][k]:.3f} ± {m['std'][k]:.3f}" if k in m["mean"] else "-"
+                 for k in ("factor_vae", "dci", "dci_completeness", "mig")]
+        lines.append(f"| {name} | {Path(m['preset']).name} | " + " | ".join(cells)
+                     + f" | {m['minutes']:.2f} | {m['kimg']:g} |")
+    lines += ["", "protocol: " + " ".join(summary["protocol"])]
+    return "\n".join(lines) + "\n"
