@@ -326,8 +326,10 @@ def test_a_runs_eval_section_is_the_protocols_sampling():
     assert shared <= {f.name for f in fields(EvalConfig)} and shared <= {f.name for f in fields(M.Protocol)}
     e = EvalConfig(num_train=123, dci_backend="sklearn", metrics=("dci",))
     p = M.Protocol.of(e, n_jobs=1)
-    assert (p.num_train, p.dci_backend, p.metrics, p.n_jobs, p.batch_size) == (123, "sklearn", ("dci",), 1, 64)
+    assert (p.num_train, p.dci_backend, p.metrics, p.n_jobs, p.vote_batch_size) == (123, "sklearn", ("dci",), 1, 64)
     assert M.Protocol.of(EvalConfig()).is_reference()
+    assert M.Protocol.of(EvalConfig(vote_batch_size=32)).vote_batch_size == 32  # the vote batch, from eval
+    assert not M.Protocol.of(EvalConfig(vote_batch_size=32)).is_reference()
     with pytest.raises(ConfigError, match="eval.num_test: expected a positive integer"):
         EvalConfig(num_test=0)
     with pytest.raises(ConfigError, match="eval.metrics: unknown metric 'dcii'"):

@@ -39,8 +39,12 @@ def dci(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarr
 
     ``random_state`` seeds the trees' tie-breaking between features
     (disentanglement_lib leaves it unseeded)."""
-    importance, train_acc, test_acc = importance_matrix(
-        codes_train, factors_train, codes_test, factors_test, random_state, backend, n_jobs)
+    return dci_scores(*importance_matrix(codes_train, factors_train, codes_test, factors_test, random_state,
+                                         backend, n_jobs))
+
+
+def dci_scores(importance: np.ndarray, train_acc: float, test_acc: float) -> dict[str, float]:
+    """The three DCI scores of an importance matrix R (D, K) and the classifiers' accuracies."""
     return {"disentanglement": dci_disentanglement(importance),
             "completeness": dci_completeness(importance),
             "informativeness_train": train_acc,

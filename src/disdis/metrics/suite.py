@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from disdis.metrics.beta_vae import beta_vae
-from disdis.metrics.dci import dci
+from disdis.metrics.dci import dci_scores, importance_matrix
 from disdis.metrics.downstream import downstream_efficiency
 from disdis.metrics.factor_vae import factor_vae
 from disdis.metrics.inputs import check_code_table
@@ -44,6 +44,7 @@ class Sampling:
     num_train: int = 10000
     num_test: int = 5000
     num_eval: int = 5000               # FactorVAE / beta-VAE evaluation votes
+    vote_batch_size: int = 64          # FactorVAE / beta-VAE images per vote
     num_variance_estimate: int = 10000
     num_bins: int = 20
     prune_threshold: float = 0.05
@@ -57,16 +58,15 @@ class Sampling:
     def __post_init__(self) -> None:
         from disdis.errors import ConfigError
         check_metric_names(self.metrics, f"{self.key_prefix}metrics")
-        for key in ("num_train", "num_test", "num_eval", "num_variance_estimate", "num_bins"):
+        for key in ("num_train", "num_test", "num_eval", "vote_batch_size", "num_variance_estimate", "num_bins"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{self.key_prefix}{key}: expected a positive integer, got {getattr(self, key)!r}")
 
 
 @dataclass
 class Protocol(Sampling):
-    """Everything the suite needs: :class:`Sampling` plus the vote batch and the worker count."""
+    """Everything the suite needs: :class:`Sampling` plus the worker count."""
 
-    batch_size: int = 64               # FactorVAE / beta-VAE batch per vote
     n_jobs: int = 2
     notes: list[str] = field(default_factory=list)
 
@@ -99,8 +99,8 @@ def evaluate_representation(code_table: np.ndarray, factor_sizes: Sequence[int],
         setattr(protocol, key, value)
     check_metric_names(protocol.metrics)
     table, sizes = check_code_table(code_table, factor_sizes)
-    steps = _steps(table, sizes, protocol)
-    results, seconds = {}, {}
+    results, seconds, matrices = {}, {}, {}
+    steps = _steps(table, sizes, protocol, matrices)
     bar = progress_bar(total=len(protocol.metrics), desc="metrics", unit="metric",
                        disable=None if progress else True)
     for name in protocol.metrics:
@@ -114,10 +114,11 @@ def evaluate_representation(code_table: np.ndarray, factor_sizes: Sequence[int],
                                "factor_sizes": sizes.tolist(),
                                "factor_names": list(factor_names) if factor_names else None,
                                "num_codes": int(table.shape[1])}
-    return {"metrics": results, "seconds": seconds, "protocol": info}
+    return {"metrics": results, "seconds": seconds, "protocol": info, **({"matrices": matrices} if matrices else {})}
 
 
-def _steps(table: np.ndarray, sizes: np.ndarray, p: Protocol) -> dict[str, Callable[[], dict]]:
+def _steps(table: np.ndarray, sizes: np.ndarray, p: Protocol, matrices: dict) -> dict[str, Callable[[], dict]]:
+    """Each metric as a call; DCI also leaves its importance matrix (codes x factors) in ``matrices``."""
     def rng() -> np.random.RandomState:
         return np.random.RandomState(p.seed)
 
@@ -126,19 +127,25 @@ def _steps(table: np.ndarray, sizes: np.ndarray, p: Protocol) -> dict[str, Calla
         test = sample_codes(table, sizes, p.num_test, random_state)
         return train + test
 
+    def dci_step():
+        importance, train_acc, test_acc = importance_matrix(*train_test(rng()), random_state=p.seed,
+                                                            backend=p.dci_backend, n_jobs=p.n_jobs)
+        matrices["dci_importance"] = importance.round(4).tolist()
+        return dci_scores(importance, train_acc, test_acc)
+
     def mig_step():
         codes, factors = sample_codes(table, sizes, p.num_train, rng())
         return {"discrete_mig": mig(codes, factors, p.num_bins)}
 
     return {
-        "factor_vae": lambda: factor_vae(table, sizes, rng(), p.batch_size, p.num_train, p.num_eval,
+        "factor_vae": lambda: factor_vae(table, sizes, rng(), p.vote_batch_size, p.num_train, p.num_eval,
                                          p.num_variance_estimate, p.prune_threshold),
         # the trees break ties between equally good features at random (unseeded in
         # disentanglement_lib); seeding them apart from the sampling stream keeps the samples
         # disentanglement_lib's and makes the score the same on every run
-        "dci": lambda: dci(*train_test(rng()), random_state=p.seed, backend=p.dci_backend, n_jobs=p.n_jobs),
+        "dci": dci_step,
         "mig": mig_step,
-        "beta_vae": lambda: beta_vae(table, sizes, rng(), p.batch_size, p.num_train, p.num_eval),
+        "beta_vae": lambda: beta_vae(table, sizes, rng(), p.vote_batch_size, p.num_train, p.num_eval),
         "sap": lambda: {"SAP_score": sap(*train_test(rng()), n_jobs=p.n_jobs)},
         "modularity_explicitness": lambda: modularity_explicitness(*train_test(rng()), p.num_bins,
                                                                    n_jobs=p.n_jobs),
