@@ -35,6 +35,8 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
         assert name in report
         Image.open(out / "figures" / name).verify()
     assert (out / "first_stage" / "config.yaml").is_file()
+    page = (out / "report.html").read_text()  # the HTML report, every figure embedded
+    assert page.count("<img ") >= 8 and "What each unit carries" in page
     # run again with a longer schedule: the finished demo continues from its checkpoint
     assert main(args + ["train.total_kimg=0.192"]) == 0
     assert "resuming from" in capsys.readouterr().err

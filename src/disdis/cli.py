@@ -18,7 +18,7 @@ import threading
 from disdis import __version__
 from disdis.errors import DisdisError
 
-COMMANDS: tuple[str, ...] = ("data", "train", "evaluate", "interchange", "demo", "compare")
+COMMANDS: tuple[str, ...] = ("data", "train", "evaluate", "interchange", "figures", "sample", "report", "demo", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

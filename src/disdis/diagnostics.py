@@ -186,9 +186,7 @@ def capture_times(rows: Sequence[dict], factor_names: Sequence[str],
 def _record_attention(records: list):
     """A forward hook on a cross-attention layer: (weight entropy, output selectivity) per call."""
     def hook(module, inputs, output):
-        x, context = inputs[0], inputs[1]
-        q, k = module._heads(module.to_q(x)), module._heads(module.to_k(context))
-        weights = torch.softmax(q.float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        weights = module.weights(inputs[0], inputs[1])
         entropy = -(weights * weights.clamp_min(1e-30).log()).sum(-1).mean()
         out = output.float() - module.to_out[0].bias.float()  # (B, L, C), without the constant bias
         selectivity = out.var(dim=1, unbiased=False).mean() / out.pow(2).mean().clamp_min(1e-30)

@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
     from disdis.data.demo_grid import DEMO_GRID, make_demo_data
     from disdis.evaluation import evaluate_run
-    from disdis.figures import interchange_grid, reconstructions
+    from disdis.figures import make_figures
     from disdis.metrics import format_table
-    from disdis.report import REPRESENTATIONS, Clock, report_summary, shares_table, write_report
+    from disdis.report import REPRESENTATIONS, Clock, report_summary, shares_table, write_html_report, write_report
     from disdis.run_config import load_run_config
     from disdis.rundir import RunDir
     from disdis.train.run import resume_run, start_run
@@ -67,15 +67,15 @@ def run(args: argparse.Namespace) -> int:
         results[rep], _ = evaluate_run(out, [f"eval.representation={rep}"],
                                        out=out / ("metrics.json" if rep == REPRESENTATIONS[0] else f"metrics_{rep}.json"))
     clock.lap("evaluation")
-    _phase("4/4 figures")
-    grid = interchange_grid(out)
-    recon = reconstructions(out)
+    _phase("4/4 figures and report")
+    figures = make_figures(out)
     clock.lap("figures")
-    report = write_report(out / "report.md", cfg, results, grid, recon, clock)
+    report = write_report(out / "report.md", cfg, results, figures["interchange"], figures["reconstructions"], clock)
+    page = write_html_report([out], out / "report.html")
     print(format_table(results[REPRESENTATIONS[0]]))
     print("\n".join(shares_table(results[REPRESENTATIONS[0]], list(DEMO_GRID))))
     print(report_summary(cfg, results, clock))
-    print(f"report: {report}")
+    print(f"report: {report} and {page}")
     return 0
 
 

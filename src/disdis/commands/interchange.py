@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from disdis.figures import interchange_grid
     units = [int(u) for u in args.units.split(",")] if args.units else None
-    out = interchange_grid(args.run_dir, out=args.out, source=args.source, num_targets=args.targets, units=units,
+    out = interchange_grid(args.run_dir, out=args.out, source_index=args.source, num_targets=args.targets, units=units,
                            steps=args.steps, seed=args.seed, weights=args.weights)
     print(f"wrote {out}")
     return 0

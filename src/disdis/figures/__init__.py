@@ -1,7 +1,8 @@
-"""Figures a person reads at a glance: curves (matplotlib, Agg backend) and image grids, at least
-512 px wide, labelled, written atomically."""
+"""Figures a person reads at a glance: curves and labelled grids (matplotlib, Agg backend), at least
+512 px wide, written atomically; every figure of a run by name (:mod:`.run_figures`)."""
 
-from disdis.figures.curves import plot_factor_shares
-from disdis.figures.grids import interchange_grid, reconstructions, save_grid
+from disdis.figures.curves import plot_factor_shares, plot_training_curves
+from disdis.figures.grids import save_grid
+from disdis.figures.run_figures import FIGURES, interchange_grid, make_figures
 
-__all__ = ["interchange_grid", "plot_factor_shares", "reconstructions", "save_grid"]
+__all__ = ["FIGURES", "interchange_grid", "make_figures", "plot_factor_shares", "plot_training_curves", "save_grid"]

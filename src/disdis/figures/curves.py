@@ -37,3 +37,29 @@ def plot_factor_shares(rows: Sequence[dict], factor_names: Sequence[str], path: 
         fig.savefig(tmp)
     plt.close(fig)
     return Path(path)
+
+
+def plot_training_curves(rows: Sequence[dict], path: str | Path) -> Path:
+    """The loss (and any other logged loss terms) and the images per second against kimg, from the
+    rows of ``logs/train.csv``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    kimg = np.array([r["kimg"] for r in rows])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)  # 1100 x 400 px
+    left.plot(kimg, [r["loss"] for r in rows], label="loss")
+    left.set_xlabel("training images (kimg)")
+    left.set_ylabel("training loss (mean over each log interval)")
+    left.set_title("Loss")
+    left.grid(alpha=0.3)
+    right.plot(kimg, [r["img_per_s"] for r in rows], color="tab:green")
+    right.set_xlabel("training images (kimg)")
+    right.set_ylabel("images / s")
+    right.set_title("Training speed")
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

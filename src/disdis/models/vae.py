@@ -91,7 +91,7 @@ class FactorVAEConfig(VAEConfig):
 
 class BetaVAE(Method):
     """beta-VAE, and the networks and ELBO terms the other two build on."""
-    capabilities = frozenset({"represent"})
+    capabilities = frozenset({"represent", "decode"})
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -125,9 +125,10 @@ class BetaVAE(Method):
         return {"units": self.encode(images)[0]}
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] (the Bernoulli means) of codes ``z``."""
-        return torch.sigmoid(self.decoder(z)) * 2 - 1
+    def decode_units(self, units: torch.Tensor, seed: int = 0, steps: int | None = None) -> torch.Tensor:
+        """Images in [-1, 1] (the Bernoulli means) of codes ``units`` (B, latents); deterministic (the
+        seed and steps of generative decoders do not apply)."""
+        return torch.sigmoid(self.decoder(units)) * 2 - 1
 
 
 class BetaTCVAE(BetaVAE):

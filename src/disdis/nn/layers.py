@@ -157,6 +157,13 @@ class Attention(nn.Module):
         b, h, n, d = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, n, h * d))
 
+    def weights(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention weights (B, heads, L, M) the forward pass applies, in float32 (for diagnostics
+        and attention maps; the forward pass itself never forms them)."""
+        context = x if context is None else context
+        q, k = self._heads(self.to_q(x)).float(), self._heads(self.to_k(context)).float()
+        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)

@@ -1,0 +1,9 @@
+"""Reports: the demo's markdown summary (:mod:`.markdown`) and the self-contained HTML page of runs
+and comparisons (:mod:`.html`, ``disdis report``)."""
+
+from disdis.report.html import write_html_report
+from disdis.report.markdown import (REPRESENTATIONS, TARGET, Clock, capture_line, headline, report_summary,
+                                    shares_table, write_report)
+
+__all__ = ["REPRESENTATIONS", "TARGET", "Clock", "capture_line", "headline", "report_summary", "shares_table",
+           "write_html_report", "write_report"]

@@ -1,0 +1,145 @@
+"""Figures of a run (every one on a tiny run; a traversal of a stand-in whose decoder is known),
+`disdis sample`, and the HTML report checked in headless Chromium."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from disdis.cli import main
+from disdis.figures.units import traversal_images, unit_labels
+from disdis.models.method import Method
+from disdis.rundir import RunDir
+from train_standins import tiny_run_config, write_yaml
+
+EVAL = ["eval.num_train=200", "eval.num_test=100", "eval.num_eval=100", "eval.num_variance_estimate=200",
+        "eval.metrics=[factor_vae,dci,mig]"]
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory, shapes3d_grid_npz):
+    root = tmp_path_factory.mktemp("figures")
+    config = write_yaml(root / "tiny.yaml", tiny_run_config(shapes3d_grid_npz, root / "run", train={"total_kimg": 0.16}))
+    assert main(["train", config]) == 0
+    assert main(["evaluate", str(root / "run"), *EVAL]) == 0
+    return root / "run"
+
+
+def test_every_figure_of_a_run_is_drawn_wide_and_labelled(evaluated_run, capsys):
+    assert main(["figures", str(evaluated_run), "--steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    run = RunDir(evaluated_run)
+    names = ("traversals", "anchors", "interchange", "attention", "reconstructions", "shares", "importance",
+             "curves", "factor_shares")
+    for name in names:
+        assert name in printed and Image.open(run.figure(name)).size[0] >= 512, name
+    labels = unit_labels(run, 4)
+    factors = json.loads(run.metrics.read_text())["protocol"]["factor_names"]
+    assert all(label.startswith(f"unit {k}: ") and label.split(": ")[1].split()[0] in factors
+               for k, label in enumerate(labels))
+    # one row per unit (and the interchange's source row): taller with more rows
+    assert Image.open(run.figure("traversals")).size[1] > Image.open(run.figure("reconstructions")).size[1]
+    assert main(["figures", str(evaluated_run), "--which", "nope"]) == 2
+
+
+def test_figures_a_run_cannot_make_are_refused_by_name(tmp_path, shapes3d_grid_npz, capsys):
+    config = write_yaml(tmp_path / "vae.yaml", {"base": "beta_vae", "data": {"path": str(shapes3d_grid_npz), "kind": None,
+                                                                              "resolution": 16},
+                                                "run_dir": str(tmp_path / "vae"),
+                                                "train": {"batch_size": 16, "total_kimg": 0.032, "device": "cpu",
+                                                          "num_workers": 0, "checkpoint_every_kimg": 0.032,
+                                                          "log_every_kimg": 0.032}})
+    assert main(["train", config]) == 0
+    assert main(["figures", str(tmp_path / "vae"), "--which", "attention"]) == 2
+    assert "cannot make it" in capsys.readouterr().err
+    assert main(["figures", str(tmp_path / "vae")]) == 0  # traversals, interchange, reconstructions, curves
+    made = capsys.readouterr().out
+    assert "traversals" in made and "interchange" in made and "attention" not in made
+    assert main(["sample", str(tmp_path / "vae"), "--n", "5", "--out", str(tmp_path / "prior.png")]) == 0
+    assert Image.open(tmp_path / "prior.png").size[0] >= 512
+
+
+class PaintedFactors(Method):
+    """A stand-in whose units are the image's factors: image block k holds factor k's value, the
+    representation reads the blocks back, the decoder paints them."""
+    capabilities = frozenset({"represent", "decode"})
+
+    def __init__(self, num_factors):
+        super().__init__()
+        self.num_factors = num_factors
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # a device to live on
+
+    def paint(self, factors):
+        images = torch.zeros(len(factors), 1, 4, 4 * self.num_factors)
+        for k in range(self.num_factors):
+            images[:, 0, :, 4 * k:4 * k + 4] = factors[:, k, None, None]
+        return images
+
+    def representation(self, images):
+        return {"units": torch.stack([images[:, 0, 0, 4 * k] for k in range(self.num_factors)], dim=1)}
+
+    def decode_units(self, units, seed=0, steps=None):
+        return self.paint(units)
+
+
+def test_a_traversal_of_a_known_decoder_changes_only_the_traversed_factor():
+    rng = np.random.default_rng(0)
+    factors = torch.tensor(rng.uniform(-1, 1, size=(50, 3)), dtype=torch.float32)
+    model = PaintedFactors(3)
+    data = [(image, f) for image, f in zip(model.paint(factors), factors)]
+    grid = traversal_images(model, data, seed=0)
+    base = grid[0, 0].clone()
+    base[:, :, 0:4] = grid[1, 0][:, :, 0:4]  # row 1 keeps factor 0 at the base image's value
+    for k in range(3):
+        row = grid[k]
+        changed = [(row[:, :, :, 4 * j:4 * j + 4] - row[:1, :, :, 4 * j:4 * j + 4]).abs().max().item() for j in range(3)]
+        assert changed[k] > 0.5 and all(c == 0 for j, c in enumerate(changed) if j != k), (k, changed)
+        expected = torch.quantile(factors[:, k], torch.tensor([0.02, 0.98]))
+        assert torch.allclose(row[[0, -1], 0, 0, 4 * k], expected, atol=0.05)
+
+
+def test_sample_from_the_data_and_from_the_anchors(evaluated_run, tmp_path):
+    for source in ("data", "anchors"):
+        out = tmp_path / f"{source}.png"
+        assert main(["sample", str(evaluated_run), "--n", "10", "--from", source, "--steps", "2", "--out", str(out)]) == 0
+        assert Image.open(out).size[0] >= 512
+    assert main(["sample", str(evaluated_run), "--from", "prior", "--out", str(tmp_path / "x.png")]) == 2
+
+
+def _browser():
+    """Headless Chromium through its WebDriver (installed by scripts/setup from the system packages)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    assert chromium and driver, "headless Chromium and chromedriver are needed: run scripts/setup"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_report_renders_in_a_real_browser(evaluated_run, tmp_path):
+    assert main(["figures", str(evaluated_run), "--steps", "2"]) == 0
+    out = tmp_path / "report.html"
+    assert main(["report", str(evaluated_run), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "<script" not in text and "Reduced protocol" in text and "What each unit carries" in text
+    browser = _browser()
+    try:
+        browser.get(out.as_uri())
+        widths = browser.execute_script("return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        page_width = browser.execute_script("return document.documentElement.scrollWidth")
+        browser.set_window_size(1280, browser.execute_script("return document.body.scrollHeight"))
+        browser.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        browser.quit()
+    assert len(widths) >= 8 and all(w >= 512 for w in widths), widths
+    assert errors == []
+    assert page_width <= 1280  # nothing wider than the window at 1280 px
+    assert Image.open(tmp_path / "report.png").size[0] == 1280
