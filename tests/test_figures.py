@@ -81,7 +81,7 @@ class PaintedFactors(Method):
     def representation(self, images):
         return {"units": torch.stack([images[:, 0, 0, 4 * k] for k in range(self.num_factors)], dim=1)}
 
-    def decode_units(self, units, seed=0, steps=None):
+    def decode_units(self, units, seed=0, steps=None, noise=None):
         return self.paint(units)
 
 

@@ -52,18 +52,29 @@ def _units(model, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 def traversal_images(model, data, seed: int = 0, probe: int = 2000, steps: int | None = None) -> torch.Tensor:
     """(units, quantiles, C, H, W): row k decodes a fixed image's units with unit k set to its 2%..98%
-    quantiles over (up to ``probe``) images of the data (diffusion methods: DDIM from one fixed noise)."""
+    quantiles over (up to ``probe``) images of the data (diffusion methods: DDIM from the fixed
+    image's own inverted noise, so that only the conditioning changes along a row)."""
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(data), size=min(probe, len(data)), replace=False)
-    units = _units(model, _images(data, picks))
+    images = _images(data, picks)
+    units = _units(model, images)
+    noise = _inverted(model, images[:1], steps)
     values = torch.quantile(units, torch.tensor(QUANTILES, dtype=units.dtype, device=units.device), dim=0)  # (V, N)
     n, v = units.shape[1], len(QUANTILES)
     grid = units[0].repeat(n * v, 1).view(n, v, n)
     for k in range(n):
         grid[k, :, k] = values[:, k]
     with torch.no_grad():
-        images = model.decode_units(grid.view(n * v, n), seed=seed, steps=steps)
-    return images.view(n, v, *images.shape[1:])
+        decoded = model.decode_units(grid.view(n * v, n), seed=seed, steps=steps, noise=noise)
+    return decoded.view(n, v, *decoded.shape[1:])
+
+
+def _inverted(model, image: torch.Tensor, steps: int | None) -> torch.Tensor | None:
+    """A diffusion method's DDIM noise of ``image`` (1, C, H, W) with its own tokens; None for others."""
+    if not model.can("generate"):
+        return None
+    with torch.no_grad():
+        return model.invert(image.to(_device(model)), steps=steps)
 
 
 def traversals(model, data, path: str | Path, labels: Sequence[str], seed: int = 0, probe: int = 2000,
@@ -77,7 +88,7 @@ def traversals(model, data, path: str | Path, labels: Sequence[str], seed: int =
 def anchor_traversals(model, data, path: str | Path, labels: Sequence[str], seed: int = 0,
                       steps: int | None = None, most: int = 8) -> Path:
     """Rows: units; columns: the unit's token set to each of its DyGA anchors' means (up to ``most``,
-    heaviest first), the other tokens those of a fixed image; DDIM from one fixed noise."""
+    heaviest first), the other tokens those of a fixed image; DDIM from that image's inverted noise."""
     anchors = model.anchor_state.anchors()
     image = _images(data, [int(np.random.default_rng(seed).integers(len(data)))]).to(_device(model))
     with torch.no_grad():
@@ -90,12 +101,13 @@ def anchor_traversals(model, data, path: str | Path, labels: Sequence[str], seed
         context[: len(order), k] = anchors.means[k][order].to(context)
         rows.append(context)
     with torch.no_grad():
-        images = model.sample(torch.cat(rows), noise=model.shared_noise(n * most, seed), steps=steps)
+        images = model.sample(torch.cat(rows), noise=model.shared_noise(n * most, noise=_inverted(model, image, steps)),
+                              steps=steps)
     images = images.view(n, most, *images.shape[1:])
     for k in range(n):  # units with fewer anchors: blank cells
         images[k, anchors.num_components[k]:] = 1.0
     return labelled_grid(images, path, labels, [f"anchor {j + 1}" for j in range(most)],
-                         "Each unit's token set to its anchors' means (heaviest first), the others fixed")
+                         "Each unit's token set to its anchors' means (heaviest first), the others an image's")
 
 
 def interchange(model, data, path: str | Path, labels: Sequence[str], units: Sequence[int] | None = None,

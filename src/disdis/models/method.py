@@ -13,8 +13,8 @@ A method is one ``nn.Module`` subclassing :class:`Method` (docs/architecture.md)
 * ``capabilities``: what else it offers, declared rather than probed:
   ``"represent"``: ``representation(images) -> dict`` gives what evaluation reads
   (``"units"`` (B, N) scalars, and ``"tokens"`` (B, N, D) where the units are vectors);
-  ``"decode"``: ``decode_units(units, seed=0, steps=None)`` gives images from the scalar units,
-  all from one noise of ``seed`` where decoding draws any (traversals, swaps); ``"generate"``: it has ``sample(context, ...)``,
+  ``"decode"``: ``decode_units(units, seed=0, steps=None, noise=None)`` gives images from the
+  scalar units, all from one noise (``noise``, or one drawn from ``seed``) where decoding uses any; ``"generate"``: it has ``sample(context, ...)``,
   ``invert(images, ...)``, ``interchange(...)`` and ``encode_units(images)`` (a diffusion method);
   ``"attention"``: ``attention_maps(images, t)`` gives where each unit's token is attended.
 """

@@ -125,9 +125,10 @@ class BetaVAE(Method):
         return {"units": self.encode(images)[0]}
 
     @torch.no_grad()
-    def decode_units(self, units: torch.Tensor, seed: int = 0, steps: int | None = None) -> torch.Tensor:
+    def decode_units(self, units: torch.Tensor, seed: int = 0, steps: int | None = None,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [-1, 1] (the Bernoulli means) of codes ``units`` (B, latents); deterministic (the
-        seed and steps of generative decoders do not apply)."""
+        seed, steps and noise of generative decoders do not apply)."""
         return torch.sigmoid(self.decoder(units)) * 2 - 1
 
 
