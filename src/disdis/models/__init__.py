@@ -41,7 +41,12 @@ class MethodConfig:
 
     @classmethod
     def schema(cls, data: Any, key: str) -> type[MethodConfig]:
-        """The dataclass of the method ``data`` names (the default method when it names none)."""
+        """The dataclass of the method ``data`` names (the default method when it names none); a section
+        typed as one particular method (DisDiff's ``ldm``) is that method's."""
+        if cls is not MethodConfig:
+            if isinstance(data, dict) and data.get("name", cls.name) != cls.name:
+                raise ConfigError(f"{key}.name: expected {cls.name!r} here, got {data['name']!r}")
+            return cls
         name = data.get("name", DEFAULT_METHOD) if isinstance(data, dict) else DEFAULT_METHOD
         if name not in METHODS:
             raise ConfigError(f"{key}.name: unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
@@ -63,6 +68,11 @@ class MethodConfig:
         """The config of the run that trains dependency ``name`` inside this run, when ``requires``
         does not name one."""
         raise ConfigError(f"requires.{name}: {self.name} cannot train its {name} itself; name a run")
+
+    def export(self, model: nn.Module, name: str) -> nn.Module:
+        """What a run that requires this one as ``name`` receives from its trained ``model``: by default
+        the submodule of that name (a first stage's ``first_stage``)."""
+        return getattr(model, name)
 
     def adopt(self, name: str, source: RunConfig) -> MethodConfig:
         """This config with the settings it shares with dependency run ``source`` taken from it."""
@@ -88,7 +98,7 @@ def build_model(cfg: RunConfig, dependencies: dict[str, nn.Module] | None = None
 
 
 def _import_methods() -> None:
-    from disdis.models import disentangled_diffusion, first_stage, vae  # noqa: F401  (register on import)
+    from disdis.models import disdiff, disentangled_diffusion, first_stage, latent_diffusion, vae  # noqa: F401  (register on import)
 
 
 _import_methods()

@@ -13,7 +13,6 @@ configurations of this one model: ``method.anchoring.enabled: false`` drops DyGA
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -25,17 +24,18 @@ from disdis.diffusion import DiffusionConfig, NoiseLoss, NoiseSchedule, ddim_inv
 from disdis.errors import ConfigError
 from disdis.models import MethodConfig, register
 from disdis.models.anchor_refit import AnchorRefit
-from disdis.models.first_stage import FirstStageMethod, FirstStageTrainConfig
+from disdis.models.first_stage import FirstStageTrainConfig
+from disdis.models.latent import LatentSpace, OnFirstStage
 from disdis.models.method import Method
 from disdis.nn.first_stage import FirstStage, FirstStageConfig, LatentScaler, build_first_stage
 from disdis.nn.unet import UNet, UNetConfig
 from disdis.nn.units import FeatureExtractor, UnitsConfig, UnitTokenizer
-from disdis.train.hooks import Hook, OnFirstBatch
+from disdis.train.hooks import Hook
 
 
 @register
 @dataclass
-class DisentangledDiffusionConfig(MethodConfig):
+class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     """The paper's method: a first stage (``requires.first_stage``, or trained by the run itself with
     ``first_stage_train``), the latent units and tokens, the U-Net, the diffusion and DyGA.
 
@@ -50,8 +50,6 @@ class DisentangledDiffusionConfig(MethodConfig):
     anchoring: AnchoringConfig = field(default_factory=AnchoringConfig)
     first_stage_train: FirstStageTrainConfig = field(default_factory=FirstStageTrainConfig)
 
-    dependency_kinds = {"first_stage": "first_stage"}
-
     @classmethod
     def derive(cls, section: dict, data) -> dict:
         first = config_from_dict(FirstStageConfig, section.get("first_stage") or {}, "method.first_stage")
@@ -59,15 +57,9 @@ class DisentangledDiffusionConfig(MethodConfig):
         if data.resolution is not None:
             units.setdefault("resolution", data.resolution)
         units.setdefault("in_channels", first.in_channels)
-        unet = section["unet"] = dict(section.get("unet") or {})
-        channels, factor = _latent_channels_and_factor(first)
-        unet.setdefault("in_channels", channels)
-        unet.setdefault("out_channels", channels)
-        resolution = data.resolution if data.resolution is not None else units.get("resolution")
-        if resolution is not None:
-            unet.setdefault("resolution", resolution // factor)
+        cls.derive_unet(section, data.resolution if data.resolution is not None else units.get("resolution"))
         if "token_dim" in units:
-            unet.setdefault("context_dim", units["token_dim"])
+            section["unet"].setdefault("context_dim", units["token_dim"])
         return section
 
     def check(self, data) -> None:
@@ -77,14 +69,7 @@ class DisentangledDiffusionConfig(MethodConfig):
         if self.units.in_channels != self.first_stage.in_channels:
             raise ConfigError(f"method.units.in_channels: {self.units.in_channels} differs from "
                               f"method.first_stage.in_channels {self.first_stage.in_channels}")
-        channels, factor = _latent_channels_and_factor(self.first_stage)
-        for key in ("in_channels", "out_channels"):
-            if getattr(self.unet, key) != channels:
-                raise ConfigError(f"method.unet.{key}: {getattr(self.unet, key)} differs from the first stage's "
-                                  f"{channels} latent channels")
-        if res is not None and self.unet.resolution * factor != res:
-            raise ConfigError(f"method.unet.resolution: {self.unet.resolution} does not match the latent size "
-                              f"{res // factor} (data.resolution {res} / first-stage downsampling {factor})")
+        self.check_unet(self.unet, res)
         if self.diffusion.ddim_steps > self.diffusion.num_steps:
             raise ConfigError(f"method.diffusion.ddim_steps: {self.diffusion.ddim_steps} is more than the "
                               f"{self.diffusion.num_steps} diffusion steps")
@@ -95,29 +80,12 @@ class DisentangledDiffusionConfig(MethodConfig):
             raise ConfigError(f"method.unet.context_dim: {self.unet.context_dim} differs from "
                               f"method.units.token_dim {self.units.token_dim}")
 
-    def needs(self) -> tuple[str, ...]:
-        return () if self.first_stage.kind == "identity" else ("first_stage",)
-
-    def own_dependency(self, name: str, run):
-        return dataclasses.replace(run, method=FirstStageMethod(first_stage=self.first_stage),
-                                   train=self.first_stage_train, requires={})
-
-    def adopt(self, name: str, source) -> DisentangledDiffusionConfig:
-        return dataclasses.replace(self, first_stage=source.method.first_stage)
-
     def build(self, dependencies: dict) -> DisentangledDiffusion:
         first_stage = dependencies.get("first_stage") or build_first_stage(self.first_stage)
         return DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring)
 
 
-def _latent_channels_and_factor(first: FirstStageConfig) -> tuple[int, int]:
-    """The first stage's latent channels and downsampling factor."""
-    if first.kind == "identity":
-        return first.in_channels, 1
-    return first.latent_channels, 2 ** (len(first.channel_mult) - 1)
-
-
-class DisentangledDiffusion(Method):
+class DisentangledDiffusion(LatentSpace, Method):
     capabilities = frozenset({"represent", "decode", "generate", "attention"})
 
     def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,
@@ -137,17 +105,7 @@ class DisentangledDiffusion(Method):
     # ------------------------------------------------------------------ the method protocol
     def hooks(self) -> list[Hook]:
         """The latent scale fixed on the first batch; the DyGA refits when anchoring is on."""
-        return [OnFirstBatch("latent_scale", self.setup), *([AnchorRefit(self)] if self.anchoring.enabled else [])]
-
-    def train(self, mode: bool = True) -> DisentangledDiffusion:
-        super().train(mode)
-        self.first_stage.eval()  # frozen: no dropout, fixed statistics
-        return self
-
-    @torch.no_grad()
-    def setup(self, images: torch.Tensor) -> None:
-        """Fix the latent scale 1/std on the first training batch (released "scale by std")."""
-        self.scaler.fit(self.first_stage.encode(images).float())
+        return [*self.latent_hooks(), *([AnchorRefit(self)] if self.anchoring.enabled else [])]
 
     def forward(self, images: torch.Tensor, condition_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The training loss on images in [-1, 1]; also returns the un-anchored tokens (detached).
@@ -182,11 +140,6 @@ class DisentangledDiffusion(Method):
         return GaussianAnchors.fit(tokens, seed=seed, config=self.anchoring)
 
     # ------------------------------------------------------------------ representation
-    @torch.no_grad()
-    def latents(self, images: torch.Tensor) -> torch.Tensor:
-        """The scaled first-stage latent z0 of images."""
-        return self.scaler(self.first_stage.encode(images))
-
     def unit_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Un-anchored tokens (B, N, D)."""
         return self.tokenizer(self.extractor(images))
@@ -212,10 +165,6 @@ class DisentangledDiffusion(Method):
     def denoiser(self, context: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``model_fn(x_t, t) -> eps`` conditioned on the (anchored) tokens ``context``."""
         return lambda x, t: self.unet(x, t, context)
-
-    @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        return self.first_stage.decode(self.scaler.inverse(z)).clamp(-1, 1)
 
     @property
     def ddim_steps(self) -> int:

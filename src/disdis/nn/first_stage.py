@@ -267,11 +267,12 @@ class FirstStage(nn.Module):
         h = self.encoder(x)
         return h.chunk(2, dim=1)[0] if self.kind == "kl" else h
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Image from a latent (unscaled); vq quantises first."""
+    def decode(self, z: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+        """Image from a latent (unscaled); vq quantises first unless ``quantize`` is False (a
+        decoding that gradients pass through, as DisDiff's disentangling loss uses)."""
         if self.kind == "identity":
             return z
-        if self.quantizer is not None:
+        if self.quantizer is not None and quantize:
             z, _ = self.quantizer(z)
         return self.decoder(z)
 

@@ -102,7 +102,7 @@ def _train_own_dependency(cfg: RunConfig, run: RunDir, name: str) -> RunDir:
         source.path.mkdir(parents=True, exist_ok=True)
         save_config(own, source.config)
         print(f"{name} (trained by this run) in {source}", file=sys.stderr)
-    _train(own, source, {}, resume=True)
+    _run_stages(own, source)  # and, first, whatever it depends on itself
     return source
 
 
@@ -130,8 +130,8 @@ def load_dependency(reference: dict, run: RunDir, name: str) -> torch.nn.Module:
 
 
 def load_required(source: str | Path | RunDir, name: str, kind: str | None = None):
-    """(config, module, checkpoint) of dependency ``name``: the submodule ``name`` of the trained model
-    in ``source`` (a run folder or one of its checkpoints; its own dependencies are loaded the same
+    """(config, module, checkpoint) of dependency ``name``: what the trained model in ``source`` exports
+    under that name (by default its submodule ``name``) (a run folder or one of its checkpoints; its own dependencies are loaded the same
     way, so chains resolve recursively). ``kind``: the method that run must have trained."""
     source = source.path if isinstance(source, RunDir) else Path(source)
     if not RunDir.of(source).is_run():
@@ -139,7 +139,7 @@ def load_required(source: str | Path | RunDir, name: str, kind: str | None = Non
     cfg, model, path = load_trained_model(source, weights="model")
     if kind is not None and cfg.method.name != kind:
         raise ConfigError(f"requires.{name}: {source} is a '{cfg.method.name}' run, not a '{kind}' one")
-    return cfg, getattr(model, name).eval(), path
+    return cfg, cfg.method.export(model, name).eval(), path
 
 
 def validate_run_config(cfg: RunConfig) -> None:
@@ -147,11 +147,11 @@ def validate_run_config(cfg: RunConfig) -> None:
     the models of its stages build (on the meta device: no memory, no computation)."""
     from disdis.models import build_model
     check_run_config(cfg)
-    stages = [cfg] + [cfg.method.own_dependency(name, cfg) for name in cfg.method.needs() if not cfg.requires.get(name)]
     with torch.device("meta"):
-        for stage in stages:
-            check_run_config(stage)
-            build_model(stage)
+        build_model(cfg)
+    for name in cfg.method.needs():  # and the runs it trains itself, with theirs
+        if not cfg.requires.get(name):
+            validate_run_config(cfg.method.own_dependency(name, cfg))
 
 
 def read_run_config(run_dir: str | Path | RunDir, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -1,0 +1,81 @@
+"""DisDiff: its field weights against a float64 computation, the disentangling logits' direction, and
+the chain first stage -> unconditional LDM -> DisDiff trained by one command, resumed exactly,
+loaded recursively and evaluated."""
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from disdis.cli import main
+from disdis.diffusion import DiffusionConfig, NoiseSchedule
+from disdis.models.disdiff import disentangling_logits, field_weights
+from disdis.train.checkpoint import list_checkpoints, load_checkpoint
+
+
+def test_field_weights_match_their_definitions():
+    schedule = NoiseSchedule.from_config(DiffusionConfig())
+    betas = schedule.betas.double().numpy()
+    abar = np.cumprod(1 - betas)
+    t = torch.tensor([0, 1, 500, 999])
+    c, b = field_weights(schedule, t)
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    ts = t.numpy()
+    assert np.allclose(c.numpy(), np.sqrt(1 - betas[ts]) * (1 - abar_prev[ts]) / np.sqrt(1 - abar[ts]))
+    assert np.allclose(b.numpy(), (1 - abar[ts]) / np.sqrt(abar[ts]))
+    assert float(c[0]) == 0.0  # no field at t = 0
+
+
+def test_the_disentangling_loss_is_low_when_only_the_chosen_unit_changes():
+    torch.manual_seed(0)
+    z = torch.randn(1, 4, 8)
+    z_hat = z + 0.5 * torch.randn(1, 4, 8)  # the unconditional prediction's units, off everywhere
+    moved = z_hat.clone()
+    moved[0, 2] = z[0, 2]                    # unit 2's field brings unit 2, and only it, back
+    changed, diff = disentangling_logits(z, z_hat, moved)
+    for logits in (changed, diff):
+        losses = [F.cross_entropy(logits, torch.tensor([k])).item() for k in range(4)]
+        assert int(np.argmin(losses)) == 2
+    assert torch.allclose(diff[0, [0, 1, 3]], torch.zeros(3))
+
+
+TINY = ["data.resolution=16", "method.encoder_width=8", "method.unit_dim=4", "method.num_units=3",
+        "method.decoder.base_channels=8", "method.decoder.channel_mult=[1,2]", "method.decoder.attention_resolutions=[2]",
+        "method.decoder.num_heads=2",
+        "method.ldm.first_stage.base_channels=8", "method.ldm.first_stage.codebook_size=32",
+        "method.ldm.unet.base_channels=8", "method.ldm.unet.channel_mult=[1,2]", "method.ldm.unet.attention_resolutions=[2]",
+        "method.ldm.unet.num_heads=2", "method.ldm.unet.context_dim=8", "method.ldm.diffusion.ddim_steps=2",
+        "method.ldm.first_stage_train.total_kimg=0.032", "method.ldm.first_stage_train.batch_size=16",
+        "method.ldm.first_stage_train.checkpoint_every_kimg=0.032", "method.ldm_train.total_kimg=0.032",
+        "method.ldm_train.batch_size=16", "method.ldm_train.checkpoint_every_kimg=0.032",
+        "train.batch_size=16", "train.checkpoint_every_kimg=0.032", "train.log_every_kimg=0.032",
+        "train.probe_images=64", "eval.batch_size=64"]
+
+
+def test_disdiff_trains_its_chain_resumes_exactly_and_evaluates(tmp_path, shapes3d_grid_npz, capsys):
+    def train(run, kimg):
+        return main(["train", "demo_disdiff", f"data.path={shapes3d_grid_npz}", f"run_dir={tmp_path / run}",
+                     f"train.total_kimg={kimg}", *TINY])
+    assert train("a", 0.064) == 0
+    err = capsys.readouterr().err
+    assert "ldm (trained by this run)" in err and "first_stage (trained by this run)" in err
+    assert (tmp_path / "a/ldm/first_stage/checkpoints").is_dir()  # the chain: first stage -> LDM -> DisDiff
+    tensors, meta = load_checkpoint(list_checkpoints(tmp_path / "a/checkpoints")[-1])
+    assert set(meta["requires"]) == {"ldm"} and not any(k.startswith("model/ldm.") for k in tensors)
+    assert train("b", 0.032) == 0
+    assert main(["train", "--resume", str(tmp_path / "b"), "train.total_kimg=0.064"]) == 0
+    other = load_checkpoint(list_checkpoints(tmp_path / "b/checkpoints")[-1])[0]
+    # the runs trained their own LDMs from the same seed: identical, so the DisDiff weights are too
+    assert sorted(other) == sorted(tensors) and all(torch.equal(other[k], tensors[k]) for k in tensors)
+    # a run that names its LDM: recorded by reference, loaded (with the LDM's own first stage) recursively
+    assert main(["train", "demo_disdiff", f"data.path={shapes3d_grid_npz}", f"run_dir={tmp_path / 'c'}",
+                 f"requires.ldm={tmp_path / 'a/ldm'}", "train.total_kimg=0.032", *TINY]) == 0
+    assert not (tmp_path / "c/ldm").exists()
+    assert main(["evaluate", str(tmp_path / "c"), "eval.num_train=200", "eval.num_test=100", "eval.num_eval=100",
+                 "eval.num_variance_estimate=200", "eval.metrics=[dci,mig]"]) == 0
+    result = json.loads((tmp_path / "c/metrics.json").read_text())
+    assert result["run"]["representation"] == "tokens_pca" and len(result["unit_factor_shares"]) == 3
+    assert main(["train", "demo_disdiff", f"data.path={shapes3d_grid_npz}", f"run_dir={tmp_path / 'd'}",
+                 f"requires.ldm={tmp_path / 'a'}", *TINY]) == 2  # a disdiff run is not an LDM
+    assert "is a 'disdiff' run, not a 'latent_diffusion' one" in capsys.readouterr().err
