@@ -79,3 +79,17 @@ def test_disdiff_trains_its_chain_resumes_exactly_and_evaluates(tmp_path, shapes
     assert main(["train", "demo_disdiff", f"data.path={shapes3d_grid_npz}", f"run_dir={tmp_path / 'd'}",
                  f"requires.ldm={tmp_path / 'a'}", *TINY]) == 2  # a disdiff run is not an LDM
     assert "is a 'disdiff' run, not a 'latent_diffusion' one" in capsys.readouterr().err
+
+
+def test_the_table_3_variants_train(tmp_path, shapes3d_grid_npz):
+    """DisDiff + DyGA refits and uses anchors for its unit vectors; + Skip Dropout drops the decoder's skips."""
+    from disdis.train.run import load_trained_model
+    first = ["data.path=" + str(shapes3d_grid_npz), "train.total_kimg=0.064", *TINY]
+    assert main(["train", "demo_disdiff_dyga", *first, f"run_dir={tmp_path / 'dyga'}",
+                 "method.anchoring.refit_every=0.032", "method.anchoring.refit_images=64",
+                 "method.anchoring.initial_components=2", "method.anchoring.min_soft_count=2"]) == 0
+    _, model, _ = load_trained_model(tmp_path / "dyga")
+    assert float(model.anchor_state.fitted) == 1 and (tmp_path / "dyga/fits").is_dir()
+    assert main(["train", "demo_disdiff_skip_dropout", *first, f"run_dir={tmp_path / 'skip'}"]) == 0
+    _, model, _ = load_trained_model(tmp_path / "skip")
+    assert all(d.p == 0.2 for d in model.decoder.skip_dropouts) and all(d.p == 0 for d in model.ldm.unet.skip_dropouts)

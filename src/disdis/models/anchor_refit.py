@@ -29,6 +29,25 @@ from disdis.train.sampler import step_seed
 FIT_STREAM = 1 << 30  # the random stream of the fits, apart from every rank's training stream
 
 
+class Anchored:
+    """Model mixin of a method whose units are tokens (B, N, D) shifted toward their DyGA anchors:
+    it has ``self.anchoring`` (an AnchoringConfig), ``self.anchor_state`` and ``unit_tokens(images)``."""
+
+    def anchor_hooks(self) -> list[Hook]:
+        return [AnchorRefit(self)] if self.anchoring.enabled else []
+
+    def fit_anchors(self, tokens: torch.Tensor, seed: int) -> GaussianAnchors:
+        """Fit the per-unit mixtures on tokens (U, N, D)."""
+        tokens = tokens.to(self.anchor_state.offset.device)  # fit where the model lives (fast on a GPU)
+        return GaussianAnchors.fit(tokens, seed=seed, config=self.anchoring)
+
+    def anchor(self, tokens: torch.Tensor) -> torch.Tensor:
+        """DyGA shift toward each token's anchor; the identity before the first fit or when disabled."""
+        if not self.anchoring.enabled:
+            return tokens
+        return self.anchor_state.shift_batch(tokens, self.anchoring.strength)
+
+
 class AnchorRefit(Hook):
     name = "anchor_refit"
 

@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from disdis.anchoring import AnchorState, AnchoringConfig
 from disdis.errors import ConfigError
 from disdis.models import MethodConfig, register
+from disdis.models.anchor_refit import Anchored
 from disdis.models.latent import OnFirstStage
 from disdis.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
 from disdis.models.method import Method
@@ -55,6 +57,7 @@ class DisDiffConfig(MethodConfig):
     resolution: int = 64                  # follows data.resolution unless written
     decoder: UNetConfig = field(default_factory=lambda: UNetConfig(skip_dropout=0.0))  # sizes follow the LDM
     disentangle_weight: float = 0.05
+    anchoring: AnchoringConfig = field(default_factory=lambda: AnchoringConfig(enabled=False))  # DisDiff + DyGA
     ldm: LatentDiffusionConfig = field(default_factory=LatentDiffusionConfig)  # when the run trains its own
     ldm_train: TrainConfig = field(default_factory=TrainConfig)                # ... with these settings
 
@@ -71,6 +74,7 @@ class DisDiffConfig(MethodConfig):
                                           key="decoder")
         section["decoder"] = shapes["decoder"]
         section["decoder"].setdefault("context_dim", 2 * int(section.get("unit_dim", cls.unit_dim)))
+        section["decoder"].setdefault("skip_dropout", 0.0)  # DisDiff has none; + Skip Dropout sets it
         return section
 
     def __post_init__(self) -> None:
@@ -147,7 +151,7 @@ def disentangling_logits(z: torch.Tensor, z_hat: torch.Tensor, z_k_hat: torch.Te
     return (z_hat - z).norm(dim=-1).detach() - (z_k_hat - z).norm(dim=-1), (z_hat - z_k_hat).norm(dim=-1)
 
 
-class DisDiff(Method):
+class DisDiff(Anchored, Method):
     capabilities = frozenset({"represent"})
 
     def __init__(self, cfg: DisDiffConfig, ldm: LatentDiffusion):
@@ -157,17 +161,19 @@ class DisDiff(Method):
         self.encoder = DisDiffEncoder(cfg.in_channels, cfg.resolution, cfg.encoder_width, cfg.num_units * cfg.unit_dim)
         self.unit_embedding = nn.Parameter(torch.randn(cfg.num_units, cfg.unit_dim) / cfg.unit_dim ** 0.5)
         self.decoder = UNet(cfg.decoder)
+        self.anchoring = cfg.anchoring
+        self.anchor_state = AnchorState(cfg.num_units, cfg.unit_dim, cfg.anchoring)  # DisDiff + DyGA: refitted
 
     def hooks(self):
-        return self.ldm.latent_hooks()
+        return [*self.ldm.latent_hooks(), *self.anchor_hooks()]
 
     def train(self, mode: bool = True) -> DisDiff:
         super().train(mode)
         self.ldm.eval()
         return self
 
-    def units(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, N, d) unit vectors."""
+    def unit_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, N, d) unit vectors, before any anchoring."""
         return self.encoder(images).view(len(images), self.cfg.num_units, self.cfg.unit_dim)
 
     def frozen_units(self, images: torch.Tensor) -> torch.Tensor:
@@ -197,7 +203,8 @@ class DisDiff(Method):
         x_t = schedule.q_sample(z0, t, noise)
         with torch.no_grad():
             eps_frozen = ldm.eps(x_t, t)
-        z = self.units(images)
+        raw = self.unit_tokens(images)
+        z = self.anchor(raw)  # DisDiff + DyGA: each unit pulled toward its anchor (off by default)
         g = self.fields(x_t, t, z)
         c_t, b_t = (w.to(z0.dtype).view(-1, *[1] * (z0.dim() - 1)) for w in field_weights(schedule, t))
         recon = (noise - (eps_frozen - c_t * g.sum(1))).abs().mean()
@@ -211,7 +218,7 @@ class DisDiff(Method):
         weight = (x0_hat - x0_k.detach()).square().flatten(1).mean(1)
         dis = weight * (F.cross_entropy(changed, k, reduction="none") + F.cross_entropy(moved, k, reduction="none"))
         loss = recon + self.cfg.disentangle_weight * dis.mean()
-        return {"loss": loss, "recon": recon.detach(), "disentangle": dis.mean().detach(), "tokens": z.detach()}
+        return {"loss": loss, "recon": recon.detach(), "disentangle": dis.mean().detach(), "tokens": raw.detach()}
 
     def _decode(self, z0: torch.Tensor) -> torch.Tensor:
         """Images from scaled latents, without quantisation (gradients pass)."""
@@ -219,7 +226,8 @@ class DisDiff(Method):
 
     @torch.no_grad()
     def representation(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"tokens": (B, N, d) unit vectors, "units": their means (B, N)}``; evaluate with tokens_pca."""
-        z = self.units(images)
+        """``{"tokens": (B, N, d) unit vectors (anchored), "units": their means (B, N)}``; evaluate with
+        tokens_pca."""
+        z = self.anchor(self.unit_tokens(images))
         return {"units": z.mean(-1), "tokens": z}
 

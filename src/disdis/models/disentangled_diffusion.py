@@ -23,7 +23,7 @@ from disdis.config import config_from_dict
 from disdis.diffusion import DiffusionConfig, NoiseLoss, NoiseSchedule, ddim_invert, ddim_sample
 from disdis.errors import ConfigError
 from disdis.models import MethodConfig, register
-from disdis.models.anchor_refit import AnchorRefit
+from disdis.models.anchor_refit import Anchored
 from disdis.models.first_stage import FirstStageTrainConfig
 from disdis.models.latent import LatentSpace, OnFirstStage
 from disdis.models.method import Method
@@ -85,7 +85,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
         return DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring)
 
 
-class DisentangledDiffusion(LatentSpace, Method):
+class DisentangledDiffusion(LatentSpace, Anchored, Method):
     capabilities = frozenset({"represent", "decode", "generate", "attention"})
 
     def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,
@@ -105,7 +105,7 @@ class DisentangledDiffusion(LatentSpace, Method):
     # ------------------------------------------------------------------ the method protocol
     def hooks(self) -> list[Hook]:
         """The latent scale fixed on the first batch; the DyGA refits when anchoring is on."""
-        return [*self.latent_hooks(), *([AnchorRefit(self)] if self.anchoring.enabled else [])]
+        return [*self.latent_hooks(), *self.anchor_hooks()]
 
     def forward(self, images: torch.Tensor, condition_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The training loss on images in [-1, 1]; also returns the un-anchored tokens (detached).
@@ -134,21 +134,10 @@ class DisentangledDiffusion(LatentSpace, Method):
             tensors["hook/anchor_refit/recent_tokens"] = recent
         return tensors
 
-    def fit_anchors(self, tokens: torch.Tensor, seed: int) -> GaussianAnchors:
-        """Fit the per-unit mixtures on tokens (U, N, D)."""
-        tokens = tokens.to(self.scaler.scale.device)  # fit where the model lives (fast on a GPU)
-        return GaussianAnchors.fit(tokens, seed=seed, config=self.anchoring)
-
     # ------------------------------------------------------------------ representation
     def unit_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Un-anchored tokens (B, N, D)."""
         return self.tokenizer(self.extractor(images))
-
-    def anchor(self, tokens: torch.Tensor) -> torch.Tensor:
-        """DyGA shift toward each token's anchor; the identity before the first fit or when disabled."""
-        if not self.anchoring.enabled:
-            return tokens
-        return self.anchor_state.shift_batch(tokens, self.anchoring.strength)
 
     @torch.no_grad()
     def encode_units(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

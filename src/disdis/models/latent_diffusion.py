@@ -37,7 +37,9 @@ class LatentDiffusionConfig(OnFirstStage, MethodConfig):
 
     @classmethod
     def derive(cls, section: dict, data) -> dict:
-        return cls.derive_unet(section, data.resolution)
+        section = cls.derive_unet(section, data.resolution)
+        section["unet"].setdefault("skip_dropout", 0.0)  # no Skip Dropout in an unconditional model
+        return section
 
     def check(self, data) -> None:
         self.check_unet(self.unet, data.resolution)
