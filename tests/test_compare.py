@@ -41,5 +41,9 @@ def test_compare_checks_every_method_before_any_run(tmp_path, shapes3d_grid_npz,
     assert main(["compare", "--methods", "beta_vae,nope", "--kimg", "1", "--out", str(out),
                  "--data", str(shapes3d_grid_npz)]) == 2
     assert "nope" in capsys.readouterr().err and not out.exists()
+    from disdis.compare import Budget
+    from disdis.errors import ConfigError
+    with pytest.raises(ConfigError, match="the budget must be positive"):
+        Budget(minutes=0.0)
     with pytest.raises(SystemExit, match="2"):  # no budget
         main(["compare", "--methods", "beta_vae", "--out", str(out), "--data", str(shapes3d_grid_npz)])

@@ -5,6 +5,7 @@ loaded recursively and evaluated."""
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -63,6 +64,12 @@ def test_disdiff_trains_its_chain_resumes_exactly_and_evaluates(tmp_path, shapes
     assert (tmp_path / "a/ldm/first_stage/checkpoints").is_dir()  # the chain: first stage -> LDM -> DisDiff
     tensors, meta = load_checkpoint(list_checkpoints(tmp_path / "a/checkpoints")[-1])
     assert set(meta["requires"]) == {"ldm"} and not any(k.startswith("model/ldm.") for k in tensors)
+    # the run's training time counts the chain it trained itself: DisDiff, its LDM, the LDM's first stage
+    from disdis.rundir import RunDir
+    from disdis.train.run import training_seconds
+    parts = [load_checkpoint(list_checkpoints(tmp_path / f"{p}checkpoints")[-1])[1]["train_seconds"]
+             for p in ("a/", "a/ldm/", "a/ldm/first_stage/")]
+    assert training_seconds(RunDir(tmp_path / "a")) == pytest.approx(sum(parts)) and min(parts) > 0
     assert train("b", 0.032) == 0
     assert main(["train", "--resume", str(tmp_path / "b"), "train.total_kimg=0.064"]) == 0
     other = load_checkpoint(list_checkpoints(tmp_path / "b/checkpoints")[-1])[0]

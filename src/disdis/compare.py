@@ -58,7 +58,7 @@ class Budget:
     def __post_init__(self) -> None:
         if (self.minutes is None) == (self.kimg is None):
             raise ConfigError("compare: give exactly one budget, --minutes M or --kimg K")
-        if (self.minutes or self.kimg) <= 0:
+        if (self.minutes if self.minutes is not None else self.kimg) <= 0:
             raise ConfigError("compare: the budget must be positive")
 
     def overrides(self) -> list[str]:
@@ -185,16 +185,12 @@ def run_record(run: RunDir) -> dict:
     """A finished, evaluated run: its headline metrics, training minutes (with the dependencies it
     trained itself) and kimg."""
     from disdis.train import checkpoint as ckpt
+    from disdis.train.run import training_seconds
     result = json.loads(run.metrics.read_text())
     metrics = {key: float(result["metrics"][name][field]) for key, (name, field) in HEADLINE.items()
                if name in result["metrics"]}
     meta = ckpt.read_meta(run.newest_checkpoint()) or {}
-    seconds = float(meta.get("train_seconds", 0.0))
-    for child in run.path.iterdir():
-        own = RunDir(child)
-        if child.is_dir() and own.is_run() and own.list_checkpoints():
-            seconds += float((ckpt.read_meta(own.newest_checkpoint()) or {}).get("train_seconds", 0.0))
-    return {"run": str(run), "metrics": metrics, "minutes": seconds / 60, "kimg": float(meta.get("kimg", 0.0))}
+    return {"run": str(run), "metrics": metrics, "minutes": training_seconds(run) / 60, "kimg": float(meta.get("kimg", 0.0))}
 
 
 def summarise(work: list[Job], budget: Budget, scale: str, seeds: list[int], protocol: list[str]) -> dict:

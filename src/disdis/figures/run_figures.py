@@ -51,7 +51,7 @@ def _model_figures(source, run: RunDir, wanted: list[str], explicit: bool, weigh
     cfg, model, _ = load_trained_model(source, weights)
     model.to(resolve_device(cfg.train.device))
     data = open_training_data(cfg)
-    labels = figs.unit_labels(run, figs._width(model, data))
+    labels = figs.unit_labels(run, figs.unit_count(model, data))
     anchored = getattr(cfg.method, "anchoring", None)
     possible = {"traversals": model.can("decode"), "interchange": model.can("decode"),
                 "reconstructions": model.can("decode"), "attention": model.can("attention"),
@@ -115,6 +115,6 @@ def interchange_grid(source: str | Path, out: str | Path | None = None, source_i
     model.to(resolve_device(cfg.train.device))
     data = open_training_data(cfg)
     run = RunDir.of(checkpoint)
-    labels = figs.unit_labels(run, figs._width(model, data))
+    labels = figs.unit_labels(run, figs.unit_count(model, data))
     return figs.interchange(model, data, Path(out) if out else run.figure("interchange"), labels, units=units,
                             source=source_index, num_targets=num_targets, seed=seed, steps=steps)

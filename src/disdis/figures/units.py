@@ -180,7 +180,7 @@ def sample_images(model, data, count: int, seed: int = 0, source: str = "data", 
         if source == "prior":
             if model.can("generate"):
                 raise DisdisError("--from prior: this method generates from tokens (use data or anchors)")
-            return model.decode_units(torch.randn(count, _width(model, data), generator=generator).to(device))
+            return model.decode_units(torch.randn(count, unit_count(model, data), generator=generator).to(device))
         if not model.can("generate"):
             raise DisdisError(f"--from {source}: a method without a generator samples only --from prior")
         if source == "anchors":
@@ -197,7 +197,8 @@ def sample_images(model, data, count: int, seed: int = 0, source: str = "data", 
         return model.sample(context, noise=noise, steps=steps)
 
 
-def _width(model, data) -> int:
+def unit_count(model, data) -> int:
+    """How many units the model's representation has (read from one image of the data)."""
     return _units(model, _images(data, [0])).shape[1]
 
 

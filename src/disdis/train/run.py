@@ -83,12 +83,17 @@ def _budget_left(cfg: RunConfig, run: RunDir):
     out of ``train.max_minutes`` (the budget covers the whole run)."""
     if cfg.train.max_minutes is None:
         return cfg.train
-    spent = 0.0
-    for name in cfg.method.needs():
-        own = run.dependency(name)
-        if not cfg.requires.get(name) and own.list_checkpoints():
-            spent += float((ckpt.read_meta(own.newest_checkpoint()) or {}).get("train_seconds", 0.0))
+    spent = sum(training_seconds(run.dependency(name)) for name in cfg.method.needs() if not cfg.requires.get(name))
     return dataclasses.replace(cfg.train, max_minutes=max(cfg.train.max_minutes - spent / 60, 1e-6))
+
+
+def training_seconds(run: RunDir) -> float:
+    """The training time of a run (its newest checkpoint's ``train_seconds``) and of the runs it
+    trained itself inside its folder, theirs included (a DisDiff run's LDM and that LDM's first stage)."""
+    seconds = float((ckpt.read_meta(run.newest_checkpoint()) or {}).get("train_seconds", 0.0)) \
+        if run.list_checkpoints() else 0.0
+    children = (RunDir(p) for p in sorted(run.path.iterdir()) if p.is_dir()) if run.path.is_dir() else ()
+    return seconds + sum(training_seconds(child) for child in children if child.is_run())
 
 
 def _train_own_dependency(cfg: RunConfig, run: RunDir, name: str) -> RunDir:
