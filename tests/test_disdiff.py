@@ -100,3 +100,19 @@ def test_the_table_3_variants_train(tmp_path, shapes3d_grid_npz):
     assert main(["train", "demo_disdiff_skip_dropout", *first, f"run_dir={tmp_path / 'skip'}"]) == 0
     _, model, _ = load_trained_model(tmp_path / "skip")
     assert all(d.p == 0.2 for d in model.decoder.skip_dropouts) and all(d.p == 0 for d in model.ldm.unet.skip_dropouts)
+
+
+def test_disdiff_takes_part_in_a_comparison(tmp_path, shapes3d_grid_npz):
+    """The `disdiff` alias in `disdis compare`: its chain trains inside the comparison and its
+    minutes count the chain (DisDiff, its LDM, the LDM's first stage)."""
+    from disdis.rundir import RunDir
+    from disdis.train.run import training_seconds
+    out = tmp_path / "cmp"
+    assert main(["compare", "--methods", "disdiff", "--kimg", "0.032", "--out", str(out), "--data", str(shapes3d_grid_npz),
+                 "--threads", "1", *TINY, "eval.num_train=200", "eval.num_test=100",
+                 "eval.num_eval=100", "eval.num_variance_estimate=200"]) == 0
+    entry = json.loads((out / "compare.json").read_text())["methods"]["disdiff"]
+    assert entry["preset"] == "demo_disdiff" and entry["kimg"] == 0.032 and set(entry["mean"]) >= {"factor_vae", "dci", "mig"}
+    (run,) = entry["runs"]
+    assert (RunDir(run).path / "ldm/first_stage/checkpoints").is_dir()
+    assert entry["minutes"] == pytest.approx(training_seconds(RunDir(run)) / 60, abs=0.01)

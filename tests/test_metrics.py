@@ -334,3 +334,27 @@ def test_a_runs_eval_section_is_the_protocols_sampling():
         EvalConfig(num_test=0)
     with pytest.raises(ConfigError, match="eval.metrics: unknown metric 'dcii'"):
         EvalConfig(metrics=("dcii",))
+
+
+def test_factor_signal_of_a_silhouette_is_alone_not_marginal():
+    from disdis.factor_grid import factor_signal
+    # x = s * m, s in {-1, 1}, m in {1, 2} (canonical order: s slow, m fast): values -1, -2, 1, 2,
+    # total variance 2.5. E[x | m] = 0, so m has no main effect; along m at fixed s the
+    # variance is 0.25 (share 0.1); along s at fixed m it is m^2, mean 2.5 (share 1.0); E[x | s]
+    # = 1.5 s has variance 2.25 (share 0.9).
+    marginal, alone = factor_signal(np.array([[-1.0], [-2.0], [1.0], [2.0]]), [2, 2])
+    np.testing.assert_allclose(marginal, [0.9, 0.0], atol=1e-12)
+    np.testing.assert_allclose(alone, [1.0, 0.1], atol=1e-12)
+
+
+def test_factor_signal_of_additive_factors_agrees_both_ways():
+    from disdis.factor_grid import canonical_factors, factor_signal
+    rng = np.random.RandomState(0)
+    sizes = [3, 4, 2]
+    tables = [rng.randn(n, 5) for n in sizes]
+    classes = canonical_factors(sizes)
+    x = sum(t[classes[:, k]] for k, t in enumerate(tables))
+    marginal, alone = factor_signal(x, sizes)
+    expected = np.array([t.var(axis=0).sum() for t in tables])
+    np.testing.assert_allclose(marginal, expected / expected.sum(), atol=1e-12)
+    np.testing.assert_allclose(alone, marginal, atol=1e-12)

@@ -35,3 +35,25 @@ def sample_factors(factor_sizes: Sequence[int], num: int, random_state: np.rando
     for k, size in enumerate(factor_sizes):
         factors[:, k] = random_state.randint(size, size=num)
     return factors
+
+
+def factor_signal(values: np.ndarray, factor_sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """How much of the variance of a full grid's values each factor moves, two ways.
+
+    ``values`` is (N, D), the rows in canonical order (images flattened, latents, ...). With
+    V the total variance (summed over the D dimensions):
+
+    * ``marginal[k]`` = sum_d Var_c(E[x_d | c_k = c]) / V, factor k's main effect: the part a
+      per-class offset could express;
+    * ``alone[k]`` = E[sum_d Var_{c_k}(x_d | every other factor fixed)] / V, the variance along
+      the lines of the grid where factor k alone changes: what telling its values apart needs.
+
+    The two agree when factors add; ``alone`` is the larger when a factor acts through the others
+    (a silhouette whose pixels take the object's and background's colours has ``marginal`` near 0).
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(*factor_sizes, -1)
+    total = x.reshape(-1, x.shape[-1]).var(axis=0).sum()
+    others = tuple(range(len(factor_sizes)))
+    marginal = np.array([x.mean(axis=tuple(a for a in others if a != k)).var(axis=0).sum() for k in others])
+    alone = np.array([x.var(axis=k).mean(axis=tuple(range(len(factor_sizes) - 1))).sum() for k in others])
+    return marginal / total, alone / total
