@@ -154,6 +154,10 @@ def validate_run_config(cfg: RunConfig) -> None:
     check_run_config(cfg)
     with torch.device("meta"):
         build_model(cfg)
+    if cfg.data.path and Path(cfg.data.path).exists():  # the data of a run that makes it is checked when made
+        size = len(open_training_data(cfg))
+        if size < cfg.train.batch_size:
+            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the dataset ({size} images)")
     for name in cfg.method.needs():  # and the runs it trains itself, with theirs
         if not cfg.requires.get(name):
             validate_run_config(cfg.method.own_dependency(name, cfg))

@@ -1,0 +1,56 @@
+"""When did each run's units capture each factor? A time-to-capture table from training logs.
+
+    python benchmarks/capture_table.py RUN [RUN ...] [--captured 0.5]
+
+For every run folder (trained with the training probe on, so that ``logs/train.csv`` holds
+``share_<factor>``, each factor's best unit share) prints one row: per factor, the kimg and
+training minutes of the first logged interval at which some unit's share reached ``--captured``
+(:func:`disdis.diagnostics.capture_times`), or "-" with the largest share it reached; the kimg
+trained; and FactorVAE / DCI / MIG when the run has been evaluated (``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from disdis.diagnostics import CAPTURED, capture_times
+from disdis.train.logger import read_csv_log
+
+
+def row(run: Path, captured: float) -> tuple[list[str], str]:
+    log = run / "logs" / "train.csv"
+    if not log.is_file():
+        raise SystemExit(f"{run}: no logs/train.csv (not a run folder, or it has not logged yet)")
+    rows = read_csv_log(log)
+    names = [k[len("share_"):] for k in rows[0] if k.startswith("share_")]
+    if not names:
+        raise SystemExit(f"{run}: logs/train.csv has no share_<factor> columns (trained without the probe?)")
+    times = capture_times(rows, names, captured)
+    cells = [f"{times[n][0]:g} ({times[n][1]:.1f} min)" if times[n] else
+             f"- ({max(r.get(f'share_{n}', 0.0) for r in rows):.2f})" for n in names]
+    scores = ""
+    metrics = run / "metrics.json"
+    if metrics.is_file():
+        m = json.loads(metrics.read_text())["metrics"]
+        scores = f"{m['factor_vae']['eval_accuracy']:.3f} / {m['dci']['disentanglement']:.3f} / {m['mig']['discrete_mig']:.3f}"
+    return names, f"| {run} | {rows[-1]['kimg']:g} | " + " | ".join(cells) + f" | {scores} |"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--captured", type=float, default=CAPTURED, help="share that counts as captured")
+    args = p.parse_args()
+    header = None
+    for run in args.runs:
+        names, line = row(run, args.captured)
+        if names != header:
+            header = names
+            print(f"\n| run | kimg | {' | '.join(names)} | FactorVAE / DCI / MIG |\n|{'---|' * (len(names) + 3)}")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
