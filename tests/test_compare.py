@@ -39,8 +39,12 @@ def test_compare_trains_evaluates_summarises_and_continues(tmp_path, shapes3d_gr
 def test_compare_checks_every_method_before_any_run(tmp_path, shapes3d_grid_npz, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--methods", "beta_vae,nope", "--kimg", "1", "--out", str(out),
-                 "--data", str(shapes3d_grid_npz)]) == 2
+                 "--data", str(shapes3d_grid_npz), "data.resolution=16"]) == 2
     assert "nope" in capsys.readouterr().err and not out.exists()
+    # the data is checked too: the demo scale's 32 px cannot be read from this 16-px grid
+    assert main(["compare", "--methods", "beta_vae", "--kimg", "1", "--out", str(out),
+                 "--data", str(shapes3d_grid_npz)]) == 2
+    assert "resolution 32 must divide the native resolution 16" in capsys.readouterr().err and not out.exists()
     from disdis.compare import Budget
     from disdis.errors import ConfigError
     with pytest.raises(ConfigError, match="the budget must be positive"):
