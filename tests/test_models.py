@@ -132,3 +132,23 @@ def test_encdiff_preset():
     assert cfg.train.lr_warmup_kimg * 1000 / cfg.train.batch_size == 10_000
     tokens = model.tokenizer(torch.randn(64, 20))
     assert (tokens < 0).any()  # no final activation
+
+
+@pytest.mark.parametrize("scale", ["", "demo_"])
+def test_the_single_ablation_presets_differ_from_their_base_by_one_switch(scale):
+    """dyga_only: the paper's model (or the demo's) without Skip Dropout; skip_dropout_only: without DyGA."""
+    import dataclasses
+
+    from disdis.run_config import load_run_config
+    base = load_run_config("shapes3d" if not scale else "demo", ["data.path=unused"])
+    dyga = load_run_config(f"{scale}dyga_only", ["data.path=unused"])
+    skip = load_run_config(f"{scale}skip_dropout_only", ["data.path=unused"])
+    assert base.method.unet.skip_dropout > 0 and base.method.anchoring.enabled
+    assert dyga.method.anchoring == base.method.anchoring and dyga.method.unet == dataclasses.replace(
+        base.method.unet, skip_dropout=0.0)
+    assert skip.method.unet == base.method.unet and skip.method.anchoring == dataclasses.replace(
+        base.method.anchoring, enabled=False)
+    for cfg in (dyga, skip):
+        assert (cfg.train, cfg.method.units, cfg.method.diffusion) == (base.train, base.method.units, base.method.diffusion)
+    with torch.device("meta"):
+        assert all(d.p == 0 for d in build_model(dyga).unet.skip_dropouts)

@@ -36,9 +36,10 @@ from disdis.rundir import RunDir
 ALIASES = {
     "demo": {"paper": "demo", "encdiff": "demo_encdiff", "disdiff": "demo_disdiff", "disdiff_dyga": "demo_disdiff_dyga",
              "disdiff_skip_dropout": "demo_disdiff_skip_dropout", "beta_vae": "beta_vae", "beta_tcvae": "beta_tcvae",
-             "factor_vae": "factor_vae"},
+             "factor_vae": "factor_vae", "dyga_only": "demo_dyga_only", "skip_dropout_only": "demo_skip_dropout_only"},
     "paper": {"paper": "shapes3d", "encdiff": "encdiff", "disdiff": "disdiff", "beta_vae": "beta_vae",
-              "beta_tcvae": "beta_tcvae", "factor_vae": "factor_vae"},
+              "beta_tcvae": "beta_tcvae", "factor_vae": "factor_vae", "dyga_only": "dyga_only",
+              "skip_dropout_only": "skip_dropout_only"},
 }
 # every run at the demo scale: the grid's 32 px images on the CPU, without the training probe (whose
 # cost, counted in the time budget, would differ between methods)

@@ -7,14 +7,15 @@ import os
 
 
 def register(subparsers) -> None:
+    from disdis.compare import ALIASES
     parser = subparsers.add_parser(
         "compare", help="train and evaluate several methods x seeds with one budget and one protocol",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train every method x seed on the same data with the same budget (--minutes: equal "
         "training time per run, the fair question on a CPU; --kimg: equal images), evaluate them all "
         "with one protocol, and write DIR/compare.json and DIR/compare.md (mean and std over seeds of "
-        "FactorVAE, DCI and MIG; minutes and kimg per run). A method is an alias (paper, encdiff, "
-        "beta_vae, beta_tcvae, factor_vae: the preset of that method at --scale) or any preset or "
+        "FactorVAE, DCI and MIG; minutes and kimg per run). A method is an alias "
+        f"({', '.join(ALIASES['demo'])}: the preset of that method at --scale) or any preset or "
         "config file. --scale demo (default) trains on the demo grid (made when --data is not given) "
         "at 32 px on the CPU and scores with the demo's reduced protocol; --scale paper uses the "
         "released-scale presets and disentanglement_lib's sample counts. Run it again to continue "
