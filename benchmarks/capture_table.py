@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from disdis.diagnostics import CAPTURED, capture_times
+from disdis.report import headline
 from disdis.train.logger import read_csv_log
 
 
@@ -33,8 +34,7 @@ def row(run: Path, captured: float) -> tuple[list[str], str]:
     scores = ""
     metrics = run / "metrics.json"
     if metrics.is_file():
-        m = json.loads(metrics.read_text())["metrics"]
-        scores = f"{m['factor_vae']['eval_accuracy']:.3f} / {m['dci']['disentanglement']:.3f} / {m['mig']['discrete_mig']:.3f}"
+        scores = " / ".join(f"{v:.3f}" for v in headline(json.loads(metrics.read_text())))
     return names, f"| {run} | {rows[-1]['kimg']:g} | " + " | ".join(cells) + f" | {scores} |"
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from disdis.data import open_dataset
+from disdis.data.torch_dataset import to_tensor
 from disdis.factor_grid import factor_signal
 
 
@@ -44,13 +45,12 @@ def main() -> None:
         sizes, names = list(data.factor_sizes), list(data.factor_names)
         if int(np.prod(sizes)) != len(data):
             p.error(f"{path}: {len(data)} images, not the full grid of {int(np.prod(sizes))}")
-        images = data.images(np.arange(len(data))).astype(np.float64) / 255.0  # canonical order
+        images = data.images(np.arange(len(data)))  # uint8, canonical order
         print(f"{path}: {len(data)} images, {data.resolution} px, factors {dict(zip(names, sizes))}")
-        table("pixels", images, sizes, names)
+        table("pixels", images / 255.0, sizes, names)
         if encoder is not None:
             with torch.no_grad():
-                x = torch.from_numpy(images).float().permute(0, 3, 1, 2) * 2 - 1
-                z = torch.cat([encoder.encode(b).float() for b in x.split(256)])
+                z = torch.cat([encoder.encode(b).float() for b in to_tensor(images).split(256)])
             table(f"first-stage latents {tuple(z.shape[1:])}", z.numpy(), sizes, names)
 
 

@@ -53,7 +53,7 @@ def factor_signal(values: np.ndarray, factor_sizes: Sequence[int]) -> tuple[np.n
     """
     x = np.asarray(values, dtype=np.float64).reshape(*factor_sizes, -1)
     total = x.reshape(-1, x.shape[-1]).var(axis=0).sum()
-    others = tuple(range(len(factor_sizes)))
-    marginal = np.array([x.mean(axis=tuple(a for a in others if a != k)).var(axis=0).sum() for k in others])
-    alone = np.array([x.var(axis=k).mean(axis=tuple(range(len(factor_sizes) - 1))).sum() for k in others])
+    axes = tuple(range(len(factor_sizes)))
+    marginal = np.array([x.mean(axis=tuple(a for a in axes if a != k)).var(axis=0).sum() for k in axes])
+    alone = np.array([x.var(axis=k).mean(axis=axes[:-1]).sum() for k in axes])
     return marginal / total, alone / total

@@ -17,6 +17,7 @@ from disdis.rundir import RunDir
 from disdis.train import checkpoint as ckpt
 from disdis.train import distributed
 from disdis.train.loop import TrainResult, check_resumable, load_weights, resolve_device, train
+from disdis.train.sampler import check_batch_fits
 
 
 def start_run(cfg: RunConfig) -> tuple[Path, TrainResult]:
@@ -155,9 +156,7 @@ def validate_run_config(cfg: RunConfig) -> None:
     with torch.device("meta"):
         build_model(cfg)
     if cfg.data.path and Path(cfg.data.path).exists():  # the data of a run that makes it is checked when made
-        size = len(open_training_data(cfg))
-        if size < cfg.train.batch_size:
-            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the dataset ({size} images)")
+        check_batch_fits(cfg.train.batch_size, len(open_training_data(cfg)))
     for name in cfg.method.needs():  # and the runs it trains itself, with theirs
         if not cfg.requires.get(name):
             validate_run_config(cfg.method.own_dependency(name, cfg))

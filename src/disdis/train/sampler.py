@@ -18,6 +18,11 @@ import torch
 from disdis.errors import ConfigError
 
 
+def check_batch_fits(batch_size: int, num_items: int) -> None:
+    if num_items < batch_size:
+        raise ConfigError(f"train.batch_size: {batch_size} is larger than the dataset ({num_items} images)")
+
+
 class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Yields this rank's index list for steps ``start_step, start_step + 1, ...`` (endless)."""
 
@@ -25,8 +30,7 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
                  rank: int = 0, world_size: int = 1):
         if batch_size % world_size:
             raise ConfigError(f"train.batch_size: {batch_size} must be divisible by the number of processes ({world_size})")
-        if num_items < batch_size:
-            raise ConfigError(f"train.batch_size: {batch_size} is larger than the dataset ({num_items} images)")
+        check_batch_fits(batch_size, num_items)
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.start_step, self.rank, self.world_size = start_step, rank, world_size
         self.steps_per_epoch = num_items // batch_size
