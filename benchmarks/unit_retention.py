@@ -23,10 +23,15 @@ from pathlib import Path
 
 import torch
 
-from factor_oracle import supervised_extractor
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+
+from factor_oracle import fit, supervised_extractor
 from disdis.config import save_config
 from disdis.metrics import unit_factor_shares
 from disdis.models import build_model
+from disdis.nn.units import FeatureExtractor
+from disdis.nn.vae import DeconvDecoder
 from disdis.run_config import load_run_config
 from disdis.rundir import RunDir
 from disdis.train.logger import read_csv_log
@@ -34,12 +39,33 @@ from disdis.train.loop import train
 from disdis.train.run import unit_probe, load_required, open_training_data
 
 
+def autoencoder_extractor(cfg, images: torch.Tensor, steps: int, seed: int) -> FeatureExtractor:
+    """The run's extractor trained as the encoder of a deterministic autoencoder: a deconvolutional
+    decoder reconstructs the image from its N units (squared error). Unsupervised: the units hold
+    whatever the reconstruction needs, entangled or not."""
+    torch.manual_seed(seed)
+    extractor = FeatureExtractor(cfg.method.units)
+    decoder = DeconvDecoder(images.shape[1], images.shape[-1], cfg.method.units.num_units)
+    fit(cfg, [extractor, decoder], lambda i, g: (decoder(extractor(images[i])) - images[i]).square().mean(),
+        len(images), steps, seed)
+    return extractor.eval()
+
+
+def linear_readout(units, classes) -> list[float]:
+    """Per factor, the 3-fold cross-validated accuracy of a logistic regression on the units: what
+    they hold, disentangled or not (a unit share only sees what one unit holds)."""
+    return [cross_val_score(LogisticRegression(max_iter=2000), units, c, cv=3).mean() for c in classes.T]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value; needs data.path and requires.first_stage")
     p.add_argument("--out", required=True, help="run folder (replaced)")
-    p.add_argument("--extractor-steps", type=int, default=300, help="steps of the supervised extractor")
+    p.add_argument("--start", choices=("supervised", "autoencoder"), default="supervised",
+                   help="how the extractor is trained first: linear classifiers per factor on its units, or as "
+                        "the encoder of an autoencoder (unsupervised)")
+    p.add_argument("--extractor-steps", type=int, default=300, help="steps of that first training")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_intermixed_args()
     torch.set_num_threads(args.threads)
@@ -53,9 +79,15 @@ def main() -> None:
     data = open_training_data(cfg)
     names = list(data.dataset.factor_names)
     images, classes = map(torch.stack, zip(*data.__getitems__(range(len(data)))))
-    extractor, _ = supervised_extractor(cfg, images, classes, args.extractor_steps, cfg.train.seed)
+    if args.start == "supervised":
+        extractor, _ = supervised_extractor(cfg, images, classes, args.extractor_steps, cfg.train.seed)
+    else:
+        extractor = autoencoder_extractor(cfg, images, args.extractor_steps, cfg.train.seed)
     with torch.no_grad():
-        start = unit_factor_shares(extractor(images).double().numpy(), data.dataset.factor_sizes).max(axis=0)
+        units = extractor(images).double().numpy()
+    start = unit_factor_shares(units, data.dataset.factor_sizes).max(axis=0)
+    print(f"{args.start} start, linear read-out accuracy per factor: "
+          + ", ".join(f"{n} {a:.2f}" for n, a in zip(names, linear_readout(units, classes.numpy()))), flush=True)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, {"first_stage": load_required(cfg.requires["first_stage"], "first_stage")[1]})
     model.extractor.load_state_dict(extractor.state_dict())
@@ -65,7 +97,7 @@ def main() -> None:
           "differs in that factor alone (does the U-Net read it?)")
     print("| kimg | " + " | ".join(names) + " | top direction | " + " | ".join(f"usage {n}" for n in names) + " |")
     print("|---" * (2 * len(names) + 2) + "|")
-    print("| 0 (supervised) | " + " | ".join(f"{v:.2f}" for v in start) + " |" * (len(names) + 2))
+    print(f"| 0 ({args.start}) | " + " | ".join(f"{v:.2f}" for v in start) + " |" * (len(names) + 2))
     for r in rows:
         print(f"| {r['kimg']:g} | " + " | ".join(f"{r['share_' + n]:.2f}" for n in names)
               + f" | {r['units_top_pc']:.2f} | " + " | ".join(f"{1000 * r.get('usage_' + n, float('nan')):.1f}"

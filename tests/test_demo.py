@@ -9,7 +9,8 @@ from disdis.cli import main
 
 # the demo's own config, shrunk: a few training steps, tiny networks, small metric samples, 2 DDIM steps
 TINY = ["method.first_stage_train.total_kimg=0.064", "method.first_stage_train.batch_size=32", "method.first_stage.base_channels=8",
-        "train.total_kimg=0.128", "train.batch_size=32", "method.anchoring.refit_every=0.064", "method.anchoring.refit_images=200",
+        "method.extractor_init_train.total_kimg=0.064", "method.extractor_init_train.batch_size=32",
+        "train.total_kimg=0.128", "train.batch_size=32", "train.freeze_kimg=0.064", "method.anchoring.refit_every=0.064", "method.anchoring.refit_images=200",
         "method.units.num_units=4", "method.units.token_dim=8", "method.units.extractor_width=4", "method.units.fc_hidden=[16]",
         "method.units.mlp_hidden=[8]", "method.unet.context_dim=8", "method.unet.base_channels=8", "method.unet.channel_mult=[1,2]",
         "method.unet.attention_resolutions=[2]", "method.unet.num_heads=2", "method.diffusion.ddim_steps=2", "eval.num_train=200",
@@ -34,7 +35,7 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     for name in ("reconstructions.png", "interchange.png", "factor_shares.png"):
         assert name in report
         Image.open(out / "figures" / name).verify()
-    assert (out / "first_stage" / "config.yaml").is_file()
+    assert (out / "first_stage" / "config.yaml").is_file() and (out / "extractor" / "config.yaml").is_file()
     page = (out / "report.html").read_text()  # the HTML report, every figure embedded
     assert page.count("<img ") >= 8 and "What each unit carries" in page
     # run again with a longer schedule: the finished demo continues from its checkpoint

@@ -117,7 +117,7 @@ class TwoGroupAutoencoder(Method):
         return {"units": self.encoder(images)}
 
 
-METHOD_SECTIONS = ("first_stage", "units", "unet", "diffusion", "anchoring", "first_stage_train")
+METHOD_SECTIONS = ("first_stage", "units", "unet", "diffusion", "anchoring", "first_stage_train", "extractor_init_train")
 
 
 def tiny_run_config(data_path, run_dir, **sections) -> dict:

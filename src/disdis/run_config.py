@@ -150,4 +150,8 @@ def check_run_config(cfg: RunConfig) -> None:
     if unknown:
         raise ConfigError(f"requires.{unknown[0]}: {cfg.method.name} depends on no {unknown[0]!r} "
                           f"(it can require: {', '.join(sorted(cfg.method.dependency_kinds)) or 'nothing'})")
+    unused = sorted(set(cfg.requires) - set(cfg.method.needs()))
+    if unused:
+        raise ConfigError(f"requires.{unused[0]}: this {cfg.method.name} configuration builds on no {unused[0]} "
+                          f"(it builds on: {', '.join(cfg.method.needs()) or 'nothing'})")
     cfg.method.check(cfg.data)

@@ -1,7 +1,8 @@
 """``disdis demo``: the whole method on the CPU, in minutes, on the built-in synthetic data.
 
-Makes (and caches) a small Shapes3D-like factor grid, trains the first stage and
-the paper's method with the preset demo (configs/demo.yaml), evaluates the units (FactorVAE, DCI,
+Makes (and caches) a small Shapes3D-like factor grid, trains the first stage, the
+autoencoder that starts the feature extractor, and the paper's method with the preset demo
+(configs/demo.yaml), evaluates the units (FactorVAE, DCI,
 MIG with the reduced sample counts of the config's eval section, flagged as
 such; the paper's representation, per-unit PCA of the anchored tokens, and the
 raw extractor outputs beside it), and writes a short report with the metrics
@@ -20,8 +21,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="the CPU demo: synthetic data, training, evaluation and a report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Render a small Shapes3D-like factor grid (cached), train a small first stage and "
-        "the paper's method with the preset demo (configs/demo.yaml), evaluate the latent units (FactorVAE, DCI, MIG; "
+        description="Render a small Shapes3D-like factor grid (cached), train a small first stage, the "
+        "autoencoder that starts the feature extractor, and the paper's method with the preset demo (configs/demo.yaml), evaluate the latent units (FactorVAE, DCI, MIG; "
         "reduced sample counts, marked as such) and write OUT/report.md with the metrics table, "
         "reconstructions and a latent-interchange grid. Run it again to continue an interrupted demo "
         "(a finished one is only re-evaluated).\n\n"
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     _phase("1/4 data")
     make_demo_data(Path(args.data), cfg.data.resolution or 32)
     clock.lap("data")
-    _phase("2/4 training (first stage, then the diffusion model)")
+    _phase("2/4 training (first stage, extractor's autoencoder, then the diffusion model)")
     if RunDir(out).list_checkpoints():
         resume_run(out, args.overrides)  # e.g. a larger train.total_kimg lengthens a finished demo
     else:

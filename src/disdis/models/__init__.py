@@ -6,7 +6,8 @@ that they fit the run's data, names the runs it depends on (``requires``) and bu
 model (a :class:`disdis.models.method.Method`) from the trained modules of those runs.
 
 ``disentangled_diffusion`` is the paper's method (EncDiff and the single ablations are
-configurations of it); ``first_stage`` trains the autoencoder it builds on.
+configurations of it); ``first_stage`` trains the autoencoder it builds on, ``autoencoder`` the
+warm start of its extractor.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class MethodConfig:
 
     # dependencies -> the kind of run that provides them (checked when a run names one in requires)
     dependency_kinds: ClassVar[dict[str, str]] = {}
+    # dependencies that only start a submodule the run trains on: its checkpoints keep that submodule's
+    # weights (the others are frozen and recorded by reference), and a resumed run does not read them
+    initialises: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def schema(cls, data: Any, key: str) -> type[MethodConfig]:
@@ -98,7 +102,8 @@ def build_model(cfg: RunConfig, dependencies: dict[str, nn.Module] | None = None
 
 
 def _import_methods() -> None:
-    from disdis.models import disdiff, disentangled_diffusion, first_stage, latent_diffusion, vae  # noqa: F401  (register on import)
+    from disdis.models import (autoencoder, disdiff, disentangled_diffusion, first_stage,  # noqa: F401  (register on import)
+                               latent_diffusion, vae)
 
 
 _import_methods()

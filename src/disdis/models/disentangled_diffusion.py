@@ -13,8 +13,9 @@ configurations of this one model: ``method.anchoring.enabled: false`` drops DyGA
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -24,6 +25,7 @@ from disdis.diffusion import DiffusionConfig, NoiseLoss, NoiseSchedule, ddim_inv
 from disdis.errors import ConfigError
 from disdis.models import MethodConfig, register
 from disdis.models.anchor_refit import Anchored
+from disdis.models.autoencoder import AutoencoderConfig, ExtractorInitTrainConfig
 from disdis.models.first_stage import FirstStageTrainConfig
 from disdis.models.latent import LatentSpace, OnFirstStage
 from disdis.models.method import Method
@@ -41,6 +43,10 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
 
     The U-Net's channels and size follow from the first stage, its context from the tokens, and the
     extractor's input from the data (:meth:`derive`); written by hand they must agree.
+
+    ``extractor_init: autoencoder`` starts the extractor from an autoencoder's (docs/method.md,
+    "Extractor warm start"): the run named by ``requires.extractor``, or one the run trains itself
+    with ``extractor_init_train``.
     """
     name: str = "disentangled_diffusion"
     first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
@@ -49,6 +55,11 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     anchoring: AnchoringConfig = field(default_factory=AnchoringConfig)
     first_stage_train: FirstStageTrainConfig = field(default_factory=FirstStageTrainConfig)
+    extractor_init: Literal["random", "autoencoder"] = "random"
+    extractor_init_train: ExtractorInitTrainConfig = field(default_factory=ExtractorInitTrainConfig)
+
+    dependency_kinds = {**OnFirstStage.dependency_kinds, "extractor": "autoencoder"}
+    initialises = frozenset({"extractor"})
 
     @classmethod
     def derive(cls, section: dict, data) -> dict:
@@ -80,9 +91,24 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
             raise ConfigError(f"method.unet.context_dim: {self.unet.context_dim} differs from "
                               f"method.units.token_dim {self.units.token_dim}")
 
+    def needs(self) -> tuple[str, ...]:
+        return (*super().needs(), *(("extractor",) if self.extractor_init == "autoencoder" else ()))
+
+    def own_dependency(self, name: str, run):
+        if name != "extractor":
+            return super().own_dependency(name, run)
+        return dataclasses.replace(run, method=AutoencoderConfig(units=self.units), train=self.extractor_init_train,
+                                   requires={}, eval=dataclasses.replace(run.eval, representation="scalar"))
+
+    def adopt(self, name: str, source):
+        return dataclasses.replace(self, units=source.method.units) if name == "extractor" else super().adopt(name, source)
+
     def build(self, dependencies: dict) -> DisentangledDiffusion:
         first_stage = dependencies.get("first_stage") or build_first_stage(self.first_stage)
-        return DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring)
+        model = DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring)
+        if "extractor" in dependencies:  # the warm start: its weights, trained on from here
+            model.extractor.load_state_dict(dependencies["extractor"].state_dict())
+        return model
 
 
 class DisentangledDiffusion(LatentSpace, Anchored, Method):

@@ -27,7 +27,8 @@ class TrainConfig:
     ema_warmup: bool = True                   # cap decay by (1+n)/(10+n) (released LitEma)
     ema_modules: Optional[list[str]] = None   # submodules the EMA averages (released: [unet]); null: all trained
     freeze_modules: list[str] = dataclasses.field(default_factory=list)  # submodules held fixed ...
-    freeze_kimg: float = 0.0                  # ... for the first this many kimg (a diagnostic; none by default)
+    freeze_kimg: float = 0.0                  # ... for the first this many kimg (none by default; the demo holds
+                                              # its warm-started extractor while the U-Net learns to read it)
     max_minutes: Optional[float] = None       # stop (with a checkpoint) after this much training time, summed
                                               # over resumed sessions: equal wall time for comparisons
     checkpoint_every_kimg: float = 512.0

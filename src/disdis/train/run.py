@@ -62,10 +62,11 @@ def _run_stages(cfg: RunConfig, run: RunDir) -> TrainResult:
             dependencies[name], references[name] = load_dependency(recorded[name], run, name), recorded[name]
             continue
         source = cfg.requires.get(name) or _train_own_dependency(cfg, run, name)
-        if resume:  # a checkpoint of an older version, which carries the dependency's weights itself
+        if resume:  # the checkpoint carries these weights itself (a warm start, or an older version's frozen module)
             continue
         source_cfg, dependencies[name], path = load_required(source, name, cfg.method.dependency_kinds[name])
-        references[name] = dependency_reference(path, run)
+        if name not in cfg.method.initialises:  # frozen: checkpoints record it by reference
+            references[name] = dependency_reference(path, run)
         adopted = cfg.method.adopt(name, source_cfg)
         if adopted != cfg.method:
             if distributed.is_main():

@@ -1,0 +1,80 @@
+"""The autoencoder method and the extractor warm start it gives a diffusion run."""
+
+import pytest
+import torch
+
+from disdis.cli import main
+from disdis.models.autoencoder import Autoencoder
+from disdis.nn.units import UnitsConfig
+from disdis.train.checkpoint import list_checkpoints, load_checkpoint
+from disdis.train.logger import read_csv_log
+from train_standins import tiny_run_config, write_yaml
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+UNITS = {"num_units": 4, "token_dim": 8, "extractor_width": 4, "fc_hidden": [16], "mlp_hidden": [8, 8]}
+
+
+def test_autoencoder_loss_is_the_mean_squared_reconstruction_error():
+    torch.manual_seed(0)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16)).eval()
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    expected = torch.nn.functional.mse_loss(model.decoder(model.extractor(x)), x)
+    assert torch.allclose(model(x)["loss"], expected)
+    assert model.representation(x)["units"].shape == (5, 4)
+    assert model.decode_units(model.representation(x)["units"]).shape == x.shape
+
+
+def test_autoencoder_run_learns_and_is_evaluated(tmp_path, shapes3d_grid_npz):
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "ae", train={"total_kimg": 0.64, "log_every_kimg": 0.16})
+    cfg["method"] = {"name": "autoencoder", "units": UNITS}
+    assert main(["train", write_yaml(tmp_path / "ae.yaml", cfg)]) == 0
+    rows = read_csv_log(tmp_path / "ae/logs/train.csv")
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"] and "share_scale" in rows[-1]  # the unit probe runs
+    assert main(["evaluate", str(tmp_path / "ae"), "eval.representation=scalar", "eval.metrics=[dci]",
+                 "eval.num_train=64", "eval.num_test=32"]) == 0
+
+
+def _warm_start_config(data, run_dir, **train):
+    return tiny_run_config(data, run_dir, method={"extractor_init": "autoencoder"},
+                           extractor_init_train={"batch_size": 16, "total_kimg": 0.16, "checkpoint_every_kimg": 0.16,
+                                                 "log_every_kimg": 0.08, "num_workers": 0, "device": "cpu"},
+                           train={"total_kimg": 0.16, "freeze_modules": ["extractor"], "freeze_kimg": 1.0, **train})
+
+
+def test_warm_start_trains_the_autoencoder_and_starts_the_extractor_from_it(tmp_path, shapes3d_grid_npz):
+    """The run trains its autoencoder in RUN/extractor, copies its extractor (held still here, so the
+    weights must be equal at the end), keeps those weights in its own checkpoints (they are trained
+    on, not a frozen reference) and resumes without training the autoencoder again."""
+    run = tmp_path / "run"
+    assert main(["train", write_yaml(tmp_path / "warm.yaml", _warm_start_config(shapes3d_grid_npz, run))]) == 0
+    ae, ae_meta = load_checkpoint(list_checkpoints(run / "extractor/checkpoints")[-1])
+    assert ae_meta["step"] == 10
+    tensors, meta = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])
+    assert "extractor" not in (meta.get("requires") or {})
+    started = {k.removeprefix("model/extractor."): v for k, v in tensors.items()  # weights (BatchNorm's statistics
+               if k.startswith("model/extractor.") and k.endswith((".weight", ".bias"))}  # move while it is held)
+    assert len(started) > 8 and all(torch.equal(v, ae[f"model/extractor.{k}"]) for k, v in started.items())
+    assert main(["train", "--resume", str(run), "train.total_kimg=0.32"]) == 0
+    assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])[1]["step"] == 20
+    assert list_checkpoints(run / "extractor/checkpoints")[-1].name == "ckpt-000000010.safetensors"
+
+
+def test_warm_start_from_a_named_autoencoder_run(tmp_path, shapes3d_grid_npz, capsys):
+    ae = tmp_path / "ae"
+    cfg = tiny_run_config(shapes3d_grid_npz, ae, train={"total_kimg": 0.16})
+    cfg["method"] = {"name": "autoencoder", "units": UNITS}
+    assert main(["train", write_yaml(tmp_path / "ae.yaml", cfg)]) == 0
+    config = write_yaml(tmp_path / "warm.yaml", _warm_start_config(shapes3d_grid_npz, tmp_path / "run"))
+    assert main(["train", config, f"requires.extractor={ae}"]) == 0
+    assert not (tmp_path / "run/extractor").exists()
+    source = load_checkpoint(list_checkpoints(ae / "checkpoints")[-1])[0]
+    tensors = load_checkpoint(list_checkpoints(tmp_path / "run/checkpoints")[-1])[0]
+    assert all(torch.equal(v, source[k]) for k, v in tensors.items()
+               if k.startswith("model/extractor.") and k.endswith((".weight", ".bias")))
+    # a random start names no autoencoder; a diffusion run is not one
+    capsys.readouterr()
+    assert main(["train", config, f"requires.extractor={ae}", "method.extractor_init=random",
+                 f"run_dir={tmp_path / 'x'}"]) != 0
+    assert "requires.extractor: this disentangled_diffusion configuration builds on no extractor" in capsys.readouterr().err
+    assert main(["train", config, f"requires.extractor={tmp_path / 'run'}", f"run_dir={tmp_path / 'y'}"]) != 0
