@@ -5,8 +5,10 @@
 For every run folder (trained with the training probe on, so that ``logs/train.csv`` holds
 ``share_<factor>``, each factor's best unit share) prints one row: per factor, the kimg and
 training minutes of the first logged interval at which some unit's share reached ``--captured``
-(:func:`disdis.diagnostics.capture_times`), or "-" with the largest share it reached; the kimg
-trained; and FactorVAE / DCI / MIG when the run has been evaluated (``metrics.json``).
+(:func:`disdis.diagnostics.capture_times`; the minutes include those of the stages the run trained
+first inside its folder, a first stage or an autoencoder: the "before" column), or "-" with the
+largest share it reached; the kimg trained; and FactorVAE / DCI / MIG when the run has been
+evaluated (``metrics.json``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 from disdis.diagnostics import CAPTURED, capture_times
 from disdis.report import headline
+from disdis.rundir import RunDir
+from disdis.train.run import dependencies_seconds
 from disdis.train.logger import read_csv_log
 
 
@@ -28,14 +32,15 @@ def row(run: Path, captured: float) -> tuple[list[str], str]:
     names = [k[len("share_"):] for k in rows[0] if k.startswith("share_")]
     if not names:
         raise SystemExit(f"{run}: logs/train.csv has no share_<factor> columns (trained without the probe?)")
-    times = capture_times(rows, names, captured)
+    before = dependencies_seconds(RunDir(run)) / 60
+    times = capture_times(rows, names, captured, start_minutes=before)
     cells = [f"{times[n][0]:g} ({times[n][1]:.1f} min)" if times[n] else
              f"- ({max(r.get(f'share_{n}', 0.0) for r in rows):.2f})" for n in names]
     scores = ""
     metrics = run / "metrics.json"
     if metrics.is_file():
         scores = " / ".join(f"{v:.3f}" for v in headline(json.loads(metrics.read_text())))
-    return names, f"| {run} | {rows[-1]['kimg']:g} | " + " | ".join(cells) + f" | {scores} |"
+    return names, f"| {run} | {rows[-1]['kimg']:g} | {before:.1f} min | " + " | ".join(cells) + f" | {scores} |"
 
 
 def main() -> None:
@@ -48,7 +53,7 @@ def main() -> None:
         names, line = row(run, args.captured)
         if names != header:
             header = names
-            print(f"\n| run | kimg | {' | '.join(names)} | FactorVAE / DCI / MIG |\n|{'---|' * (len(names) + 3)}")
+            print(f"\n| run | kimg | before | {' | '.join(names)} | FactorVAE / DCI / MIG |\n|{'---|' * (len(names) + 4)}")
         print(line)
 
 

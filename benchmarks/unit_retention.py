@@ -4,14 +4,19 @@ Separates two explanations of units that miss factors: the loss never *finds*
 them (a problem of discovery), or it *removes* them (the objective, at this
 scale, does not reward them in the units). The run's feature extractor is first
 trained with a linear classifier per factor on its units (supervised, so every
-factor is in the units), then the run's model is trained as usual, with the
-diffusion loss only, from that extractor. The training probe logs each factor's
-best unit share at every interval; this script prints that trajectory. Shares
-that stay high mean discovery is the problem; shares that fall mean the loss
+factor is in the units) or, with ``--start autoencoder``, as the encoder of an
+autoencoder (unsupervised, what ``method.extractor_init: autoencoder`` does), then
+the run's model is trained as usual, with the diffusion loss only, from that
+extractor (held still for the config's ``train.freeze_kimg``: 32 kimg in the demo
+preset; ``train.freeze_kimg=0`` releases it at once). The training probe logs each
+factor's best unit share at every interval; this script prints that trajectory.
+Shares that stay high mean discovery is the problem; shares that fall mean the loss
 lets the factor go.
 
     .venv/bin/python benchmarks/unit_retention.py configs/demo.yaml data.path=data/demo/shapes3d_grid.npz \\
         requires.first_stage=runs/demo/first_stage train.total_kimg=24 --out runs/retention
+    .venv/bin/python benchmarks/unit_retention.py configs/demo.yaml data.path=data/demo/shapes3d_grid.npz \\
+        requires.first_stage=runs/demo/first_stage --start autoencoder --extractor-steps 6000 --start-only
 """
 
 from __future__ import annotations
@@ -61,21 +66,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value; needs data.path and requires.first_stage")
-    p.add_argument("--out", required=True, help="run folder (replaced)")
+    p.add_argument("--out", help="run folder (replaced; required unless --start-only)")
     p.add_argument("--start", choices=("supervised", "autoencoder"), default="supervised",
                    help="how the extractor is trained first: linear classifiers per factor on its units, or as "
                         "the encoder of an autoencoder (unsupervised)")
     p.add_argument("--extractor-steps", type=int, default=300, help="steps of that first training")
+    p.add_argument("--start-only", action="store_true", help="print what the start holds and stop")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_intermixed_args()
     torch.set_num_threads(args.threads)
-    cfg = load_run_config(args.config, [*args.overrides, f"run_dir={args.out}"])
+    # the script gives the start itself: the run folder must not train (or, resumed, retrain) its own
+    cfg = load_run_config(args.config, [*args.overrides, f"run_dir={args.out or ''}",
+                                                "method.extractor_init=random"])
     if not cfg.requires.get("first_stage"):
         p.error("requires.first_stage=RUN is required (a trained first stage)")
-    out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    save_config(cfg, out / "config.yaml")  # a run folder: evaluate and the other commands can read it
+    if not args.out and not args.start_only:
+        p.error("--out RUN is required (unless --start-only)")
     data = open_training_data(cfg)
     names = list(data.dataset.factor_names)
     images, classes = map(torch.stack, zip(*data.__getitems__(range(len(data)))))
@@ -87,7 +93,14 @@ def main() -> None:
         units = extractor(images).double().numpy()
     start = unit_factor_shares(units, data.dataset.factor_sizes).max(axis=0)
     print(f"{args.start} start, linear read-out accuracy per factor: "
-          + ", ".join(f"{n} {a:.2f}" for n, a in zip(names, linear_readout(units, classes.numpy()))), flush=True)
+          + ", ".join(f"{n} {a:.2f}" for n, a in zip(names, linear_readout(units, classes.numpy())))
+          + "; best unit share: " + ", ".join(f"{n} {v:.2f}" for n, v in zip(names, start)), flush=True)
+    if args.start_only:
+        return
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    save_config(cfg, out / "config.yaml")  # a run folder: evaluate and the other commands can read it
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, {"first_stage": load_required(cfg.requires["first_stage"], "first_stage")[1]})
     model.extractor.load_state_dict(extractor.state_dict())

@@ -129,6 +129,7 @@ def test_capture_times():
     rows = [{"step": 10, "kimg": 1.0, "sec_per_step": 6.0, "share_a": 0.2, "share_b": 0.6},
             {"step": 20, "kimg": 2.0, "sec_per_step": 12.0, "share_a": 0.5, "share_b": 0.1}]
     assert capture_times(rows, ["a", "b", "c"]) == {"a": (2.0, 3.0), "b": (1.0, 1.0), "c": None}
+    assert capture_times(rows, ["a"], start_minutes=4.0) == {"a": (2.0, 7.0)}  # after the run's first stages
 
 
 def test_probe_classes_fit_the_budget():

@@ -168,12 +168,13 @@ class UnitProbe:
             plot_factor_shares(rows, self.factor_names, self.figure)
 
 
-def capture_times(rows: Sequence[dict], factor_names: Sequence[str],
-                  captured: float = CAPTURED) -> dict[str, tuple[float, float] | None]:
+def capture_times(rows: Sequence[dict], factor_names: Sequence[str], captured: float = CAPTURED,
+                  start_minutes: float = 0.0) -> dict[str, tuple[float, float] | None]:
     """For each factor, (kimg, training minutes) of the first logged interval at which some unit's
-    share reached ``captured``, from the rows of ``logs/train.csv``; None when it never did."""
+    share reached ``captured``, from the rows of ``logs/train.csv``; None when it never did. The
+    minutes count from ``start_minutes`` (the training time of the run's own dependencies)."""
     out: dict[str, tuple[float, float] | None] = {name: None for name in factor_names}
-    minutes, last_step = 0.0, 0.0
+    minutes, last_step = start_minutes, 0.0
     for row in rows:
         minutes += (row["step"] - last_step) * row["sec_per_step"] / 60
         last_step = row["step"]

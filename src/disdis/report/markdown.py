@@ -52,14 +52,19 @@ def report_summary(cfg, results: dict, clock: Clock) -> str:
 
 
 def capture_line(run_dir: Path) -> str:
-    """When training first captured each factor (some unit's share >= 0.5), from logs/train.csv."""
+    """When training first captured each factor (some unit's share >= 0.5), from logs/train.csv;
+    minutes of training, those of the stages the run trained first (first stage, autoencoder) included."""
     from disdis.diagnostics import CAPTURED, capture_times
     from disdis.train.logger import read_csv_log
-    log = RunDir.of(run_dir).log("train")
-    times = capture_times(read_csv_log(log), list(DEMO_GRID)) if log.is_file() else {}
+    from disdis.train.run import dependencies_seconds
+    run = RunDir.of(run_dir)
+    before = dependencies_seconds(run) / 60
+    times = capture_times(read_csv_log(run.log("train")), list(DEMO_GRID), start_minutes=before) \
+        if run.log("train").is_file() else {}
     got = [f"{n} at {t[0]:g} kimg ({t[1]:.1f} min)" for n, t in times.items() if t]
     missed = [n for n, t in times.items() if not t]
-    return (f"captured (a unit's share >= {CAPTURED}): {', '.join(got) or 'none'}"
+    return (f"captured (a unit's share >= {CAPTURED}; kimg of the diffusion training, minutes since the "
+            f"{before:.1f} min of its first stages began): {', '.join(got) or 'none'}"
             + (f"; never captured: {', '.join(missed)}" if missed else "; every factor captured"))
 
 

@@ -94,8 +94,13 @@ def training_seconds(run: RunDir) -> float:
     trained itself inside its folder, theirs included (a DisDiff run's LDM and that LDM's first stage)."""
     seconds = float((ckpt.read_meta(run.newest_checkpoint()) or {}).get("train_seconds", 0.0)) \
         if run.list_checkpoints() else 0.0
+    return seconds + dependencies_seconds(run)
+
+
+def dependencies_seconds(run: RunDir) -> float:
+    """The training time of the runs ``run`` trained itself inside its folder (theirs included)."""
     children = (RunDir(p) for p in sorted(run.path.iterdir()) if p.is_dir()) if run.path.is_dir() else ()
-    return seconds + sum(training_seconds(child) for child in children if child.is_run())
+    return sum(training_seconds(child) for child in children if child.is_run())
 
 
 def _train_own_dependency(cfg: RunConfig, run: RunDir, name: str) -> RunDir:
