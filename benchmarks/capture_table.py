@@ -17,10 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from disdis.diagnostics import CAPTURED, capture_times
+from disdis.diagnostics import CAPTURED, run_capture_times
 from disdis.report import headline
-from disdis.rundir import RunDir
-from disdis.train.run import dependencies_seconds
 from disdis.train.logger import read_csv_log
 
 
@@ -29,11 +27,10 @@ def row(run: Path, captured: float) -> tuple[list[str], str]:
     if not log.is_file():
         raise SystemExit(f"{run}: no logs/train.csv (not a run folder, or it has not logged yet)")
     rows = read_csv_log(log)
-    names = [k[len("share_"):] for k in rows[0] if k.startswith("share_")]
+    times, before = run_capture_times(run, captured=captured)
+    names = list(times)
     if not names:
         raise SystemExit(f"{run}: logs/train.csv has no share_<factor> columns (trained without the probe?)")
-    before = dependencies_seconds(RunDir(run)) / 60
-    times = capture_times(rows, names, captured, start_minutes=before)
     cells = [f"{times[n][0]:g} ({times[n][1]:.1f} min)" if times[n] else
              f"- ({max(r.get(f'share_{n}', 0.0) for r in rows):.2f})" for n in names]
     scores = ""

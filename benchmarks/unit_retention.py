@@ -14,7 +14,7 @@ Shares that stay high mean discovery is the problem; shares that fall mean the l
 lets the factor go.
 
     .venv/bin/python benchmarks/unit_retention.py configs/demo.yaml data.path=data/demo/shapes3d_grid.npz \\
-        requires.first_stage=runs/demo/first_stage train.total_kimg=24 --out runs/retention
+        requires.first_stage=runs/demo/first_stage train.total_kimg=24 train.freeze_kimg=0 --out runs/retention
     .venv/bin/python benchmarks/unit_retention.py configs/demo.yaml data.path=data/demo/shapes3d_grid.npz \\
         requires.first_stage=runs/demo/first_stage --start autoencoder --extractor-steps 6000 --start-only
 """
@@ -35,8 +35,8 @@ from factor_oracle import fit, supervised_extractor
 from disdis.config import save_config
 from disdis.metrics import unit_factor_shares
 from disdis.models import build_model
+from disdis.models.autoencoder import Autoencoder
 from disdis.nn.units import FeatureExtractor
-from disdis.nn.vae import DeconvDecoder
 from disdis.run_config import load_run_config
 from disdis.rundir import RunDir
 from disdis.train.logger import read_csv_log
@@ -45,15 +45,14 @@ from disdis.train.run import unit_probe, load_required, open_training_data
 
 
 def autoencoder_extractor(cfg, images: torch.Tensor, steps: int, seed: int) -> FeatureExtractor:
-    """The run's extractor trained as the encoder of a deterministic autoencoder: a deconvolutional
-    decoder reconstructs the image from its N units (squared error). Unsupervised: the units hold
-    whatever the reconstruction needs, entangled or not."""
+    """The run's extractor trained as the encoder of the autoencoder method (a deconvolutional decoder
+    reconstructs the image from its N units, squared error; the run's ``train`` lr and weight decay,
+    not ``extractor_init_train``'s). Unsupervised: the units hold whatever the reconstruction needs,
+    entangled or not."""
     torch.manual_seed(seed)
-    extractor = FeatureExtractor(cfg.method.units)
-    decoder = DeconvDecoder(images.shape[1], images.shape[-1], cfg.method.units.num_units)
-    fit(cfg, [extractor, decoder], lambda i, g: (decoder(extractor(images[i])) - images[i]).square().mean(),
-        len(images), steps, seed)
-    return extractor.eval()
+    model = Autoencoder(cfg.method.units)
+    fit(cfg, [model], lambda i, g: model(images[i])["loss"], len(images), steps, seed)
+    return model.extractor.eval()
 
 
 def linear_readout(units, classes) -> list[float]:

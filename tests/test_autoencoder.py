@@ -45,7 +45,7 @@ def _warm_start_config(data, run_dir, **train):
 def test_warm_start_trains_the_autoencoder_and_starts_the_extractor_from_it(tmp_path, shapes3d_grid_npz):
     """The run trains its autoencoder in RUN/extractor, copies its extractor (held still here, so the
     weights must be equal at the end), keeps those weights in its own checkpoints (they are trained
-    on, not a frozen reference) and resumes without training the autoencoder again."""
+    on, not a frozen reference) and resumes without the autoencoder."""
     run = tmp_path / "run"
     assert main(["train", write_yaml(tmp_path / "warm.yaml", _warm_start_config(shapes3d_grid_npz, run))]) == 0
     ae, ae_meta = load_checkpoint(list_checkpoints(run / "extractor/checkpoints")[-1])
@@ -55,9 +55,13 @@ def test_warm_start_trains_the_autoencoder_and_starts_the_extractor_from_it(tmp_
     started = {k.removeprefix("model/extractor."): v for k, v in tensors.items()  # weights (BatchNorm's statistics
                if k.startswith("model/extractor.") and k.endswith((".weight", ".bias"))}  # move while it is held)
     assert len(started) > 8 and all(torch.equal(v, ae[f"model/extractor.{k}"]) for k, v in started.items())
+    import yaml
+    assert yaml.safe_load((run / "extractor/config.yaml").read_text())["train"]["seed"] == 3  # the run's seed
+    import shutil
+    shutil.rmtree(run / "extractor")  # the resumed run reads its own checkpoint, not the autoencoder
     assert main(["train", "--resume", str(run), "train.total_kimg=0.32"]) == 0
     assert load_checkpoint(list_checkpoints(run / "checkpoints")[-1])[1]["step"] == 20
-    assert list_checkpoints(run / "extractor/checkpoints")[-1].name == "ckpt-000000010.safetensors"
+    assert not (run / "extractor").exists()
 
 
 def test_warm_start_from_a_named_autoencoder_run(tmp_path, shapes3d_grid_npz, capsys):
@@ -78,3 +82,37 @@ def test_warm_start_from_a_named_autoencoder_run(tmp_path, shapes3d_grid_npz, ca
                  f"run_dir={tmp_path / 'x'}"]) != 0
     assert "requires.extractor: this disentangled_diffusion configuration builds on no extractor" in capsys.readouterr().err
     assert main(["train", config, f"requires.extractor={tmp_path / 'run'}", f"run_dir={tmp_path / 'y'}"]) != 0
+
+
+def test_a_named_autoencoder_gives_its_extractor_sizes_not_its_token_settings(tmp_path, shapes3d_grid_npz):
+    import dataclasses
+
+    from disdis.errors import ConfigError
+    from disdis.run_config import load_run_config
+    run = load_run_config(write_yaml(tmp_path / "warm.yaml", _warm_start_config(shapes3d_grid_npz, tmp_path / "run")),
+                          ["method.units.token_activation=elu", "method.units.token_final_activation=false"])
+    ae = load_run_config(write_yaml(tmp_path / "ae.yaml", {**tiny_run_config(shapes3d_grid_npz, tmp_path / "ae"),
+                                                           "method": {"name": "autoencoder"}}), [])
+    adopted = run.method.adopt("extractor", ae).units
+    assert (adopted.num_units, adopted.extractor_width, adopted.fc_hidden) == (20, 64, (4096, 256))  # its extractor
+    assert (adopted.token_dim, adopted.token_activation, adopted.token_final_activation) == (8, "elu", False)  # ours
+    ae.method.units = dataclasses.replace(ae.method.units, resolution=32)
+    with pytest.raises(ConfigError, match="requires.extractor: its extractor reads 32x32 images"):
+        run.method.adopt("extractor", ae)
+
+
+def test_the_stages_a_run_trains_itself_share_its_time_budget(tmp_path, shapes3d_grid_npz):
+    """The autoencoder, trained after the first stage, gets the budget the first stage left."""
+    import yaml
+
+    from disdis.train.checkpoint import read_meta
+    cfg = _warm_start_config(shapes3d_grid_npz, tmp_path / "run", max_minutes=100.0)
+    cfg["method"]["first_stage"] = {"kind": "vq", "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                                    "codebook_size": 32}
+    cfg["method"]["unet"]["resolution"] = 8
+    cfg["method"]["first_stage_train"] = {"batch_size": 16, "total_kimg": 0.048, "checkpoint_every_kimg": 0.048,
+                                          "num_workers": 0, "device": "cpu"}
+    assert main(["train", write_yaml(tmp_path / "warm.yaml", cfg)]) == 0
+    first = read_meta(list_checkpoints(tmp_path / "run/first_stage/checkpoints")[-1])["train_seconds"]
+    budget = yaml.safe_load((tmp_path / "run/extractor/config.yaml").read_text())["train"]["max_minutes"]
+    assert first > 0 and budget == pytest.approx(100.0 - first / 60)

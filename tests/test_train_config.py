@@ -37,6 +37,9 @@ def test_released_hyperparameters():
     (["method.name=first_stage"], "unknown key 'method.anchoring' \\(known in this section: first_stage, name\\)"),
     (["method.name=nope"], "method.name: unknown method 'nope'"),
     (["requires.unet=somewhere"], "requires.unet: disentangled_diffusion depends on no 'unet'"),
+    (["requires.first_stage=somewhere"], r"requires.first_stage: this disentangled_diffusion configuration builds "
+                                         r"on no first_stage \(it builds on: nothing\)"),  # pixel space
+    (["requires.extractor=somewhere"], "requires.extractor: this disentangled_diffusion configuration builds on no"),
     (["method.anchoring.refit_unit=steps"], "method.anchoring.refit_unit: expected one of 'epochs', 'kimg'"),
     (["train.refit_every=2"], "train.refit_every: this setting is now method.anchoring.refit_every"),
     (["units.num_units=2"], "units.num_units: this setting is now method.units.num_units"),

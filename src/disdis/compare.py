@@ -11,7 +11,8 @@ minutes, or equal images), all evaluated with one protocol, summarised as ``comp
 
 A method is a preset (or config file) name, or one of the aliases below, which name the preset
 of the paper's method and each baseline at the chosen scale (``demo``: the CPU demo grid and its
-reduced protocol; ``paper``: the released scale and disentanglement_lib's sample counts).
+reduced protocol, the diffusion presets with the demo's extractor warm start; ``paper``: the
+released scale and disentanglement_lib's sample counts).
 Runs train as subprocesses (``--jobs`` at a time, ``--threads`` each); a comparison that was
 stopped continues where it was: finished and evaluated runs are read back, interrupted ones
 resume (the time budget is summed over sessions).

@@ -168,6 +168,22 @@ class UnitProbe:
             plot_factor_shares(rows, self.factor_names, self.figure)
 
 
+def run_capture_times(run_dir, factor_names: Sequence[str] | None = None, captured: float = CAPTURED
+                      ) -> tuple[dict[str, tuple[float, float] | None], float]:
+    """:func:`capture_times` of a run folder (its factors by default), the minutes counted from the
+    start of the stages it trained first inside its folder (a first stage, an autoencoder), and
+    those stages' minutes."""
+    from disdis.rundir import RunDir
+    from disdis.train.logger import read_csv_log
+    from disdis.train.run import dependencies_seconds
+    run = RunDir.of(run_dir)
+    rows = read_csv_log(run.log("train")) if run.log("train").is_file() else []
+    names = factor_names if factor_names is not None else \
+        [k[len("share_"):] for k in (rows[0] if rows else {}) if k.startswith("share_")]
+    before = dependencies_seconds(run) / 60
+    return capture_times(rows, names, captured, start_minutes=before), before
+
+
 def capture_times(rows: Sequence[dict], factor_names: Sequence[str], captured: float = CAPTURED,
                   start_minutes: float = 0.0) -> dict[str, tuple[float, float] | None]:
     """For each factor, (kimg, training minutes) of the first logged interval at which some unit's

@@ -150,7 +150,7 @@ def check_run_config(cfg: RunConfig) -> None:
     if unknown:
         raise ConfigError(f"requires.{unknown[0]}: {cfg.method.name} depends on no {unknown[0]!r} "
                           f"(it can require: {', '.join(sorted(cfg.method.dependency_kinds)) or 'nothing'})")
-    unused = sorted(set(cfg.requires) - set(cfg.method.needs()))
+    unused = sorted({name for name, source in cfg.requires.items() if source} - set(cfg.method.needs()))
     if unused:
         raise ConfigError(f"requires.{unused[0]}: this {cfg.method.name} configuration builds on no {unused[0]} "
                           f"(it builds on: {', '.join(cfg.method.needs()) or 'nothing'})")

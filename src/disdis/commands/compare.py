@@ -21,7 +21,7 @@ def register(subparsers) -> None:
         "released-scale presets and disentanglement_lib's sample counts. Run it again to continue "
         "a stopped comparison: done runs are read back, interrupted ones resume.\n\n"
         "examples:\n"
-        "  disdis compare --methods paper,encdiff,beta_vae,beta_tcvae,factor_vae --seeds 0,1 --minutes 6 --out runs/compare\n"
+        "  disdis compare --methods paper,encdiff,beta_vae,beta_tcvae,factor_vae --seeds 0,1 --minutes 15 --out runs/compare\n"
         "  disdis compare --methods paper,beta_vae --kimg 48 --out runs/compare-48k\n"
         "  disdis compare --scale paper --data 3dshapes.h5 --methods paper,encdiff,factor_vae --kimg 51200 --out runs/paper")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--methods", required=True, help="comma-separated aliases, presets or config files")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     budget = parser.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--minutes", type=float, help="training minutes per run (the run's own first stage included)")
+    budget.add_argument("--minutes", type=float, help="training minutes per run (the stages a run trains "
+                        "itself included: first stage, autoencoder)")
     budget.add_argument("--kimg", type=float, help="training images per run, in thousands")
     parser.add_argument("--out", required=True, help="comparison folder")
     parser.add_argument("--data", help="dataset file (default at --scale demo: the demo grid, made and cached)")

@@ -13,6 +13,7 @@ run of its own (its units can be evaluated like any method's); a diffusion run w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -55,7 +56,10 @@ class AutoencoderConfig(MethodConfig):
 class ExtractorInitTrainConfig(TrainConfig):
     """How a diffusion run trains its extractor's autoencoder warm start itself (when
     ``requires.extractor`` names none). Project choices, measured on the demo grid (README, Demo):
-    6000 steps at batch 64, lr 1e-3 (3e-3 holds the geometry later)."""
+    6000 steps at batch 64, lr 1e-3 (at 3e-3 its units took in the geometry more slowly), no weight
+    decay, no EMA (the extractor is taken from the trained weights). The seed is the run's
+    ``train.seed`` unless set, and the run's ``train.probe_images`` applies."""
+    seed: Optional[int] = None
     batch_size: int = 64
     total_kimg: float = 384.0
     lr: float = 1.0e-3

@@ -35,6 +35,9 @@ from disdis.nn.units import FeatureExtractor, UnitsConfig, UnitTokenizer
 from disdis.train.hooks import Hook
 
 
+EXTRACTOR_FIELDS = ("num_units", "extractor_width", "fc_hidden", "conv_bias", "in_channels")  # of UnitsConfig
+
+
 @register
 @dataclass
 class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
@@ -97,11 +100,22 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     def own_dependency(self, name: str, run):
         if name != "extractor":
             return super().own_dependency(name, run)
-        return dataclasses.replace(run, method=AutoencoderConfig(units=self.units), train=self.extractor_init_train,
-                                   requires={}, eval=dataclasses.replace(run.eval, representation="scalar"))
+        train = self.extractor_init_train  # seeded, and probed, as the run itself unless set
+        train = dataclasses.replace(train, seed=run.train.seed if train.seed is None else train.seed,
+                                    probe_images=run.train.probe_images)
+        return dataclasses.replace(run, method=AutoencoderConfig(units=self.units), train=train, requires={},
+                                   eval=dataclasses.replace(run.eval, representation="scalar"))
 
     def adopt(self, name: str, source):
-        return dataclasses.replace(self, units=source.method.units) if name == "extractor" else super().adopt(name, source)
+        if name != "extractor":
+            return super().adopt(name, source)
+        theirs = source.method.units
+        if theirs.resolution != self.units.resolution:
+            raise ConfigError(f"requires.extractor: its extractor reads {theirs.resolution}x{theirs.resolution} "
+                              f"images, this run's data {self.units.resolution}x{self.units.resolution}")
+        # the extractor's own sizes only: the token MLPs are this run's
+        return dataclasses.replace(self, units=dataclasses.replace(
+            self.units, **{key: getattr(theirs, key) for key in EXTRACTOR_FIELDS}))
 
     def build(self, dependencies: dict) -> DisentangledDiffusion:
         first_stage = dependencies.get("first_stage") or build_first_stage(self.first_stage)

@@ -54,17 +54,13 @@ def report_summary(cfg, results: dict, clock: Clock) -> str:
 def capture_line(run_dir: Path) -> str:
     """When training first captured each factor (some unit's share >= 0.5), from logs/train.csv;
     minutes of training, those of the stages the run trained first (first stage, autoencoder) included."""
-    from disdis.diagnostics import CAPTURED, capture_times
-    from disdis.train.logger import read_csv_log
-    from disdis.train.run import dependencies_seconds
-    run = RunDir.of(run_dir)
-    before = dependencies_seconds(run) / 60
-    times = capture_times(read_csv_log(run.log("train")), list(DEMO_GRID), start_minutes=before) \
-        if run.log("train").is_file() else {}
+    from disdis.diagnostics import CAPTURED, run_capture_times
+    times, before = run_capture_times(run_dir, list(DEMO_GRID))
     got = [f"{n} at {t[0]:g} kimg ({t[1]:.1f} min)" for n, t in times.items() if t]
     missed = [n for n, t in times.items() if not t]
-    return (f"captured (a unit's share >= {CAPTURED}; kimg of the diffusion training, minutes since the "
-            f"{before:.1f} min of its first stages began): {', '.join(got) or 'none'}"
+    counted = f"; kimg of the diffusion training, minutes since its first {before:.1f} min of earlier stages began" \
+        if before > 0 else ""
+    return (f"captured (a unit's share >= {CAPTURED}{counted}): {', '.join(got) or 'none'}"
             + (f"; never captured: {', '.join(missed)}" if missed else "; every factor captured"))
 
 

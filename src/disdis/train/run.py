@@ -61,8 +61,10 @@ def _run_stages(cfg: RunConfig, run: RunDir) -> TrainResult:
         if name in recorded:  # a resumed run reads what it recorded
             dependencies[name], references[name] = load_dependency(recorded[name], run, name), recorded[name]
             continue
+        if resume and name in cfg.method.initialises:  # the checkpoint carries the weights it started from
+            continue
         source = cfg.requires.get(name) or _train_own_dependency(cfg, run, name)
-        if resume:  # the checkpoint carries these weights itself (a warm start, or an older version's frozen module)
+        if resume:  # a checkpoint of an older version, which carries the dependency's weights itself
             continue
         source_cfg, dependencies[name], path = load_required(source, name, cfg.method.dependency_kinds[name])
         if name not in cfg.method.initialises:  # frozen: checkpoints record it by reference
@@ -108,8 +110,10 @@ def _train_own_dependency(cfg: RunConfig, run: RunDir, name: str) -> RunDir:
     source = run.dependency(name)
     own = cfg.method.own_dependency(name, cfg)
     own.run_dir = str(source)
-    if own.train.max_minutes is None:  # a time budget covers the dependencies the run trains itself
-        own.train = dataclasses.replace(own.train, max_minutes=cfg.train.max_minutes)
+    if own.train.max_minutes is None and cfg.train.max_minutes is not None:
+        # a time budget covers the dependencies the run trains itself: each gets what the ones before left
+        spent = (dependencies_seconds(run) - training_seconds(source)) / 60  # a resumed one's own time is its own
+        own.train = dataclasses.replace(own.train, max_minutes=max(cfg.train.max_minutes - spent, 1e-6))
     if distributed.is_main():
         source.path.mkdir(parents=True, exist_ok=True)
         save_config(own, source.config)
