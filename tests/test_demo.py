@@ -24,7 +24,7 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     printed = capsys.readouterr().out
     assert "demo wall time" in printed and "FactorVAE" in printed and "reduced protocol" in printed
     assert "What each unit carries" in printed and "| 3 |" in printed  # the share table, one row per unit
-    assert "captured (a unit's share >= 0.5; kimg of the diffusion training, minutes since its first" in printed
+    assert "captured (a unit's share >= 0.5; kimg of the diffusion training; minutes since the run began" in printed
     for name in ("metrics.json", "metrics_scalar.json"):
         result = json.loads((out / name).read_text())
         assert set(result["metrics"]) == {"factor_vae", "dci", "mig"} and result["protocol"]["reference"] is False

@@ -58,8 +58,8 @@ def capture_line(run_dir: Path) -> str:
     times, before = run_capture_times(run_dir, list(DEMO_GRID))
     got = [f"{n} at {t[0]:g} kimg ({t[1]:.1f} min)" for n, t in times.items() if t]
     missed = [n for n, t in times.items() if not t]
-    counted = f"; kimg of the diffusion training, minutes since its first {before:.1f} min of earlier stages began" \
-        if before > 0 else ""
+    counted = f"; kimg of the diffusion training; minutes since the run began, its first stages' {before:.1f} min " \
+        "included" if before > 0 else ""
     return (f"captured (a unit's share >= {CAPTURED}{counted}): {', '.join(got) or 'none'}"
             + (f"; never captured: {', '.join(missed)}" if missed else "; every factor captured"))
 
