@@ -1,6 +1,6 @@
 """How much of the images' variance each factor moves, in pixels and in a first stage's latents.
 
-    python benchmarks/factor_signal.py DATA [DATA ...] [--first-stage RUN]
+    python benchmarks/factor_signal.py DATA [DATA ...] [--first-stage RUN] [--units RUN]
 
 For each dataset file (a full factor grid, e.g. the demo's ``data/demo/shapes3d_grid.npz``)
 prints, per factor, :func:`disdis.factor_grid.factor_signal` of the pixels (in [0, 1]) and, with
@@ -10,6 +10,11 @@ offset expresses) and the variance along the grid lines where the factor alone c
 reconstruction or denoising loss barely pays for; one whose ``alone`` share is far above its
 ``marginal`` one acts through the other factors (a silhouette takes the colours around it), so a
 per-image bias cannot express it.
+
+``--units RUN`` measures the same two shares for each of a trained run's scalar units (its EMA
+weights) on the grid's images: a factor with a small ``marginal`` but a large ``alone`` share in a
+unit is held by that unit through an interaction with the others (its effect on the unit depends
+on their values), which the per-unit shares of the training probe (eta^2, ``marginal``) miss.
 """
 
 from __future__ import annotations
@@ -31,10 +36,24 @@ def table(name: str, values: np.ndarray, sizes, factor_names) -> None:
         print(f"| {n} | {m:.4f} | {a:.4f} |")
 
 
+def unit_tables(run: str, images: np.ndarray, sizes, factor_names) -> None:
+    """Per unit of ``run``, the marginal / alone shares of every factor."""
+    from disdis.train.run import load_trained_model
+    _, model, path = load_trained_model(run, weights="ema")
+    with torch.no_grad():
+        units = torch.cat([model.representation(b)["units"].float() for b in to_tensor(images).split(256)]).numpy()
+    print(f"\nunits of {path} (marginal / alone)\n\n| unit | " + " | ".join(factor_names) + " |\n"
+          + "|---" * (len(factor_names) + 1) + "|")
+    for j in range(units.shape[1]):
+        marginal, alone = factor_signal(units[:, [j]], sizes)
+        print(f"| {j} | " + " | ".join(f"{m:.2f} / {a:.2f}" for m, a in zip(marginal, alone)) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="+", help="grid dataset files")
     p.add_argument("--first-stage", help="a trained first-stage run: also measure its latents")
+    p.add_argument("--units", help="a trained run with scalar units on this grid: also measure each unit")
     args = p.parse_args()
     encoder = None
     if args.first_stage:
@@ -52,6 +71,8 @@ def main() -> None:
             with torch.no_grad():
                 z = torch.cat([encoder.encode(b).float() for b in to_tensor(images).split(256)])
             table(f"first-stage latents {tuple(z.shape[1:])}", z.numpy(), sizes, names)
+        if args.units:
+            unit_tables(args.units, images, sizes, names)
 
 
 if __name__ == "__main__":
