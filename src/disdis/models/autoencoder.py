@@ -25,6 +25,20 @@ from disdis.nn.vae import DeconvDecoder
 from disdis.train.config import TrainConfig
 
 
+def derive_units(section: dict, data) -> dict:
+    """A method section's ``units`` (a copy, stored back) with the extractor's input size from the data
+    where not written; shared by every method built on the extractor."""
+    units = section["units"] = dict(section.get("units") or {})
+    if data.resolution is not None:
+        units.setdefault("resolution", data.resolution)
+    return units
+
+
+def check_units(units: UnitsConfig, data) -> None:
+    if data.resolution is not None and units.resolution != data.resolution:
+        raise ConfigError(f"method.units.resolution: {units.resolution} differs from data.resolution {data.resolution}")
+
+
 @register
 @dataclass
 class AutoencoderConfig(MethodConfig):
@@ -34,15 +48,11 @@ class AutoencoderConfig(MethodConfig):
 
     @classmethod
     def derive(cls, section: dict, data) -> dict:
-        units = section["units"] = dict(section.get("units") or {})
-        if data.resolution is not None:
-            units.setdefault("resolution", data.resolution)
+        derive_units(section, data)
         return section
 
     def check(self, data) -> None:
-        if data.resolution is not None and self.units.resolution != data.resolution:
-            raise ConfigError(f"method.units.resolution: {self.units.resolution} differs from data.resolution "
-                              f"{data.resolution}")
+        check_units(self.units, data)
 
     def export(self, model: Autoencoder, name: str) -> FeatureExtractor:
         """A run that requires this one (as ``extractor``) receives its trained extractor."""

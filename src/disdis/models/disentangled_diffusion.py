@@ -25,7 +25,7 @@ from disdis.diffusion import DiffusionConfig, NoiseLoss, NoiseSchedule, ddim_inv
 from disdis.errors import ConfigError
 from disdis.models import MethodConfig, register
 from disdis.models.anchor_refit import Anchored
-from disdis.models.autoencoder import AutoencoderConfig, ExtractorInitTrainConfig
+from disdis.models.autoencoder import AutoencoderConfig, ExtractorInitTrainConfig, check_units, derive_units
 from disdis.models.first_stage import FirstStageTrainConfig
 from disdis.models.latent import LatentSpace, OnFirstStage
 from disdis.models.method import Method
@@ -67,9 +67,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     @classmethod
     def derive(cls, section: dict, data) -> dict:
         first = config_from_dict(FirstStageConfig, section.get("first_stage") or {}, "method.first_stage")
-        units = section["units"] = dict(section.get("units") or {})
-        if data.resolution is not None:
-            units.setdefault("resolution", data.resolution)
+        units = derive_units(section, data)
         units.setdefault("in_channels", first.in_channels)
         cls.derive_unet(section, data.resolution if data.resolution is not None else units.get("resolution"))
         if "token_dim" in units:
@@ -78,8 +76,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
 
     def check(self, data) -> None:
         res = data.resolution
-        if res is not None and self.units.resolution != res:
-            raise ConfigError(f"method.units.resolution: {self.units.resolution} differs from data.resolution {res}")
+        check_units(self.units, data)
         if self.units.in_channels != self.first_stage.in_channels:
             raise ConfigError(f"method.units.in_channels: {self.units.in_channels} differs from "
                               f"method.first_stage.in_channels {self.first_stage.in_channels}")
