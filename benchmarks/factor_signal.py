@@ -1,6 +1,6 @@
 """How much of the images' variance each factor moves, in pixels and in a first stage's latents.
 
-    python benchmarks/factor_signal.py DATA [DATA ...] [--first-stage RUN] [--units RUN]
+    python benchmarks/factor_signal.py DATA [DATA ...] [--gradients] [--first-stage RUN] [--units RUN]
 
 For each dataset file (a full factor grid, e.g. the demo's ``data/demo/shapes3d_grid.npz``)
 prints, per factor, :func:`disdis.factor_grid.factor_signal` of the pixels (in [0, 1]) and, with
@@ -10,6 +10,10 @@ offset expresses) and the variance along the grid lines where the factor alone c
 reconstruction or denoising loss barely pays for; one whose ``alone`` share is far above its
 ``marginal`` one acts through the other factors (a silhouette takes the colours around it), so a
 per-image bias cannot express it.
+
+``--gradients`` measures the same for the images' finite differences along x and y (what the
+autoencoder's ``gradient: signed`` term reconstructs) and for each pixel's edge strength (``gradient:
+magnitude``): edges, where silhouettes carry more of the variance than in the pixels.
 
 ``--units RUN`` measures the same two shares for each of a trained run's scalar units (its EMA
 weights) on the grid's images: a factor with a small ``marginal`` but a large ``alone`` share in a
@@ -27,6 +31,7 @@ import torch
 from disdis.data import open_dataset
 from disdis.data.torch_dataset import to_tensor
 from disdis.factor_grid import factor_signal
+from disdis.models.autoencoder import edge_strength
 
 
 def table(name: str, values: np.ndarray, sizes, factor_names) -> None:
@@ -34,6 +39,12 @@ def table(name: str, values: np.ndarray, sizes, factor_names) -> None:
     print(f"\n{name}\n\n| factor | marginal | alone |\n|---|---|---|")
     for n, m, a in zip(factor_names, marginal, alone):
         print(f"| {n} | {m:.4f} | {a:.4f} |")
+
+
+def finite_differences(images: np.ndarray) -> np.ndarray:
+    """(B, values): each image's (B, H, W, C) differences between neighbours along x, then along y."""
+    return np.concatenate([np.diff(images, axis=2).reshape(len(images), -1),
+                           np.diff(images, axis=1).reshape(len(images), -1)], axis=1)
 
 
 def unit_tables(run: str, images: np.ndarray, sizes, factor_names) -> None:
@@ -52,6 +63,7 @@ def unit_tables(run: str, images: np.ndarray, sizes, factor_names) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="+", help="grid dataset files")
+    p.add_argument("--gradients", action="store_true", help="also measure the images' finite differences")
     p.add_argument("--first-stage", help="a trained first-stage run: also measure its latents")
     p.add_argument("--units", help="a trained run with scalar units on this grid: also measure each unit")
     args = p.parse_args()
@@ -67,6 +79,9 @@ def main() -> None:
         images = data.images(np.arange(len(data)))  # uint8, canonical order
         print(f"{path}: {len(data)} images, {data.resolution} px, factors {dict(zip(names, sizes))}")
         table("pixels", images / 255.0, sizes, names)
+        if args.gradients:
+            table("finite differences along x and y", finite_differences(images / 255.0), sizes, names)
+            table("edge strength", edge_strength(to_tensor(images).double()).numpy(), sizes, names)
         if encoder is not None:
             with torch.no_grad():
                 z = torch.cat([encoder.encode(b).float() for b in to_tensor(images).split(256)])

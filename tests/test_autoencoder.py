@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from disdis.cli import main
-from disdis.models.autoencoder import Autoencoder
+from disdis.errors import ConfigError
+from disdis.models.autoencoder import Autoencoder, AutoencoderLoss, edge_strength
 from disdis.nn.units import UnitsConfig
 from disdis.train.checkpoint import list_checkpoints, load_checkpoint
 from disdis.train.logger import read_csv_log
@@ -25,6 +26,59 @@ def test_autoencoder_loss_is_the_mean_squared_reconstruction_error():
     assert model.decode_units(model.representation(x)["units"]).shape == x.shape
 
 
+def test_variational_autoencoder_loss_against_an_independent_float64_computation():
+    """beta > 0: a sample z = u + sigma eps of the posterior the extractor's output centres, its
+    squared error per image, w times its finite differences', plus beta times the KL to N(0, I)
+    (here torch.distributions'), per pixel."""
+    torch.manual_seed(0)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=3.0, gradient_weight=2.0)).eval()
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    torch.manual_seed(1)
+    out = model(x)
+    torch.manual_seed(1)
+    eps = torch.randn(5, 4)
+    with torch.no_grad():
+        h = model.extractor.features(x)
+        mu, sigma = model.extractor(x).double(), (0.5 * model.log_variance(h)).exp().double()
+        recon = model.decoder((mu + sigma * eps.double()).float()).double()
+    normal = torch.distributions.Normal
+    kl = torch.distributions.kl_divergence(normal(mu, sigma), normal(torch.zeros_like(mu), 1.0)).sum(1)
+    error = recon - x.double()
+    sse = error.square().flatten(1).sum(1)
+    # the finite differences' errors, as loops over neighbouring pixels
+    gradient = sum((error[..., i + 1] - error[..., i]).square().flatten(1).sum(1)
+                   + (error[..., i + 1, :] - error[..., i, :]).square().flatten(1).sum(1) for i in range(15))
+    assert torch.allclose(out["loss"].double(), (sse + 2.0 * gradient + 3.0 * kl).mean() / (3 * 16 * 16), rtol=1e-5)
+    assert torch.allclose(out["kl"].double(), kl.mean(), rtol=1e-5)
+    assert torch.equal(model.representation(x)["units"], model.extractor(x))  # the posterior mean
+    assert not hasattr(Autoencoder(UnitsConfig(**UNITS, resolution=16)), "log_variance")
+    with pytest.raises(ConfigError, match="loss.beta"):
+        AutoencoderLoss(beta=-1.0)
+
+
+def test_edge_strength_loss_against_a_loop_over_pixels():
+    """gradient: magnitude compares each pixel's edge strength sqrt(sum_c dx^2 + dy^2), whatever the
+    colours: a red square on black and a blue square on black have the same edges."""
+    import numpy as np
+    torch.manual_seed(0)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(gradient_weight=5.0, gradient="magnitude"))
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    e = np.zeros((2, 15, 15))
+    for i in range(15):
+        for j in range(15):
+            dx, dy = x[:, :, i, j + 1] - x[:, :, i, j], x[:, :, i + 1, j] - x[:, :, i, j]
+            e[:, i, j] = np.sqrt((dx.square() + dy.square()).sum(1).numpy() + 1e-6)
+    assert np.allclose(edge_strength(x).numpy(), e)
+    red, blue = torch.full((1, 3, 16, 16), -1.0), torch.full((1, 3, 16, 16), -1.0)
+    red[:, 0, 4:9, 4:9], blue[:, 2, 4:9, 4:9] = 1.0, 1.0
+    assert torch.equal(edge_strength(red), edge_strength(blue))
+    model.eval()
+    with torch.no_grad():
+        recon = model.decoder(model.extractor(x.float()))
+        expected = ((recon - x.float()).square().sum() + 5.0 * (edge_strength(recon) - edge_strength(x.float())).square().sum())
+    assert torch.allclose(model(x.float())["loss"], expected / (2 * 3 * 16 * 16), rtol=1e-5)
+
+
 def test_autoencoder_run_learns_and_is_evaluated(tmp_path, shapes3d_grid_npz):
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "ae", train={"total_kimg": 0.64, "log_every_kimg": 0.16})
     cfg["method"] = {"name": "autoencoder", "units": UNITS}
@@ -36,7 +90,7 @@ def test_autoencoder_run_learns_and_is_evaluated(tmp_path, shapes3d_grid_npz):
 
 
 def _warm_start_config(data, run_dir, **train):
-    return tiny_run_config(data, run_dir, method={"extractor_init": "autoencoder"},
+    return tiny_run_config(data, run_dir, method={"extractor_init": "autoencoder", "extractor_init_loss": {"beta": 2.0}},
                            extractor_init_train={"batch_size": 16, "total_kimg": 0.16, "checkpoint_every_kimg": 0.16,
                                                  "log_every_kimg": 0.08, "num_workers": 0, "device": "cpu"},
                            train={"total_kimg": 0.16, "freeze_modules": ["extractor"], "freeze_kimg": 1.0, **train})
@@ -56,7 +110,8 @@ def test_warm_start_trains_the_autoencoder_and_starts_the_extractor_from_it(tmp_
                if k.startswith("model/extractor.") and k.endswith((".weight", ".bias"))}  # move while it is held)
     assert len(started) > 8 and all(torch.equal(v, ae[f"model/extractor.{k}"]) for k, v in started.items())
     import yaml
-    assert yaml.safe_load((run / "extractor/config.yaml").read_text())["train"]["seed"] == 3  # the run's seed
+    ae_config = yaml.safe_load((run / "extractor/config.yaml").read_text())
+    assert ae_config["train"]["seed"] == 3 and ae_config["method"]["loss"]["beta"] == 2.0  # the run's seed, its beta
     import shutil
     shutil.rmtree(run / "extractor")  # the resumed run reads its own checkpoint, not the autoencoder
     assert main(["train", "--resume", str(run), "train.total_kimg=0.32"]) == 0

@@ -25,7 +25,7 @@ from disdis.diffusion import DiffusionConfig, NoiseLoss, NoiseSchedule, ddim_inv
 from disdis.errors import ConfigError
 from disdis.models import MethodConfig, register
 from disdis.models.anchor_refit import Anchored
-from disdis.models.autoencoder import AutoencoderConfig, ExtractorInitTrainConfig, check_units, derive_units
+from disdis.models.autoencoder import AutoencoderConfig, AutoencoderLoss, ExtractorInitTrainConfig, check_units, derive_units
 from disdis.models.first_stage import FirstStageTrainConfig
 from disdis.models.latent import LatentSpace, OnFirstStage
 from disdis.models.method import Method
@@ -49,7 +49,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
 
     ``extractor_init: autoencoder`` starts the extractor from an autoencoder's (docs/method.md,
     "Extractor warm start"): the run named by ``requires.extractor``, or one the run trains itself
-    with ``extractor_init_train``.
+    with ``extractor_init_train`` and ``extractor_init_loss``.
     """
     name: str = "disentangled_diffusion"
     first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
@@ -60,6 +60,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     first_stage_train: FirstStageTrainConfig = field(default_factory=FirstStageTrainConfig)
     extractor_init: Literal["random", "autoencoder"] = "random"
     extractor_init_train: ExtractorInitTrainConfig = field(default_factory=ExtractorInitTrainConfig)
+    extractor_init_loss: AutoencoderLoss = field(default_factory=AutoencoderLoss)  # that autoencoder's loss
 
     dependency_kinds = {**OnFirstStage.dependency_kinds, "extractor": "autoencoder"}
     initialises = frozenset({"extractor"})
@@ -100,7 +101,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
         train = self.extractor_init_train  # seeded, and probed, as the run itself unless set
         train = dataclasses.replace(train, seed=run.train.seed if train.seed is None else train.seed,
                                     probe_images=run.train.probe_images)
-        return dataclasses.replace(run, method=AutoencoderConfig(units=self.units), train=train, requires={},
+        return dataclasses.replace(run, method=AutoencoderConfig(units=self.units, loss=self.extractor_init_loss), train=train, requires={},
                                    eval=dataclasses.replace(run.eval, representation="scalar"))
 
     def adopt(self, name: str, source):

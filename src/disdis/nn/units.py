@@ -74,11 +74,15 @@ class FeatureExtractor(nn.Module):
             head += [nn.Linear(fan_in, width), nn.ReLU(inplace=True)]
             fan_in = width
         self.fc = nn.Sequential(*head, nn.Linear(fan_in, cfg.num_units))
+        self.feature_width = fan_in  # of :meth:`features`, the input of the last layer
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, feature_width): the activations the last layer maps to the units."""
+        # flatten in (C, H, W) order whatever the memory format, so weights mean the same
+        return self.fc[:-1](self.convs(x).contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.convs(x)
-        # flatten in (C, H, W) order whatever the memory format, so weights mean the same
-        return self.fc(h.contiguous())
+        return self.fc[-1](self.features(x))
 
 
 class UnitTokenizer(nn.Module):
