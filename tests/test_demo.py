@@ -25,13 +25,17 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     assert "demo wall time" in printed and "FactorVAE" in printed and "reduced protocol" in printed
     assert "What each unit carries" in printed and "| 3 |" in printed  # the share table, one row per unit
     assert "captured (a unit's share >= 0.5; kimg of the diffusion training; minutes since the run began" in printed
-    for name in ("metrics.json", "metrics_scalar.json"):
+    assert "warm_start: FactorVAE" in printed  # the autoencoder's units, before the diffusion training
+    protocols = []
+    for name in ("metrics.json", "metrics_scalar.json", "metrics_warm_start.json"):
         result = json.loads((out / name).read_text())
+        protocols.append(result["protocol"])
         assert set(result["metrics"]) == {"factor_vae", "dci", "mig"} and result["protocol"]["reference"] is False
         shares = np.asarray(result["unit_factor_shares"])  # units x factors, each row a split of the variance
         assert shares.shape[1] == 6 and np.all(shares >= 0) and np.all(shares.sum(1) <= 1 + 1e-3)
+    assert protocols[0] == protocols[1] == protocols[2]  # the start is scored alike
     report = (out / "report.md").read_text()
-    assert "tokens_pca" in report and "scalar" in report and "What each unit carries" in report
+    assert "tokens_pca" in report and "scalar" in report and "| warm_start |" in report and "What each unit carries" in report
     for name in ("reconstructions.png", "interchange.png", "factor_shares.png"):
         assert name in report
         Image.open(out / "figures" / name).verify()

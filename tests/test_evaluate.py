@@ -56,3 +56,15 @@ def test_interchange_grid(tiny_run, tmp_path):
     image = Image.open(out)
     assert image.size[0] >= 512 and image.size[1] > 200  # labelled, upscaled: 1 + 3 columns, 1 + 2 rows
     assert main(["interchange", str(tiny_run), "--units", "9"]) == 2
+
+
+def test_protocol_overrides_carry_every_eval_setting():
+    """Another run's eval section, with protocol_overrides applied, is the given protocol (lists,
+    strings and None included), whatever it was before."""
+    from disdis.config import apply_overrides, config_from_dict, config_to_dict
+    from disdis.evaluation import protocol_overrides
+    from disdis.run_config import EvalConfig
+    wanted = EvalConfig(num_train=123, metrics=["dci", "mig"], dci_backend="sklearn", downstream_sizes=[7, 8], seed=5)
+    other = {"eval": config_to_dict(EvalConfig(num_train=9, representation="scalar"))}
+    got = config_from_dict(EvalConfig, apply_overrides(other, protocol_overrides(wanted))["eval"], "eval")
+    assert config_to_dict(got) == config_to_dict(wanted)

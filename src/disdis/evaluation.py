@@ -11,6 +11,15 @@ from pathlib import Path
 from disdis.rundir import RunDir
 
 
+def protocol_overrides(eval_cfg) -> list[str]:
+    """``eval.*`` overrides that make another run score with the protocol of ``eval_cfg`` (an
+    :class:`~disdis.run_config.EvalConfig`), so that two runs are compared alike."""
+    import json
+
+    from disdis.config import config_to_dict
+    return [f"eval.{key}={json.dumps(value)}" for key, value in config_to_dict(eval_cfg).items()]
+
+
 def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = (), weights: str = "ema",
                  out: str | Path | None = None, n_jobs: int = 2) -> tuple[dict, Path]:
     """Metrics of a run's representation; returns (result dict, path of metrics.json) (rank 0 writes it)."""

@@ -40,13 +40,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from disdis.data.demo_grid import DEMO_GRID, make_demo_data
-    from disdis.evaluation import evaluate_run
+    from disdis.evaluation import evaluate_run, protocol_overrides
     from disdis.figures import make_figures
     from disdis.metrics import format_table
-    from disdis.report import REPRESENTATIONS, Clock, report_summary, shares_table, write_html_report, write_report
+    from disdis.report import (REPRESENTATIONS, WARM_START, Clock, report_summary, shares_table, write_html_report,
+                               write_report)
     from disdis.run_config import load_run_config
     from disdis.rundir import RunDir
-    from disdis.train.run import resume_run, start_run
+    from disdis.train.run import dependency_source, resume_run, start_run
 
     torch.set_num_threads(max(1, args.threads))
     clock = Clock()
@@ -67,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
     for rep in REPRESENTATIONS:
         results[rep], _ = evaluate_run(out, [f"eval.representation={rep}"],
                                        out=out / ("metrics.json" if rep == REPRESENTATIONS[0] else f"metrics_{rep}.json"))
+    start = dependency_source(cfg, "extractor") if "extractor" in cfg.method.needs() else None
+    if start is not None and start.list_checkpoints():  # what the diffusion training started from, scored alike
+        results[WARM_START], _ = evaluate_run(start.path, [*protocol_overrides(cfg.eval), "eval.representation=scalar"],
+                                              weights="model", out=out / f"metrics_{WARM_START}.json")
     clock.lap("evaluation")
     _phase("4/4 figures and report")
     figures = make_figures(out)

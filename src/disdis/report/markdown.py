@@ -10,6 +10,7 @@ from disdis.data.demo_grid import DEMO_GRID
 from disdis.rundir import RunDir
 
 REPRESENTATIONS = ("tokens_pca", "scalar")  # the paper's protocol first (docs/method.md)
+WARM_START = "warm_start"  # the units of the autoencoder that started the extractor, before the diffusion training
 TARGET = {"factor_vae": 0.9, "dci": 0.6}      # the demo's goal: FactorVAE >= 0.9, DCI disentanglement >= 0.6
 
 
@@ -99,7 +100,10 @@ def write_report(path: Path, cfg, results: dict, grid: Path, recon: Path, clock:
         "```", report_summary(cfg, results, clock), "```", "",
         *rows, "",
         "tokens_pca: each unit's anchored token reduced to one number by PCA (the paper's protocol); "
-        "scalar: the feature extractor's raw outputs.", "",
+        "scalar: the feature extractor's raw outputs."
+        + (f" {WARM_START}: the units of the autoencoder whose extractor the diffusion training started from "
+           "(scored alike; the difference from scalar is what the diffusion training did to them)."
+           if WARM_START in results else ""), "",
         f"Data: the synthetic Shapes3D-like grid ({grid_names}; Shapes3D class indices), "
         f"{cfg.data.resolution}x{cfg.data.resolution}.", "",
         "Full metric table (tokens_pca):", "", "```", format_table(results[REPRESENTATIONS[0]]), "```", "",
