@@ -213,3 +213,13 @@ def test_a_checkpoint_from_before_the_anchors_were_module_state_loads_and_resume
     _, loaded, _ = load_trained_model(tmp_path / "run")
     assert torch.allclose(loaded.representation(x)["tokens"], expected, atol=1e-6)
     assert main(["train", "--resume", str(tmp_path / "run"), "train.total_kimg=0.32"]) == 0
+
+
+def test_dependency_source_is_the_named_run_or_the_own_folder(tmp_path):
+    from disdis.run_config import load_run_config
+    from disdis.train.run import dependency_source
+    cfg = load_run_config("demo", ["data.path=unused", f"run_dir={tmp_path / 'run'}"])
+    assert dependency_source(cfg, "extractor") == tmp_path / "run" / "extractor"
+    named = tmp_path / "ae" / "checkpoints" / "ckpt-000100.safetensors"
+    cfg.requires["extractor"] = str(named)
+    assert dependency_source(cfg, "extractor") == Path(named)

@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         results[rep], _ = evaluate_run(out, [f"eval.representation={rep}"],
                                        out=out / ("metrics.json" if rep == REPRESENTATIONS[0] else f"metrics_{rep}.json"))
     start = dependency_source(cfg, "extractor") if "extractor" in cfg.method.needs() else None
-    if start is not None and start.list_checkpoints():  # what the diffusion training started from, scored alike
-        results[WARM_START], _ = evaluate_run(start.path, [*protocol_overrides(cfg.eval), "eval.representation=scalar"],
+    if start is not None and RunDir.of(start).list_checkpoints():  # what the diffusion training started from, scored alike
+        results[WARM_START], _ = evaluate_run(start, [*protocol_overrides(cfg.eval), "eval.representation=scalar"],
                                               weights="model", out=out / f"metrics_{WARM_START}.json")
     clock.lap("evaluation")
     _phase("4/4 figures and report")

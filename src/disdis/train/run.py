@@ -105,10 +105,10 @@ def dependencies_seconds(run: RunDir) -> float:
     return sum(training_seconds(child) for child in children if child.is_run())
 
 
-def dependency_source(cfg: RunConfig, name: str) -> RunDir:
-    """The run that run ``cfg`` takes dependency ``name`` from: the one ``requires`` names, or the one it
-    trains itself inside its folder."""
-    return RunDir.of(cfg.requires[name]) if cfg.requires.get(name) else RunDir(cfg.run_dir).dependency(name)
+def dependency_source(cfg: RunConfig, name: str) -> Path:
+    """Where run ``cfg`` takes dependency ``name`` from: the run folder or checkpoint ``requires`` names,
+    or the folder of the one it trains itself."""
+    return Path(cfg.requires[name]) if cfg.requires.get(name) else RunDir(cfg.run_dir).dependency(name).path
 
 
 def _train_own_dependency(cfg: RunConfig, run: RunDir, name: str) -> RunDir:
