@@ -56,6 +56,90 @@ def test_variational_autoencoder_loss_against_an_independent_float64_computation
         AutoencoderLoss(beta=-1.0)
 
 
+def test_capacity_and_total_correlation_terms_against_a_float64_computation():
+    """capacity: beta |KL - C_t| in place of beta KL; tc_weight: t times the minibatch-weighted
+    total correlation of the posterior sample, with the N the schedule's hook sets."""
+    from disdis.models.vae_losses import total_correlation
+    torch.manual_seed(0)
+    loss = AutoencoderLoss(beta=3.0, capacity=10.0, capacity_kimg=1.0, tc_weight=2.0)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), loss).eval()
+    model.capacity.fill_(4.0)
+    model.dataset_size.fill_(100)
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    torch.manual_seed(1)
+    out = model(x)
+    torch.manual_seed(1)
+    eps = torch.randn(6, 4)
+    with torch.no_grad():
+        h = model.extractor.features(x)
+        mu, logvar = model.extractor(x).double(), model.log_variance(h).double()
+        z = mu + (0.5 * logvar).exp() * eps.double()
+        recon = model.decoder(z.float()).double()
+    kl = 0.5 * (mu.square() + logvar.exp() - logvar - 1).sum(1)
+    tc = total_correlation(z, mu, logvar, 100)
+    sse = (recon - x.double()).square().flatten(1).sum(1)
+    expected = (sse + 3.0 * (kl - 4.0).abs() + 2.0 * tc).mean() / (3 * 16 * 16)
+    assert torch.allclose(out["loss"].double(), expected, rtol=1e-5)
+    assert torch.allclose(out["tc"].double(), tc.mean(), rtol=1e-4)
+    # free bits: each unit's batch-mean KL counts as at least f (the same for every image), under a warmed-up beta_t
+    import dataclasses
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=3.0, free_nats=1.0, beta_warmup_kimg=1.0)).eval()
+    model.beta.fill_(1.5)
+    with torch.no_grad():  # f between the units' KLs: some are raised to it, some not
+        h = model.extractor.features(x)
+        f = 0.5 * (model.extractor(x).square() + model.log_variance(h).exp() - model.log_variance(h) - 1).mean(0).median().item()
+    model.loss = dataclasses.replace(model.loss, free_nats=f)
+    torch.manual_seed(1)
+    out = model(x)
+    torch.manual_seed(1)
+    eps = torch.randn(6, 4)
+    with torch.no_grad():
+        h = model.extractor.features(x)
+        mu, logvar = model.extractor(x).double(), model.log_variance(h).double()
+        recon = model.decoder((mu + (0.5 * logvar).exp() * eps.double()).float()).double()
+    units = 0.5 * (mu.square() + logvar.exp() - logvar - 1)
+    free = sum(max(f, units[:, j].mean().item()) for j in range(4))
+    assert min(units.mean(0)) < f < max(units.mean(0))
+    sse = (recon - x.double()).square().flatten(1).sum(1)
+    assert torch.allclose(out["loss"].double(), (sse.mean() + 1.5 * free) / (3 * 16 * 16), rtol=1e-5)
+    for key in ("capacity", "beta_warmup_kimg", "free_nats", "tc_weight"):
+        with pytest.raises(ConfigError, match=f"loss.{key}: needs a variational autoencoder"):
+            AutoencoderLoss(**{key: 1.0})
+    with pytest.raises(ConfigError, match="loss.free_nats: not with loss.capacity"):
+        AutoencoderLoss(beta=1.0, capacity=1.0, free_nats=1.0)
+    with pytest.raises(ConfigError, match="loss.capacity_kimg"):
+        AutoencoderLoss(beta=1.0, capacity=1.0, capacity_kimg=-1.0)
+
+
+def test_capacity_rises_linearly_and_is_where_a_resumed_run_left_it(tmp_path, shapes3d_grid_npz):
+    """C_t = C min(1, kimg / capacity_kimg), set before every step: 16 images a step, C = 8 nats over
+    0.32 kimg (20 steps); a run stopped at 10 steps and resumed ends as one that ran 30 at once."""
+    from types import SimpleNamespace
+
+    from disdis.models.autoencoder import LossSchedule
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16),
+                        AutoencoderLoss(beta=2.0, capacity=8.0, capacity_kimg=0.32, beta_warmup_kimg=0.16))
+    schedule = LossSchedule(model)
+    ctx = SimpleNamespace(cfg=SimpleNamespace(batch_size=16), resume_step=5)
+    schedule.open(ctx)
+    assert (model.capacity.item(), model.beta.item()) == pytest.approx((2.0, 1.0))
+    for step, capacity, beta in ((10, 4.0, 2.0), (20, 8.0, 2.0), (30, 8.0, 2.0)):
+        schedule(ctx, step)
+        assert (model.capacity.item(), model.beta.item()) == pytest.approx((capacity, beta))
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "ae", train={"total_kimg": 0.48, "checkpoint_every_kimg": 0.16})
+    cfg["method"] = {"name": "autoencoder", "units": UNITS, "loss": {
+        "beta": 1.0, "capacity": 8.0, "capacity_kimg": 0.32, "beta_warmup_kimg": 0.4, "tc_weight": 1.0}}
+    config = write_yaml(tmp_path / "ae.yaml", cfg)
+    assert main(["train", config]) == 0
+    assert main(["train", config, f"run_dir={tmp_path / 'split'}", "train.total_kimg=0.16"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "train.total_kimg=0.48"]) == 0
+    whole, split = (load_checkpoint(list_checkpoints(tmp_path / run / "checkpoints")[-1])[0] for run in ("ae", "split"))
+    assert whole["model/capacity"].item() == pytest.approx(8.0) and whole["model/dataset_size"].item() == 288
+    assert whole["model/beta"].item() == pytest.approx(1.0)
+    assert all(torch.equal(whole[k], split[k]) for k in whole if k.startswith("model/"))
+    assert read_csv_log(tmp_path / "ae/logs/train.csv")[-1]["tc"] != 0
+
+
 def test_edge_strength_loss_against_a_loop_over_pixels():
     """gradient: magnitude compares each pixel's edge strength sqrt(sum_c dx^2 + dy^2), whatever the
     colours: a red square on black and a blue square on black have the same edges."""

@@ -12,6 +12,19 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   z = u + sigma * eps, eps ~ N(0, I), and beta KL(N(u, sigma^2) || N(0, I)) is added per image.
   Its diagonal posterior prefers units aligned with independent factors; a deterministic code
   has no reason to be.
+- ``capacity = C > 0`` (with beta > 0) replaces beta KL by beta |KL - C_t|, C_t rising linearly
+  from 0 nats to C over the first ``capacity_kimg`` (Burgess et al. 2018, "Understanding
+  disentangling in beta-VAE"): a strong pressure that still lets the code grow, one factor at a
+  time in the order of their effect on the error, so that factors with few pixels (scale, shape)
+  are taken in late rather than dropped (beta 4 drops them; README, Demo).
+- ``beta_warmup_kimg > 0`` raises the KL's weight linearly from 0 to beta over that many images
+  (a KL warm-up): the code takes in the factors before the pressure to shed units begins.
+- ``free_nats = f > 0`` (with beta > 0; "free bits", Kingma et al. 2016) counts each unit's KL,
+  averaged over the batch, as at least f nats: a unit under f feels no pull towards the prior,
+  so units are not shut off before the later, smaller factors could use them.
+- ``tc_weight = t > 0`` (with beta > 0) adds t times the total correlation of the posterior
+  samples, beta-TCVAE's minibatch-weighted-sampling estimate (docs/baselines.md): a penalty on
+  units that depend on each other, aimed at the alignment rather than the amount of information.
 - ``gradient_weight = w > 0`` adds w times the squared error of the image's finite differences
   along x and y (``gradient: signed``, a gradient-difference loss), or of each pixel's edge
   strength, the root of its channels' summed squared differences (``gradient: magnitude``, the
@@ -22,7 +35,9 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
 
 All per image, summed over its values and divided by their number:
 
-    loss = mean_batch [ sum (D(z) - x)^2 + w sum (dD(z) - dx)^2 + beta KL ] / pixels
+    loss = mean_batch [ sum (D(z) - x)^2 + w sum (dD(z) - dx)^2 + beta_t |KL - C_t| + t TC ] / pixels
+
+(with free bits, KL is sum_j max(f, mean_batch KL_j) there).
 
 (with both off, exactly the mean squared error above). It is also a run of its own (its units,
 the posterior means, can be evaluated like any method's); a diffusion run with
@@ -41,10 +56,12 @@ from torch import nn
 from disdis.errors import ConfigError
 from disdis.models import MethodConfig, register
 from disdis.models.method import Method
-from disdis.models.vae_losses import gaussian_kl, reparameterize
+from disdis.models.vae import DatasetSize
+from disdis.models.vae_losses import gaussian_kl_units, reparameterize, total_correlation
 from disdis.nn.units import FeatureExtractor, UnitsConfig
 from disdis.nn.vae import DeconvDecoder
 from disdis.train.config import TrainConfig
+from disdis.train.hooks import Hook, HookContext
 
 
 def derive_units(section: dict, data) -> dict:
@@ -67,11 +84,22 @@ class AutoencoderLoss:
     beta: float = 0.0             # > 0: variational, the weight of the KL per image
     gradient_weight: float = 0.0  # the weight of the finite differences' squared error
     gradient: Literal["signed", "magnitude"] = "signed"  # of each difference, or of each pixel's edge strength
+    capacity: float = 0.0         # > 0: the KL is held at C_t (nats), reaching this at capacity_kimg
+    capacity_kimg: float = 0.0    # the length of C_t's linear rise
+    beta_warmup_kimg: float = 0.0  # the length of the KL weight's linear rise from 0 to beta
+    free_nats: float = 0.0        # each unit's batch-mean KL counts as at least this
+    tc_weight: float = 0.0        # the weight of the total correlation
 
     def __post_init__(self) -> None:
-        for key in ("beta", "gradient_weight"):
+        terms = ("capacity", "beta_warmup_kimg", "free_nats", "tc_weight")
+        for key in ("beta", "gradient_weight", "capacity_kimg", *terms):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"loss.{key}: expected a number >= 0, got {getattr(self, key)!r}")
+        for key in terms:
+            if getattr(self, key) and not self.beta:
+                raise ConfigError(f"loss.{key}: needs a variational autoencoder (beta > 0)")
+        if self.capacity and self.free_nats:
+            raise ConfigError("loss.free_nats: not with loss.capacity (each sets how much the code may hold)")
 
 
 @register
@@ -125,22 +153,44 @@ class Autoencoder(Method):
         self.decoder = DeconvDecoder(units.in_channels, units.resolution, units.num_units)
         if loss.beta > 0:
             self.log_variance = nn.Linear(self.extractor.feature_width, units.num_units)
+        if loss.capacity:  # C_t and beta_t, set before each step by the schedule (and checkpointed)
+            self.register_buffer("capacity", torch.zeros(()))
+        if loss.beta_warmup_kimg:
+            self.register_buffer("beta", torch.zeros(()))
+        if loss.tc_weight:  # the training set's size N (set when training opens the data)
+            self.register_buffer("dataset_size", torch.ones((), dtype=torch.int64))
+
+    def hooks(self) -> list[Hook]:
+        return ([LossSchedule(self)] if self.loss.capacity or self.loss.beta_warmup_kimg else []) + (
+            [DatasetSize(self)] if self.loss.tc_weight else [])
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss of the module docstring on images in [-1, 1], and its terms to log."""
         pixels = images[0].numel()
+        zero = images.new_zeros(len(images))
         if self.loss.beta == 0:
-            z, kl = self.extractor(images), images.new_zeros(len(images))
+            z, kl_units, tc = self.extractor(images), zero[:, None], zero
         else:
             h = self.extractor.features(images)
             mu, logvar = self.extractor.fc[-1](h), self.log_variance(h)
-            z, kl = reparameterize(mu, logvar), gaussian_kl(mu, logvar)
+            z, kl_units = reparameterize(mu, logvar), gaussian_kl_units(mu, logvar)
+            tc = total_correlation(z, mu, logvar, int(self.dataset_size)) if self.loss.tc_weight else zero
         recon = self.decoder(z)
         sse = _sum_of_squares(recon - images)
-        gradient = _gradient_error(recon, images, self.loss.gradient) if self.loss.gradient_weight else 0 * sse
-        loss = (sse + self.loss.gradient_weight * gradient + self.loss.beta * kl).mean() / pixels
+        gradient = _gradient_error(recon, images, self.loss.gradient) if self.loss.gradient_weight else zero
+        loss = (sse + self.loss.gradient_weight * gradient + self._prior(kl_units) + self.loss.tc_weight * tc
+                ).mean() / pixels
         return {"loss": loss, "recon": sse.mean().detach() / pixels, "gradient": gradient.mean().detach() / pixels,
-                "kl": kl.mean().detach()}  # the KL in nats per image
+                "kl": kl_units.sum(1).mean().detach(), "tc": tc.mean().detach()}  # the KL and TC in nats per image
+
+    def _prior(self, kl_units: torch.Tensor) -> torch.Tensor:
+        """(B,) from each unit's KL (B, N): beta_t |KL - C_t|; with free bits one batch-level KL for all."""
+        kl = kl_units.sum(1)
+        if self.loss.free_nats:
+            kl = kl_units.mean(0).clamp(min=self.loss.free_nats).sum().expand_as(kl)
+        if self.loss.capacity:
+            kl = (kl - self.capacity).abs()
+        return (self.beta if self.loss.beta_warmup_kimg else self.loss.beta) * kl
 
     @torch.no_grad()
     def representation(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -151,6 +201,33 @@ class Autoencoder(Method):
                      noise: torch.Tensor | None = None) -> torch.Tensor:
         """Images from scalar units (B, N) (deterministic: ``seed``, ``steps`` and ``noise`` are unused)."""
         return self.decoder(units).clamp(-1, 1)
+
+
+class LossSchedule(Hook):
+    """Sets the autoencoder's C_t = capacity min(1, kimg / capacity_kimg) and beta_t = beta
+    min(1, kimg / beta_warmup_kimg) (those it uses) before every step."""
+    name = "loss_schedule"
+
+    def __init__(self, model: Autoencoder):
+        self.model = model
+
+    def interval(self, ctx: HookContext) -> int:
+        return 1
+
+    def open(self, ctx: HookContext) -> None:
+        self(ctx, ctx.resume_step or 0)
+
+    def __call__(self, ctx: HookContext, step: int) -> None:
+        loss, kimg = self.model.loss, step * ctx.cfg.batch_size / 1000
+        if loss.capacity:
+            self.model.capacity.fill_(_ramp(loss.capacity, kimg, loss.capacity_kimg))
+        if loss.beta_warmup_kimg:
+            self.model.beta.fill_(_ramp(loss.beta, kimg, loss.beta_warmup_kimg))
+
+
+def _ramp(value: float, kimg: float, length: float) -> float:
+    """``value`` reached linearly from 0 over ``length`` kimg (at once when 0)."""
+    return value * min(1.0, kimg / length) if length else value
 
 
 def _sum_of_squares(x: torch.Tensor) -> torch.Tensor:

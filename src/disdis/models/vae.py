@@ -139,7 +139,7 @@ class BetaTCVAE(BetaVAE):
         self.register_buffer("dataset_size", torch.ones((), dtype=torch.int64))
 
     def hooks(self) -> list[Hook]:
-        return [_DatasetSize(self)]
+        return [DatasetSize(self)]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         t = self.elbo_terms(images)
@@ -175,11 +175,11 @@ def _output(loss: torch.Tensor, terms: dict, **more: torch.Tensor) -> dict[str, 
     return {"loss": loss, **{k: v.detach() for k, v in logs.items()}}
 
 
-class _DatasetSize(Hook):
-    """Sets beta-TCVAE's N to the size of the data it trains on."""
+class DatasetSize(Hook):
+    """Sets a model's ``dataset_size`` buffer (beta-TCVAE's N) to the size of the data it trains on."""
     name = "dataset_size"
 
-    def __init__(self, model: BetaTCVAE):
+    def __init__(self, model: torch.nn.Module):
         self.model = model
 
     def open(self, ctx: HookContext) -> None:

@@ -29,7 +29,12 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (mu.square() + logvar.exp() - logvar - 1).sum(1)
+    return gaussian_kl_units(mu, logvar).sum(1)
+
+
+def gaussian_kl_units(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """(B, N): KL(N(mu, exp(logvar)) || N(0, 1)) of each unit of each sample."""
+    return 0.5 * (mu.square() + logvar.exp() - logvar - 1)
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,90 @@
+"""Is a factor missing from a run's units, or there but spread over them?
+
+    python benchmarks/unit_information.py RUN [RUN ...] [--weights model|ema] [--folds 5]
+
+For each run (or checkpoint file) of a method with scalar units, trained on a full factor grid,
+encodes every image of its data and prints two tables:
+
+- per factor: the accuracy of a linear probe (multinomial logistic regression on the
+  standardised units, ``--folds``-fold cross-validation over shuffled images; chance is one over
+  the factor's size) beside the best unit's share (eta^2, the training probe's measure). A factor
+  with a low probe accuracy is missing from the code: no rotation of the units can disentangle
+  it. A high accuracy with a low best share means it is there but spread over units.
+  (DCI's informativeness does not tell the two apart on a small grid: its training and test
+  samples are drawn from the same few images, which its trees memorise.)
+- per unit, most used first: the spread of its value over the images and every factor's share;
+  for a variational autoencoder also its KL to the prior, averaged over the images, and its
+  posterior sigma: a unit with KL near 0 and sigma near 1 is switched off (the prior), free for
+  nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+
+def probe_accuracy(codes: np.ndarray, labels: np.ndarray, folds: int) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    return float(cross_val_score(LogisticRegression(max_iter=2000), codes, labels,
+                                 cv=StratifiedKFold(folds, shuffle=True, random_state=0)).mean())
+
+
+def unit_statistics(model, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each unit's values (N images, units), and for a variational autoencoder its KL and sigma."""
+    with torch.no_grad():
+        units = model.representation(images)["units"]
+        if not hasattr(model, "log_variance"):
+            return {"units": units.double().numpy()}
+        logvar = model.log_variance(model.extractor.features(images))
+    kl = 0.5 * (units.square() + logvar.exp() - logvar - 1)
+    return {"units": units.double().numpy(), "kl": kl.mean(0).numpy(), "sigma": (0.5 * logvar).exp().mean(0).numpy()}
+
+
+def report(source: str, weights: str, folds: int) -> None:
+    from disdis.evaluation import encode_dataset
+    from disdis.metrics import unit_factor_shares
+    from disdis.train.run import load_trained_model, open_training_data
+
+    cfg, model, checkpoint = load_trained_model(source, weights)
+    data = open_training_data(cfg)
+    dataset = data.dataset
+    if not dataset.has_factor_grid:
+        raise SystemExit(f"{source}: its data has no factor grid")
+    images = torch.stack([data[i][0] for i in range(len(dataset))])
+    stats = unit_statistics(model, images)
+    units = stats["units"]
+    sizes, names = dataset.factor_sizes, dataset.factor_names
+    factors = np.stack(np.unravel_index(np.arange(len(units)), sizes), 1)
+    standard = (units - units.mean(0)) / (units.std(0) + 1e-8)
+    shares = unit_factor_shares(units, sizes)
+    print(f"\n{checkpoint}\n\n| factor | chance | linear probe | best unit share |\n|---|---|---|---|")
+    for k, name in enumerate(names):
+        print(f"| {name} | {1 / sizes[k]:.3f} | {probe_accuracy(standard, factors[:, k], folds):.3f} | "
+              f"{shares[:, k].max():.3f} |")
+    variational = "kl" in stats
+    order = np.argsort(-(stats["kl"] if variational else units.std(0)))
+    print("\n| unit | std | " + ("KL | sigma | " if variational else "") + " | ".join(names) + " |")
+    print("|---" * (2 + 2 * variational + len(names)) + "|")
+    for j in order:
+        extra = f"{stats['kl'][j]:.2f} | {stats['sigma'][j]:.3f} | " if variational else ""
+        print(f"| {j} | {units[:, j].std():.3f} | {extra}" + " | ".join(f"{v:.2f}" for v in shares[j]) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run folders or checkpoint files")
+    parser.add_argument("--weights", choices=["model", "ema"], default="model")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for run in args.runs:
+        report(run, args.weights, args.folds)
+
+
+if __name__ == "__main__":
+    main()
