@@ -26,6 +26,20 @@ def test_autoencoder_loss_is_the_mean_squared_reconstruction_error():
     assert model.decode_units(model.representation(x)["units"]).shape == x.shape
 
 
+def _output_and_float64_reference(model, x):
+    """The model's output on ``x`` and, in float64 from the same noise, its posterior (mu, logvar),
+    the sample z = mu + sigma eps and that sample's reconstruction."""
+    torch.manual_seed(1)
+    out = model(x)
+    torch.manual_seed(1)
+    eps = torch.randn(len(x), model.log_variance.out_features)
+    with torch.no_grad():
+        h = model.extractor.features(x)
+        mu, logvar = model.extractor(x).double(), model.log_variance(h).double()
+        z = mu + (0.5 * logvar).exp() * eps.double()
+        return out, mu, logvar, z, model.decoder(z.float()).double()
+
+
 def test_variational_autoencoder_loss_against_an_independent_float64_computation():
     """beta > 0: a sample z = u + sigma eps of the posterior the extractor's output centres, its
     squared error per image, w times its finite differences', plus beta times the KL to N(0, I)
@@ -33,16 +47,9 @@ def test_variational_autoencoder_loss_against_an_independent_float64_computation
     torch.manual_seed(0)
     model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=3.0, gradient_weight=2.0)).eval()
     x = torch.rand(5, 3, 16, 16) * 2 - 1
-    torch.manual_seed(1)
-    out = model(x)
-    torch.manual_seed(1)
-    eps = torch.randn(5, 4)
-    with torch.no_grad():
-        h = model.extractor.features(x)
-        mu, sigma = model.extractor(x).double(), (0.5 * model.log_variance(h)).exp().double()
-        recon = model.decoder((mu + sigma * eps.double()).float()).double()
+    out, mu, logvar, _, recon = _output_and_float64_reference(model, x)
     normal = torch.distributions.Normal
-    kl = torch.distributions.kl_divergence(normal(mu, sigma), normal(torch.zeros_like(mu), 1.0)).sum(1)
+    kl = torch.distributions.kl_divergence(normal(mu, (0.5 * logvar).exp()), normal(torch.zeros_like(mu), 1.0)).sum(1)
     error = recon - x.double()
     sse = error.square().flatten(1).sum(1)
     # the finite differences' errors, as loops over neighbouring pixels
@@ -66,42 +73,13 @@ def test_capacity_and_total_correlation_terms_against_a_float64_computation():
     model.capacity.fill_(4.0)
     model.dataset_size.fill_(100)
     x = torch.rand(6, 3, 16, 16) * 2 - 1
-    torch.manual_seed(1)
-    out = model(x)
-    torch.manual_seed(1)
-    eps = torch.randn(6, 4)
-    with torch.no_grad():
-        h = model.extractor.features(x)
-        mu, logvar = model.extractor(x).double(), model.log_variance(h).double()
-        z = mu + (0.5 * logvar).exp() * eps.double()
-        recon = model.decoder(z.float()).double()
+    out, mu, logvar, z, recon = _output_and_float64_reference(model, x)
     kl = 0.5 * (mu.square() + logvar.exp() - logvar - 1).sum(1)
     tc = total_correlation(z, mu, logvar, 100)
     sse = (recon - x.double()).square().flatten(1).sum(1)
     expected = (sse + 3.0 * (kl - 4.0).abs() + 2.0 * tc).mean() / (3 * 16 * 16)
     assert torch.allclose(out["loss"].double(), expected, rtol=1e-5)
     assert torch.allclose(out["tc"].double(), tc.mean(), rtol=1e-4)
-    # free bits: each unit's batch-mean KL counts as at least f (the same for every image), under a warmed-up beta_t
-    import dataclasses
-    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=3.0, free_nats=1.0, beta_warmup_kimg=1.0)).eval()
-    model.beta.fill_(1.5)
-    with torch.no_grad():  # f between the units' KLs: some are raised to it, some not
-        h = model.extractor.features(x)
-        f = 0.5 * (model.extractor(x).square() + model.log_variance(h).exp() - model.log_variance(h) - 1).mean(0).median().item()
-    model.loss = dataclasses.replace(model.loss, free_nats=f)
-    torch.manual_seed(1)
-    out = model(x)
-    torch.manual_seed(1)
-    eps = torch.randn(6, 4)
-    with torch.no_grad():
-        h = model.extractor.features(x)
-        mu, logvar = model.extractor(x).double(), model.log_variance(h).double()
-        recon = model.decoder((mu + (0.5 * logvar).exp() * eps.double()).float()).double()
-    units = 0.5 * (mu.square() + logvar.exp() - logvar - 1)
-    free = sum(max(f, units[:, j].mean().item()) for j in range(4))
-    assert min(units.mean(0)) < f < max(units.mean(0))
-    sse = (recon - x.double()).square().flatten(1).sum(1)
-    assert torch.allclose(out["loss"].double(), (sse.mean() + 1.5 * free) / (3 * 16 * 16), rtol=1e-5)
     for key in ("capacity", "beta_warmup_kimg", "free_nats", "tc_weight"):
         with pytest.raises(ConfigError, match=f"loss.{key}: needs a variational autoencoder"):
             AutoencoderLoss(**{key: 1.0})
@@ -109,6 +87,26 @@ def test_capacity_and_total_correlation_terms_against_a_float64_computation():
         AutoencoderLoss(beta=1.0, capacity=1.0, free_nats=1.0)
     with pytest.raises(ConfigError, match="loss.capacity_kimg"):
         AutoencoderLoss(beta=1.0, capacity=1.0, capacity_kimg=-1.0)
+
+
+def test_free_bits_against_a_float64_computation():
+    """free_nats = f: each unit's batch-mean KL counts as at least f (one value for every image),
+    here under a warmed-up beta_t = 1.5; f lies between the units' KLs, so both sides are tested."""
+    import dataclasses
+    torch.manual_seed(0)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16),
+                        AutoencoderLoss(beta=3.0, free_nats=1.0, beta_warmup_kimg=1.0)).eval()
+    model.beta.fill_(1.5)
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    _, mu, logvar, _, _ = _output_and_float64_reference(model, x)
+    units = (0.5 * (mu.square() + logvar.exp() - logvar - 1)).mean(0)
+    f = units.median().item()
+    assert units.min() < f < units.max()
+    model.loss = dataclasses.replace(model.loss, free_nats=f)
+    out, _, _, _, recon = _output_and_float64_reference(model, x)
+    sse = (recon - x.double()).square().flatten(1).sum(1)
+    free = units.clamp(min=f).sum()
+    assert torch.allclose(out["loss"].double(), (sse.mean() + 1.5 * free) / (3 * 16 * 16), rtol=1e-5)
 
 
 def test_capacity_rises_linearly_and_is_where_a_resumed_run_left_it(tmp_path, shapes3d_grid_npz):
