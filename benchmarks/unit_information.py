@@ -35,17 +35,17 @@ def probe_accuracy(codes: np.ndarray, labels: np.ndarray, folds: int) -> float:
 
 def unit_statistics(model, images: torch.Tensor) -> dict[str, np.ndarray]:
     """Each unit's values (N images, units), and for a variational autoencoder its KL and sigma."""
+    from disdis.models.vae_losses import gaussian_kl_units
     with torch.no_grad():
-        units = model.representation(images)["units"]
         if not hasattr(model, "log_variance"):
-            return {"units": units.double().numpy()}
-        logvar = model.log_variance(model.extractor.features(images))
-    kl = 0.5 * (units.square() + logvar.exp() - logvar - 1)
-    return {"units": units.double().numpy(), "kl": kl.mean(0).numpy(), "sigma": (0.5 * logvar).exp().mean(0).numpy()}
+            return {"units": model.representation(images)["units"].double().numpy()}
+        h = model.extractor.features(images)
+        units, logvar = model.extractor.fc[-1](h), model.log_variance(h)
+    return {"units": units.double().numpy(), "kl": gaussian_kl_units(units, logvar).mean(0).numpy(),
+            "sigma": (0.5 * logvar).exp().mean(0).numpy()}
 
 
 def report(source: str, weights: str, folds: int) -> None:
-    from disdis.evaluation import encode_dataset
     from disdis.metrics import unit_factor_shares
     from disdis.train.run import load_trained_model, open_training_data
 

@@ -37,9 +37,8 @@ All per image, summed over its values and divided by their number:
 
     loss = mean_batch [ sum (D(z) - x)^2 + w sum (dD(z) - dx)^2 + beta_t |KL - C_t| + t TC ] / pixels
 
-(with free bits, KL is sum_j max(f, mean_batch KL_j) there).
-
-(with both off, exactly the mean squared error above). It is also a run of its own (its units,
+(with free bits, KL is sum_j max(f, mean_batch KL_j) there; with every term off, exactly the mean
+squared error above). It is also a run of its own (its units,
 the posterior means, can be evaluated like any method's); a diffusion run with
 ``method.extractor_init: autoencoder`` trains one inside its folder (``extractor_init_loss``) and
 starts from its extractor.
