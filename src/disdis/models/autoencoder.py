@@ -32,6 +32,9 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   orientation 0.3-0.6 % of their variance, the finite differences 1.4-1.8 % (main effect) and
   32-44 % along the lines where each alone changes (``benchmarks/factor_signal.py --gradients``):
   silhouettes are edges, and the hues' large areas have few.
+- ``gradient_weight_end = w1`` with ``gradient_ramp_kimg = [a, b]`` moves that weight linearly from
+  w to w1 between a and b kimg (held before and after): edges first, so the code takes in the
+  geometry, then mostly pixels, so the hues of small areas (the object's) are not left out.
 
 All per image, summed over its values and divided by their number:
 
@@ -88,6 +91,8 @@ class AutoencoderLoss:
     beta_warmup_kimg: float = 0.0  # the length of the KL weight's linear rise from 0 to beta
     free_nats: float = 0.0        # each unit's batch-mean KL counts as at least this
     tc_weight: float = 0.0        # the weight of the total correlation
+    gradient_weight_end: Optional[float] = None  # the edge weight reached at gradient_ramp_kimg[1]
+    gradient_ramp_kimg: tuple[float, float] = (0.0, 0.0)  # where it moves linearly from gradient_weight
 
     def __post_init__(self) -> None:
         terms = ("capacity", "beta_warmup_kimg", "free_nats", "tc_weight")
@@ -99,6 +104,13 @@ class AutoencoderLoss:
                 raise ConfigError(f"loss.{key}: needs a variational autoencoder (beta > 0)")
         if self.capacity and self.free_nats:
             raise ConfigError("loss.free_nats: not with loss.capacity (each sets how much the code may hold)")
+        if self.gradient_weight_end is not None:
+            start, end = self.gradient_ramp_kimg
+            if not (self.gradient_weight_end >= 0 and self.gradient_weight > 0):
+                raise ConfigError("loss.gradient_weight_end: expected a number >= 0, with gradient_weight > 0")
+            if not 0 <= start <= end:
+                raise ConfigError(f"loss.gradient_ramp_kimg: expected [start, end] with 0 <= start <= end, "
+                                  f"got {list(self.gradient_ramp_kimg)}")
 
 
 @register
@@ -156,11 +168,14 @@ class Autoencoder(Method):
             self.register_buffer("capacity", torch.zeros(()))
         if loss.beta_warmup_kimg:
             self.register_buffer("beta", torch.zeros(()))
+        if loss.gradient_weight_end is not None:
+            self.register_buffer("gradient_weight", torch.tensor(float(loss.gradient_weight)))
         if loss.tc_weight:  # the training set's size N (set when training opens the data)
             self.register_buffer("dataset_size", torch.ones((), dtype=torch.int64))
 
     def hooks(self) -> list[Hook]:
-        return ([LossSchedule(self)] if self.loss.capacity or self.loss.beta_warmup_kimg else []) + (
+        scheduled = self.loss.capacity or self.loss.beta_warmup_kimg or self.loss.gradient_weight_end is not None
+        return ([LossSchedule(self)] if scheduled else []) + (
             [DatasetSize(self)] if self.loss.tc_weight else [])
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -177,7 +192,8 @@ class Autoencoder(Method):
         recon = self.decoder(z)
         sse = _sum_of_squares(recon - images)
         gradient = _gradient_error(recon, images, self.loss.gradient) if self.loss.gradient_weight else zero
-        loss = (sse + self.loss.gradient_weight * gradient + self._prior(kl_units) + self.loss.tc_weight * tc
+        weight = self.gradient_weight if self.loss.gradient_weight_end is not None else self.loss.gradient_weight
+        loss = (sse + weight * gradient + self._prior(kl_units) + self.loss.tc_weight * tc
                 ).mean() / pixels
         return {"loss": loss, "recon": sse.mean().detach() / pixels, "gradient": gradient.mean().detach() / pixels,
                 "kl": kl_units.sum(1).mean().detach(), "tc": tc.mean().detach()}  # the KL and TC in nats per image
@@ -203,8 +219,9 @@ class Autoencoder(Method):
 
 
 class LossSchedule(Hook):
-    """Sets the autoencoder's C_t = capacity min(1, kimg / capacity_kimg) and beta_t = beta
-    min(1, kimg / beta_warmup_kimg) (those it uses) before every step."""
+    """Sets the autoencoder's C_t = capacity min(1, kimg / capacity_kimg), beta_t = beta
+    min(1, kimg / beta_warmup_kimg) and the edge weight w_t (from gradient_weight to
+    gradient_weight_end across gradient_ramp_kimg) (those it uses) before every step."""
     name = "loss_schedule"
 
     def __init__(self, model: Autoencoder):
@@ -222,6 +239,11 @@ class LossSchedule(Hook):
             self.model.capacity.fill_(_ramp(loss.capacity, kimg, loss.capacity_kimg))
         if loss.beta_warmup_kimg:
             self.model.beta.fill_(_ramp(loss.beta, kimg, loss.beta_warmup_kimg))
+        if loss.gradient_weight_end is not None:
+            start, end = loss.gradient_ramp_kimg
+            progress = min(1.0, max(0.0, (kimg - start) / (end - start))) if end > start else float(kimg >= end)
+            self.model.gradient_weight.fill_(loss.gradient_weight + progress * (loss.gradient_weight_end
+                                                                                - loss.gradient_weight))
 
 
 def _ramp(value: float, kimg: float, length: float) -> float:
