@@ -165,10 +165,10 @@ def test_edge_weight_moves_linearly_across_its_ramp_and_the_loss_uses_it(tmp_pat
         with pytest.raises(ConfigError, match=match):
             AutoencoderLoss(**{**loss, **bad})
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "ae", train={"total_kimg": 0.48, "checkpoint_every_kimg": 0.16})
-    cfg["method"] = {"name": "autoencoder", "units": UNITS, "loss": {**loss, "gradient_ramp_kimg": [0.16, 0.32]}}
+    cfg["method"] = {"name": "autoencoder", "units": UNITS, "loss": loss}
     config = write_yaml(tmp_path / "ae.yaml", cfg)
     assert main(["train", config]) == 0
-    assert main(["train", config, f"run_dir={tmp_path / 'split'}", "train.total_kimg=0.32"]) == 0
+    assert main(["train", config, f"run_dir={tmp_path / 'split'}", "train.total_kimg=0.32"]) == 0  # mid-ramp
     assert main(["train", "--resume", str(tmp_path / "split"), "train.total_kimg=0.48"]) == 0
     whole, split = (load_checkpoint(list_checkpoints(tmp_path / run / "checkpoints")[-1])[0] for run in ("ae", "split"))
     assert whole["model/gradient_weight"].item() == pytest.approx(2.0)
