@@ -236,19 +236,20 @@ class LossSchedule(Hook):
     def __call__(self, ctx: HookContext, step: int) -> None:
         loss, kimg = self.model.loss, step * ctx.cfg.batch_size / 1000
         if loss.capacity:
-            self.model.capacity.fill_(_ramp(loss.capacity, kimg, loss.capacity_kimg))
+            self.model.capacity.fill_(_linear(0.0, loss.capacity, kimg, (0.0, loss.capacity_kimg)))
         if loss.beta_warmup_kimg:
-            self.model.beta.fill_(_ramp(loss.beta, kimg, loss.beta_warmup_kimg))
+            self.model.beta.fill_(_linear(0.0, loss.beta, kimg, (0.0, loss.beta_warmup_kimg)))
         if loss.gradient_weight_end is not None:
-            start, end = loss.gradient_ramp_kimg
-            progress = min(1.0, max(0.0, (kimg - start) / (end - start))) if end > start else float(kimg >= end)
-            self.model.gradient_weight.fill_(loss.gradient_weight + progress * (loss.gradient_weight_end
-                                                                                - loss.gradient_weight))
+            self.model.gradient_weight.fill_(_linear(loss.gradient_weight, loss.gradient_weight_end, kimg,
+                                                     loss.gradient_ramp_kimg))
 
 
-def _ramp(value: float, kimg: float, length: float) -> float:
-    """``value`` reached linearly from 0 over ``length`` kimg (at once when 0)."""
-    return value * min(1.0, kimg / length) if length else value
+def _linear(first: float, last: float, kimg: float, window: tuple[float, float]) -> float:
+    """``first`` until ``window[0]`` kimg, ``last`` from ``window[1]`` on, linear between (a step at
+    ``window[1]`` when the window is empty)."""
+    start, end = window
+    progress = min(1.0, max(0.0, (kimg - start) / (end - start))) if end > start else float(kimg >= end)
+    return first + progress * (last - first)
 
 
 def _sum_of_squares(x: torch.Tensor) -> torch.Tensor:
