@@ -148,12 +148,18 @@ class TrainStep:
         self.frozen = [p for m in named_submodules(model, cfg.freeze_modules, "train.freeze_modules")
                        for p in m.parameters() if p.requires_grad]
         self.freeze_steps = freeze_steps
+        # on one process the frozen modules leave the graph while held (their backward is ~13 % of the
+        # demo's step); DDP waits for the gradient of every parameter it was built with, so there they
+        # are computed and dropped
+        self.detach_frozen = self.ddp is model
+        self.holding = False
         self.hooks, self.ctx = list(hooks), ctx
         self.intervals = [hook.interval(ctx) for hook in self.hooks] if ctx is not None else [0] * len(self.hooks)
         self.rank = distributed.rank()
 
     def __call__(self, images: torch.Tensor, step: int, stop_flag: float = 0.0, time_flag: float = 0.0) -> StepOutput:
         torch.manual_seed(step_seed(self.cfg.seed, step, self.rank))
+        self._hold(step < self.freeze_steps)
         with _autocast(self.device, self.bf16):
             out = self.ddp(images)
         loss = out["loss"]
@@ -169,7 +175,7 @@ class TrainStep:
         if self.cfg.lr_warmup_kimg:
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * lr_factor(self.cfg, step)
-        if step < self.freeze_steps:
+        if self.holding:
             for p in self.frozen:  # AdamW skips parameters without a gradient: no step, no decay
                 p.grad = None
         if self.cfg.grad_clip is not None:
@@ -182,6 +188,15 @@ class TrainStep:
                 hook(self.ctx, step + 1)
         self.ema.update(self.model, self.cfg.batch_size)
         return StepOutput(out, loss_mean, stopping > 0, out_of_time > 0)
+
+    def _hold(self, holding: bool) -> None:
+        """Hold the frozen modules still (``train.freeze_modules``) or release them. Held parameters get no
+        gradient; on one process they also stop requiring one, and the EMA, which averages only
+        parameters that do, leaves them as they are, which equals averaging a weight that does not move."""
+        if holding != self.holding and self.detach_frozen:
+            for p in self.frozen:
+                p.requires_grad_(not holding)
+        self.holding = holding
 
 
 def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: str | Path | RunDir,
