@@ -35,6 +35,9 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
 - ``gradient_weight_end = w1`` with ``gradient_ramp_kimg = [a, b]`` moves that weight linearly from
   w to w1 between a and b kimg (held before and after): edges first, so the code takes in the
   geometry, then mostly pixels, so the hues of small areas (the object's) are not left out.
+- ``beta_end = b1`` moves the KL's weight from beta to b1 across the same window: a strong pull to
+  the prior while the edges weigh most keeps the geometry in few units (else it spreads over all
+  of them), and leaves the rest free for the hues that come in with the pixels (README, Demo).
 
 All per image, summed over its values and divided by their number:
 
@@ -93,6 +96,12 @@ class AutoencoderLoss:
     tc_weight: float = 0.0        # the weight of the total correlation
     gradient_weight_end: Optional[float] = None  # the edge weight reached at gradient_ramp_kimg[1]
     gradient_ramp_kimg: tuple[float, float] = (0.0, 0.0)  # where it moves linearly from gradient_weight
+    beta_end: Optional[float] = None  # the KL weight reached at gradient_ramp_kimg[1], linearly from beta
+
+    @property
+    def beta_scheduled(self) -> bool:
+        """Whether the KL's weight changes during training (a warm-up, or a move to beta_end)."""
+        return bool(self.beta_warmup_kimg) or self.beta_end is not None
 
     def __post_init__(self) -> None:
         terms = ("capacity", "beta_warmup_kimg", "free_nats", "tc_weight")
@@ -104,10 +113,12 @@ class AutoencoderLoss:
                 raise ConfigError(f"loss.{key}: needs a variational autoencoder (beta > 0)")
         if self.capacity and self.free_nats:
             raise ConfigError("loss.free_nats: not with loss.capacity (each sets how much the code may hold)")
-        if self.gradient_weight_end is not None:
+        if self.gradient_weight_end is not None and not (self.gradient_weight_end >= 0 and self.gradient_weight > 0):
+            raise ConfigError("loss.gradient_weight_end: expected a number >= 0, with gradient_weight > 0")
+        if self.beta_end is not None and not (self.beta_end >= 0 and self.beta > 0):
+            raise ConfigError("loss.beta_end: expected a number >= 0, with a variational autoencoder (beta > 0)")
+        if self.gradient_weight_end is not None or self.beta_end is not None:
             start, end = self.gradient_ramp_kimg
-            if not (self.gradient_weight_end >= 0 and self.gradient_weight > 0):
-                raise ConfigError("loss.gradient_weight_end: expected a number >= 0, with gradient_weight > 0")
             if not 0 <= start <= end:
                 raise ConfigError(f"loss.gradient_ramp_kimg: expected [start, end] with 0 <= start <= end, "
                                   f"got {list(self.gradient_ramp_kimg)}")
@@ -166,7 +177,7 @@ class Autoencoder(Method):
             self.log_variance = nn.Linear(self.extractor.feature_width, units.num_units)
         if loss.capacity:  # C_t and beta_t, set before each step by the schedule (and checkpointed)
             self.register_buffer("capacity", torch.zeros(()))
-        if loss.beta_warmup_kimg:
+        if loss.beta_scheduled:
             self.register_buffer("beta", torch.zeros(()))
         if loss.gradient_weight_end is not None:
             self.register_buffer("gradient_weight", torch.tensor(float(loss.gradient_weight)))
@@ -174,7 +185,7 @@ class Autoencoder(Method):
             self.register_buffer("dataset_size", torch.ones((), dtype=torch.int64))
 
     def hooks(self) -> list[Hook]:
-        scheduled = self.loss.capacity or self.loss.beta_warmup_kimg or self.loss.gradient_weight_end is not None
+        scheduled = self.loss.capacity or self.loss.beta_scheduled or self.loss.gradient_weight_end is not None
         return ([LossSchedule(self)] if scheduled else []) + (
             [DatasetSize(self)] if self.loss.tc_weight else [])
 
@@ -205,7 +216,7 @@ class Autoencoder(Method):
             kl = kl_units.mean(0).clamp(min=self.loss.free_nats).sum().expand_as(kl)
         if self.loss.capacity:
             kl = (kl - self.capacity).abs()
-        return (self.beta if self.loss.beta_warmup_kimg else self.loss.beta) * kl
+        return (self.beta if self.loss.beta_scheduled else self.loss.beta) * kl
 
     @torch.no_grad()
     def representation(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -219,9 +230,10 @@ class Autoencoder(Method):
 
 
 class LossSchedule(Hook):
-    """Sets the autoencoder's C_t = capacity min(1, kimg / capacity_kimg), beta_t = beta
-    min(1, kimg / beta_warmup_kimg) and the edge weight w_t (from gradient_weight to
-    gradient_weight_end across gradient_ramp_kimg) (those it uses) before every step."""
+    """Sets the autoencoder's C_t = capacity min(1, kimg / capacity_kimg), beta_t = b_t
+    min(1, kimg / beta_warmup_kimg) with b_t from beta to beta_end across gradient_ramp_kimg (beta
+    without beta_end), and the edge weight w_t (from gradient_weight to gradient_weight_end across
+    gradient_ramp_kimg) (those it uses) before every step."""
     name = "loss_schedule"
 
     def __init__(self, model: Autoencoder):
@@ -237,8 +249,9 @@ class LossSchedule(Hook):
         loss, kimg = self.model.loss, step * ctx.cfg.batch_size / 1000
         if loss.capacity:
             self.model.capacity.fill_(_linear(0.0, loss.capacity, kimg, (0.0, loss.capacity_kimg)))
-        if loss.beta_warmup_kimg:
-            self.model.beta.fill_(_linear(0.0, loss.beta, kimg, (0.0, loss.beta_warmup_kimg)))
+        if loss.beta_scheduled:
+            beta = loss.beta if loss.beta_end is None else _linear(loss.beta, loss.beta_end, kimg, loss.gradient_ramp_kimg)
+            self.model.beta.fill_(_linear(0.0, beta, kimg, (0.0, loss.beta_warmup_kimg)))
         if loss.gradient_weight_end is not None:
             self.model.gradient_weight.fill_(_linear(loss.gradient_weight, loss.gradient_weight_end, kimg,
                                                      loss.gradient_ramp_kimg))
