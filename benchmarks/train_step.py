@@ -3,7 +3,7 @@ matrix-multiply rate.
 
     python benchmarks/train_step.py [--config configs/shapes3d.yaml configs/demo.yaml]
                                     [--set key=value ...] [--batch 32] [--steps 3] [--warmup 1]
-                                    [--variants eager channels_last] [--compile] [--threads N]
+                                    [--variants eager channels_last] [--compile] [--held] [--threads N]
                                     [--device cuda] [--bf16]
 
 Each config is a run config file; the model is the one the training loop builds from it
@@ -19,12 +19,14 @@ Variants (each with the loop's fused AdamW): ``eager`` (default memory format),
 ``compiled`` (channels_last plus torch.compile of the extractor and
 the U-Net; compile time is in the "setup s" column). ``--device cuda --bf16`` runs the
 same step on a GPU under bf16 autocast (as the training loop does there); the reference
-rate is then a bf16 matmul.
+rate is then a bf16 matmul. ``--held`` adds, for each variant, the step that holds the config's
+``train.freeze_modules`` still (the demo holds its extractor for 32 kimg): on one process they
+leave the graph, so the step runs their forward and no backward.
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls,
 convolutions, attention) on one forward pass: the step does 3x the forward FLOPs
 of the trained networks (forward + backward) plus one forward of the frozen
-encoder. Achieved FLOP/s = step FLOPs / step time, shown beside the rate of a
+encoder and of held modules. Achieved FLOP/s = step FLOPs / step time, shown beside the rate of a
 large fp32 matmul (2048^3, median of repeats) measured in the same process with
 the same threads, right before and after each row's timed steps. Timings are medians over ``--steps`` timed steps after
 ``--warmup`` untimed ones; on a shared machine they vary with its load.
@@ -36,7 +38,6 @@ import argparse
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -48,12 +49,6 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
 
 # FlopCounterMode knows the CUDA attention kernels; the CPU flash kernel needs the same formula
 CUSTOM_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def synchronize(device: torch.device) -> None:
@@ -79,7 +74,8 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 7) -> f
 class ModelStep:
     """The loop's training step on the model a run config builds (see the module docstring)."""
 
-    def __init__(self, path: str, overrides: list[str], batch: int, variant: str, device: torch.device, bf16: bool):
+    def __init__(self, path: str, overrides: list[str], batch: int, variant: str, device: torch.device, bf16: bool,
+                 held: bool = False):
         import dataclasses
 
         from disdis.models import build_model
@@ -102,7 +98,9 @@ class ModelStep:
             self.model.extractor.compile()
             self.model.unet.compile()
         train_cfg = dataclasses.replace(cfg.train, batch_size=batch, bf16=bf16)
-        self.step = TrainStep(self.model, train_cfg, device)
+        # held: every timed step holds train.freeze_modules still, as the demo's first 32 kimg do
+        self.held = list(cfg.train.freeze_modules) if held else []
+        self.step = TrainStep(self.model, train_cfg, device, freeze_steps=10 ** 9 if held else 0)
         self.count = 0
 
     def __call__(self) -> float:
@@ -110,17 +108,24 @@ class ModelStep:
         self.count += 1
         return float(result.loss)
 
-    def forward_flops(self) -> tuple[int, int]:
-        with torch.no_grad():
-            encode = count_flops(lambda: self.model.latents(self.images))
-            total = count_flops(lambda: self.model(self.images))
-        return total - encode, encode
+    def step_flops(self) -> tuple[int, int]:
+        """(forward FLOPs of the trained networks, FLOPs of the step): 3x the forward of what is
+        trained (forward + backward), plus one forward of the frozen encoder and of held modules."""
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
+            self.model.latents(self.images)
+        encode = counter.get_total_flops()
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
+            self.model(self.images)
+        counts, name = counter.get_flop_counts(), type(self.model).__name__
+        held = sum(sum(counts.get(f"{name}.{module}", {}).values()) for module in self.held)
+        trained = counter.get_total_flops() - encode
+        return trained, 3 * (trained - held) + held + encode
 
 
 def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool,
-        overrides: list[str] = ()) -> dict:
+        overrides: list[str] = (), held: bool = False) -> dict:
     build_start = time.perf_counter()
-    step = ModelStep(name, list(overrides), batch, variant, device, bf16)
+    step = ModelStep(name, list(overrides), batch, variant, device, bf16, held)
     matmul_dtype = torch.bfloat16 if bf16 else torch.float32
     for _ in range(warmup):
         step()
@@ -135,9 +140,8 @@ def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: to
         times.append(time.perf_counter() - start)
     peak = (peak_before + matmul_rate(device, matmul_dtype)) / 2
     seconds = statistics.median(times)
-    trained, encode = step.forward_flops()
-    step_flops = 3 * trained + encode
-    return dict(config=Path(name).stem, variant=variant, batch=batch, img_s=batch / seconds, s_step=seconds,
+    trained, step_flops = step.step_flops()
+    return dict(config=Path(name).stem, variant=variant + (", held" if held else ""), batch=batch, img_s=batch / seconds, s_step=seconds,
                 fwd=trained / batch, step=step_flops / batch, rate=step_flops / seconds,
                 peak=peak, pct=100 * step_flops / seconds / peak, setup=first)
 
@@ -154,6 +158,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=["eager", "channels_last", "compiled"],
                         default=["eager", "channels_last"])
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile variant")
+    parser.add_argument("--held", action="store_true",
+                        help="also time each variant's step while train.freeze_modules are held (the demo's first 32 kimg)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU); the reference rate is a bf16 matmul")
@@ -171,21 +177,21 @@ def main() -> None:
           f"{matmul_rate(device, dtype) / 1e9:.1f} GFLOP/s (per row: mean of before/after its timed steps)")
     print("step = the training loop's TrainStep: encode (no_grad) + extractor + tokens + DyGA shift + U-Net "
           "+ L1 noise loss + backward + AdamW + EMA")
-    print("step GFLOP/img = 3 x forward of the trained nets + forward of the frozen encoder\n")
+    print("step GFLOP/img = 3 x forward of the trained nets + forward of the frozen encoder (and of held modules)\n")
     header = (f"{'config':<7} {'variant':<14} {'batch':>5} {'img/s':>8} {'s/step':>7} {'fwd GF/img':>10} "
               f"{'step GF/img':>11} {'GFLOP/s':>8} {'matmul':>7} {'% matmul':>8} {'setup s':>8}")
     print(header)
     print("-" * len(header))
     rows = []
     for name in args.config:
-        for variant in variants:
-            r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, args.set)
+        for variant, held in [(v, h) for v in variants for h in (False, True)[:1 + args.held]]:
+            r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, args.set, held)
             rows.append(r)
             print(f"{r['config']:<7} {r['variant']:<14} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
                   f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "
                   f"{r['setup']:>8.1f}", flush=True)
     base = {r["config"]: r["img_s"] for r in rows if r["variant"] == variants[0]}
-    if len(variants) > 1:
+    if len(rows) > len(args.config):
         print(f"\nspeed-up over '{variants[0]}': " + ", ".join(
             f"{r['config']}/{r['variant']} x{r['img_s'] / base[r['config']]:.2f}" for r in rows if r["variant"] != variants[0]))
 
