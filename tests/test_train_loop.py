@@ -256,6 +256,13 @@ def test_held_modules_leave_the_graph_and_train_exactly_as_when_their_gradients_
     assert all(torch.equal(moments[i][k], moments_ref[i][k]) for i in moments_ref for k in moments_ref[i])
 
 
+def test_a_run_that_ends_while_holding_returns_every_parameter_trainable(tmp_path):
+    model = TinyDenoiser()
+    train(model, TinyImages(64), config(total_kimg=2 * STEP_KIMG, freeze_modules=["encoder"], freeze_kimg=4 * STEP_KIMG),
+          tmp_path / "run")
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_lr_scale_gives_named_submodules_their_own_group():
     from disdis.train.optim import default_param_groups
     net = torch.nn.Sequential()

@@ -159,7 +159,7 @@ class TrainStep:
 
     def __call__(self, images: torch.Tensor, step: int, stop_flag: float = 0.0, time_flag: float = 0.0) -> StepOutput:
         torch.manual_seed(step_seed(self.cfg.seed, step, self.rank))
-        self._hold(step < self.freeze_steps)
+        self.hold(step < self.freeze_steps)
         with _autocast(self.device, self.bf16):
             out = self.ddp(images)
         loss = out["loss"]
@@ -189,7 +189,7 @@ class TrainStep:
         self.ema.update(self.model, self.cfg.batch_size)
         return StepOutput(out, loss_mean, stopping > 0, out_of_time > 0)
 
-    def _hold(self, holding: bool) -> None:
+    def hold(self, holding: bool) -> None:
         """Hold the frozen modules still (``train.freeze_modules``) or release them. Held parameters get no
         gradient; on one process they also stop requiring one, and the EMA, which averages only
         parameters that do, leaves them as they are, which equals averaging a weight that does not move."""
@@ -331,6 +331,7 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
         stop.restore()
         bar.close()
         del data
+        stepper.hold(False)  # a run stopped while holding returns a model whose parameters all train
     distributed.barrier()
     return TrainResult(step=done, checkpoint=last_ckpt, final_loss=loss_value)
 
