@@ -36,8 +36,9 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   w to w1 between a and b kimg (held before and after): edges first, so the code takes in the
   geometry, then mostly pixels, so the hues of small areas (the object's) are not left out.
 - ``beta_end = b1`` moves the KL's weight from beta to b1 across the same window: a strong pull to
-  the prior while the edges weigh most keeps the geometry in few units (else it spreads over all
-  of them), and leaves the rest free for the hues that come in with the pixels (README, Demo).
+  the prior while the edges weigh most gathers the geometry into few units (at beta 1 it spreads
+  over all of them). The units it switches off do not switch on again for the hues; with
+  ``free_nats`` they stay open (docs/method.md, README Demo: measured).
 
 All per image, summed over its values and divided by their number:
 
