@@ -178,7 +178,7 @@ def main() -> None:
     print("step = the training loop's TrainStep: encode (no_grad) + extractor + tokens + DyGA shift + U-Net "
           "+ L1 noise loss + backward + AdamW + EMA")
     print("step GFLOP/img = 3 x forward of the trained nets + forward of the frozen encoder (and of held modules)\n")
-    header = (f"{'config':<7} {'variant':<14} {'batch':>5} {'img/s':>8} {'s/step':>7} {'fwd GF/img':>10} "
+    header = (f"{'config':<7} {'variant':<19} {'batch':>5} {'img/s':>8} {'s/step':>7} {'fwd GF/img':>10} "
               f"{'step GF/img':>11} {'GFLOP/s':>8} {'matmul':>7} {'% matmul':>8} {'setup s':>8}")
     print(header)
     print("-" * len(header))
@@ -187,7 +187,7 @@ def main() -> None:
         for variant, held in [(v, h) for v in variants for h in (False, True)[:1 + args.held]]:
             r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, args.set, held)
             rows.append(r)
-            print(f"{r['config']:<7} {r['variant']:<14} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
+            print(f"{r['config']:<7} {r['variant']:<19} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
                   f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "
                   f"{r['setup']:>8.1f}", flush=True)
     base = {r["config"]: r["img_s"] for r in rows if r["variant"] == variants[0]}
