@@ -177,6 +177,61 @@ def test_edge_and_kl_weights_move_linearly_across_the_ramp_and_the_loss_uses_the
     assert all(torch.equal(whole[k], split[k]) for k in whole if k.startswith("model/"))
 
 
+def test_units_used_when_the_ramp_begins_are_held_to_a_frozen_copy(tmp_path, shapes3d_grid_npz):
+    """hold_weight h: at the ramp's start (0.16 kimg, step 10 of 16 images) the units whose running KL
+    exceeds hold_nats are marked and the extractor copied; from then on the loss adds h times the
+    marked units' squared distance from the copy's means (float64 reference), the copy does not train,
+    and a run resumed after the hold ends as one that ran at once."""
+    from types import SimpleNamespace
+
+    from disdis.models.autoencoder import LossSchedule
+    loss = {"beta": 2.0, "beta_end": 1.0, "gradient_ramp_kimg": [0.16, 0.48], "hold_weight": 3.0, "hold_nats": 1.0}
+    torch.manual_seed(0)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(**loss)).eval()
+    schedule, ctx = LossSchedule(model), SimpleNamespace(cfg=SimpleNamespace(batch_size=16), resume_step=None)
+    model.unit_kl.copy_(torch.tensor([2.0, 0.1, 3.0, 0.5]))
+    schedule(ctx, 9)
+    assert not model.held.any() and not model.hold_taken
+    schedule(ctx, 10)
+    assert model.held.tolist() == [True, False, True, False]
+    model.unit_kl.fill_(5.0)
+    schedule(ctx, 11)  # taken once: later KLs change nothing
+    assert model.held.tolist() == [True, False, True, False]
+    held_copy = model.held_extractor(torch.zeros(1, 3, 16, 16))
+    with torch.no_grad():
+        model.extractor.fc[-1].bias.add_(torch.tensor([0.5, -1.0, 0.25, 2.0]))
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    free = Autoencoder(UnitsConfig(**UNITS, resolution=16),
+                       AutoencoderLoss(**{**loss, "hold_weight": 0.0})).eval()
+    free.load_state_dict(model.state_dict(), strict=False)
+    out, mu = _output_and_float64_reference(model, x)[:2]
+    with torch.no_grad():
+        mu0 = model.held_extractor(x).double()
+    pull = (mu - mu0)[:, [0, 2]].square().sum(1)
+    assert torch.allclose(pull, torch.tensor([0.5 ** 2 + 0.25 ** 2] * 5, dtype=torch.float64))
+    expected = _output_and_float64_reference(free, x)[0]["loss"].double() + 3.0 * pull.mean() / (3 * 16 * 16)
+    assert torch.allclose(out["loss"].double(), expected, rtol=1e-5)
+    assert torch.equal(model.held_extractor(torch.zeros(1, 3, 16, 16)), held_copy)
+    for bad, match in (({"beta_end": None}, "hold_weight: needs a ramp"), ({"hold_nats": -1.0}, "hold_nats"),
+                       ({"beta": 0.0, "beta_end": None, "gradient_weight": 1.0, "gradient_weight_end": 1.0},
+                        "hold_weight: needs a variational")):
+        with pytest.raises(ConfigError, match=match):
+            AutoencoderLoss(**{**loss, **bad})
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "ae", train={"total_kimg": 0.48, "checkpoint_every_kimg": 0.16})
+    cfg["method"] = {"name": "autoencoder", "units": UNITS, "loss": {**loss, "hold_nats": 0.0}}
+    config = write_yaml(tmp_path / "ae.yaml", cfg)
+    assert main(["train", config]) == 0
+    assert main(["train", config, f"run_dir={tmp_path / 'split'}", "train.total_kimg=0.32"]) == 0  # held since 0.16
+    assert main(["train", "--resume", str(tmp_path / "split"), "train.total_kimg=0.48"]) == 0
+    whole, split = (load_checkpoint(list_checkpoints(tmp_path / run / "checkpoints")[-1])[0] for run in ("ae", "split"))
+    assert whole["model/held"].all() and whole["model/hold_taken"]
+    assert all(torch.equal(whole[k], split[k]) for k in whole if k.startswith("model/"))
+    copy_weights = [k for k in whole if k.startswith("model/held_extractor.") and k.endswith("weight")]
+    first = load_checkpoint(list_checkpoints(tmp_path / "ae/checkpoints")[0])[0]  # written at 0.16 kimg, the hold
+    assert first["model/hold_taken"] and copy_weights and all(torch.equal(whole[k], first[k]) for k in copy_weights)
+    assert read_csv_log(tmp_path / "ae/logs/train.csv")[-1]["hold"] > 0
+
+
 def test_edge_strength_loss_against_a_loop_over_pixels():
     """gradient: magnitude compares each pixel's edge strength sqrt(sum_c dx^2 + dy^2), whatever the
     colours: a red square on black and a blue square on black have the same edges."""

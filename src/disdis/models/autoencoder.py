@@ -39,10 +39,17 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   the prior while the edges weigh most gathers the geometry into few units (at beta 1 it spreads
   over all of them). The units it switches off do not switch on again for the hues; with
   ``free_nats`` they stay open (docs/method.md, README Demo: measured).
+- ``hold_weight = h > 0`` (with beta > 0 and a ramp) holds the units the code uses when the ramp
+  begins: at ``gradient_ramp_kimg[0]`` the units whose KL (a running mean over steps) exceeds
+  ``hold_nats`` are marked, a frozen copy of the extractor is kept, and from then on h times the
+  squared distance of the marked units' means from the copy's is added per image. The hues,
+  arriving with the pixels, must then take units of their own instead of taking over the
+  geometry's (a diagnostic of why the factors spread; README, Demo).
 
 All per image, summed over its values and divided by their number:
 
-    loss = mean_batch [ sum (D(z) - x)^2 + w sum (dD(z) - dx)^2 + beta_t |KL - C_t| + t TC ] / pixels
+    loss = mean_batch [ sum (D(z) - x)^2 + w sum (dD(z) - dx)^2 + beta_t |KL - C_t| + t TC
+                        + h sum_held (u_j - u0_j)^2 ] / pixels
 
 (with free bits, KL is sum_j max(f, mean_batch KL_j) there; with every term off, exactly the mean
 squared error above). It is also a run of its own (its units,
@@ -53,6 +60,7 @@ starts from its extractor.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -98,6 +106,8 @@ class AutoencoderLoss:
     gradient_weight_end: Optional[float] = None  # the edge weight reached at gradient_ramp_kimg[1]
     gradient_ramp_kimg: tuple[float, float] = (0.0, 0.0)  # where it moves linearly from gradient_weight
     beta_end: Optional[float] = None  # the KL weight reached at gradient_ramp_kimg[1], linearly from beta
+    hold_weight: float = 0.0      # > 0: from gradient_ramp_kimg[0] on, the used units are pulled to their values then
+    hold_nats: float = 1.0        # a unit is used when its running mean KL exceeds this
 
     @property
     def beta_scheduled(self) -> bool:
@@ -105,8 +115,8 @@ class AutoencoderLoss:
         return bool(self.beta_warmup_kimg) or self.beta_end is not None
 
     def __post_init__(self) -> None:
-        terms = ("capacity", "beta_warmup_kimg", "free_nats", "tc_weight")
-        for key in ("beta", "gradient_weight", "capacity_kimg", *terms):
+        terms = ("capacity", "beta_warmup_kimg", "free_nats", "tc_weight", "hold_weight")
+        for key in ("beta", "gradient_weight", "capacity_kimg", "hold_nats", *terms):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"loss.{key}: expected a number >= 0, got {getattr(self, key)!r}")
         for key in terms:
@@ -118,6 +128,8 @@ class AutoencoderLoss:
             raise ConfigError("loss.gradient_weight_end: expected a number >= 0, with gradient_weight > 0")
         if self.beta_end is not None and not (self.beta_end >= 0 and self.beta > 0):
             raise ConfigError("loss.beta_end: expected a number >= 0, with a variational autoencoder (beta > 0)")
+        if self.hold_weight and self.gradient_weight_end is None and self.beta_end is None:
+            raise ConfigError("loss.hold_weight: needs a ramp (gradient_weight_end or beta_end), whose start it holds")
         if self.gradient_weight_end is not None or self.beta_end is not None:
             start, end = self.gradient_ramp_kimg
             if not 0 <= start <= end:
@@ -184,9 +196,15 @@ class Autoencoder(Method):
             self.register_buffer("gradient_weight", torch.tensor(float(loss.gradient_weight)))
         if loss.tc_weight:  # the training set's size N (set when training opens the data)
             self.register_buffer("dataset_size", torch.ones((), dtype=torch.int64))
+        if loss.hold_weight:  # the units' running KL, which of them are held, and the copy they are held to
+            self.register_buffer("unit_kl", torch.zeros(units.num_units))
+            self.register_buffer("held", torch.zeros(units.num_units, dtype=torch.bool))
+            self.register_buffer("hold_taken", torch.zeros((), dtype=torch.bool))
+            self.held_extractor = copy.deepcopy(self.extractor).requires_grad_(False)
 
     def hooks(self) -> list[Hook]:
-        scheduled = self.loss.capacity or self.loss.beta_scheduled or self.loss.gradient_weight_end is not None
+        scheduled = (self.loss.capacity or self.loss.beta_scheduled or self.loss.gradient_weight_end is not None
+                     or self.loss.hold_weight)
         return ([LossSchedule(self)] if scheduled else []) + (
             [DatasetSize(self)] if self.loss.tc_weight else [])
 
@@ -205,10 +223,29 @@ class Autoencoder(Method):
         sse = _sum_of_squares(recon - images)
         gradient = _gradient_error(recon, images, self.loss.gradient) if self.loss.gradient_weight else zero
         weight = self.gradient_weight if self.loss.gradient_weight_end is not None else self.loss.gradient_weight
+        hold = self._hold(images, mu, kl_units) if self.loss.hold_weight else zero
         loss = (sse + weight * gradient + self._prior(kl_units) + self.loss.tc_weight * tc
-                ).mean() / pixels
+                + self.loss.hold_weight * hold).mean() / pixels
         return {"loss": loss, "recon": sse.mean().detach() / pixels, "gradient": gradient.mean().detach() / pixels,
-                "kl": kl_units.sum(1).mean().detach(), "tc": tc.mean().detach()}  # the KL and TC in nats per image
+                "kl": kl_units.sum(1).mean().detach(), "tc": tc.mean().detach(),  # the KL and TC in nats per image
+                **({"hold": hold.mean().detach()} if self.loss.hold_weight else {})}
+
+    def _hold(self, images: torch.Tensor, mu: torch.Tensor, kl_units: torch.Tensor) -> torch.Tensor:
+        """(B,): the held units' squared distance from the frozen copy's means (0 before the hold);
+        keeps the units' running KL (a mean over the last ~10 steps) while training."""
+        if self.training:
+            self.unit_kl.lerp_(kl_units.detach().mean(0), 0.1)
+        if not self.held.any():
+            return images.new_zeros(len(images))
+        with torch.no_grad():
+            held = self.held_extractor(images)
+        return _sum_of_squares((mu - held)[:, self.held])
+
+    def hold_units(self) -> None:
+        """Marks the units whose running KL exceeds hold_nats, and freezes the extractor's copy."""
+        self.held.copy_(self.unit_kl > self.loss.hold_nats)
+        self.hold_taken.fill_(True)
+        self.held_extractor.load_state_dict(self.extractor.state_dict())
 
     def _prior(self, kl_units: torch.Tensor) -> torch.Tensor:
         """(B,) from each unit's KL (B, N): beta_t |KL - C_t|; with free bits one batch-level KL for all."""
@@ -234,7 +271,7 @@ class LossSchedule(Hook):
     """Sets the autoencoder's C_t = capacity min(1, kimg / capacity_kimg), beta_t = b_t
     min(1, kimg / beta_warmup_kimg) with b_t from beta to beta_end across gradient_ramp_kimg (beta
     without beta_end), and the edge weight w_t (from gradient_weight to gradient_weight_end across
-    gradient_ramp_kimg) (those it uses) before every step."""
+    gradient_ramp_kimg) (those it uses) before every step, and holds the used units when the ramp begins."""
     name = "loss_schedule"
 
     def __init__(self, model: Autoencoder):
@@ -256,6 +293,8 @@ class LossSchedule(Hook):
         if loss.gradient_weight_end is not None:
             self.model.gradient_weight.fill_(_linear(loss.gradient_weight, loss.gradient_weight_end, kimg,
                                                      loss.gradient_ramp_kimg))
+        if loss.hold_weight and kimg >= loss.gradient_ramp_kimg[0] and not self.model.hold_taken:
+            self.model.hold_units()
 
 
 def _linear(first: float, last: float, kimg: float, window: tuple[float, float]) -> float:
