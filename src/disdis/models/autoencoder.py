@@ -16,7 +16,7 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   from 0 nats to C over the first ``capacity_kimg`` (Burgess et al. 2018, "Understanding
   disentangling in beta-VAE"): a strong pressure that still lets the code grow, one factor at a
   time in the order of their effect on the error, so that factors with few pixels (scale, shape)
-  are taken in late rather than dropped (beta 4 drops them; README, Demo).
+  are taken in late rather than dropped (beta 4 drops them; docs/demo-study.md).
 - ``beta_warmup_kimg > 0`` raises the KL's weight linearly from 0 to beta over that many images
   (a KL warm-up): the code takes in the factors before the pressure to shed units begins.
 - ``free_nats = f > 0`` (with beta > 0; "free bits", Kingma et al. 2016) counts each unit's KL,
@@ -38,13 +38,13 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
 - ``beta_end = b1`` moves the KL's weight from beta to b1 across the same window: a strong pull to
   the prior while the edges weigh most gathers the geometry into few units (at beta 1 it spreads
   over all of them). The units it switches off do not switch on again for the hues; with
-  ``free_nats`` they stay open (docs/method.md, README Demo: measured).
+  ``free_nats`` they stay open (docs/method.md, docs/demo-study.md: measured).
 - ``hold_weight = h > 0`` (with beta > 0 and a ramp) holds the units the code uses when the ramp
   begins: at ``gradient_ramp_kimg[0]`` the units whose KL (a running mean over steps) exceeds
   ``hold_nats`` are marked, a frozen copy of the extractor is kept, and from then on h times the
   squared distance of the marked units' means from the copy's is added per image. The hues,
   arriving with the pixels, must then take units of their own instead of taking over the
-  geometry's (a diagnostic of why the factors spread; README, Demo).
+  geometry's (a diagnostic of why the factors spread; docs/demo-study.md).
 
 All per image, summed over its values and divided by their number:
 
@@ -164,7 +164,7 @@ class AutoencoderConfig(MethodConfig):
 @dataclass
 class ExtractorInitTrainConfig(TrainConfig):
     """How a diffusion run trains its extractor's autoencoder warm start itself (when
-    ``requires.extractor`` names none). Project choices, measured on the demo grid (README, Demo):
+    ``requires.extractor`` names none). Project choices, measured on the demo grid (docs/demo-study.md):
     6000 steps at batch 64, lr 1e-3 (at 3e-3 its units took in the geometry more slowly), no weight
     decay, no EMA (the extractor is taken from the trained weights). The seed is the run's
     ``train.seed`` unless set, and the run's ``train.probe_images`` applies."""
