@@ -15,7 +15,10 @@ encodes every image of its data and prints two tables:
 - per unit, most used first: the spread of its value over the images and every factor's share;
   for a variational autoencoder also its KL to the prior, averaged over the images, and its
   posterior sigma: a unit with KL near 0 and sigma near 1 is switched off (the prior), free for
-  nothing.
+  nothing; how much its decoder reads it (``decoder use``: the RMS over the images of
+  (D(mu + d e_j) - D(mu)) / d, d = 0.1, the reconstruction's change per unit step of the unit's
+  mean; a factor enters a code through the units the decoder already reads); and whether the unit
+  is held (``hold_weight``).
 """
 
 from __future__ import annotations
@@ -34,15 +37,25 @@ def probe_accuracy(codes: np.ndarray, labels: np.ndarray, folds: int) -> float:
 
 
 def unit_statistics(model, images: torch.Tensor) -> dict[str, np.ndarray]:
-    """Each unit's values (N images, units), and for a variational autoencoder its KL and sigma."""
+    """Each unit's values (N images, units), and for a variational autoencoder its KL, sigma,
+    decoder use and whether it is held."""
     from disdis.models.vae_losses import gaussian_kl_units
     with torch.no_grad():
         if not hasattr(model, "log_variance"):
             return {"units": model.representation(images)["units"].double().numpy()}
         h = model.extractor.features(images)
         units, logvar = model.extractor.fc[-1](h), model.log_variance(h)
-    return {"units": units.double().numpy(), "kl": gaussian_kl_units(units, logvar).mean(0).numpy(),
-            "sigma": (0.5 * logvar).exp().mean(0).numpy()}
+        held = getattr(model, "held", torch.zeros(units.shape[1], dtype=torch.bool))
+        return {"units": units.double().numpy(), "kl": gaussian_kl_units(units, logvar).mean(0).numpy(),
+                "sigma": (0.5 * logvar).exp().mean(0).numpy(), "use": decoder_use(model.decoder, units),
+                "held": held.numpy()}
+
+
+def decoder_use(decoder, units: torch.Tensor, step: float = 0.1) -> np.ndarray:
+    """(N,): per unit, the RMS over the images of the decoder's change per unit step of that unit."""
+    base = decoder(units)
+    return np.array([((decoder(units + step * torch.eye(units.shape[1])[j]) - base) / step).square().mean().sqrt().item()
+                     for j in range(units.shape[1])])
 
 
 def report(source: str, weights: str, folds: int) -> None:
@@ -67,10 +80,12 @@ def report(source: str, weights: str, folds: int) -> None:
               f"{shares[:, k].max():.3f} |")
     variational = "kl" in stats
     order = np.argsort(-(stats["kl"] if variational else units.std(0)))
-    print("\n| unit | std | " + ("KL | sigma | " if variational else "") + " | ".join(names) + " |")
-    print("|---" * (2 + 2 * variational + len(names)) + "|")
+    print("\n| unit | std | " + ("KL | sigma | decoder use | " if variational else "") + " | ".join(names) + " |")
+    print("|---" * (2 + 3 * variational + len(names)) + "|")
     for j in order:
-        extra = f"{stats['kl'][j]:.2f} | {stats['sigma'][j]:.3f} | " if variational else ""
+        held = " (held)" if variational and stats["held"][j] else ""
+        extra = (f"{stats['kl'][j]:.2f} | {stats['sigma'][j]:.3f} | {stats['use'][j]:.3f}{held} | "
+                 if variational else "")
         print(f"| {j} | {units[:, j].std():.3f} | {extra}" + " | ".join(f"{v:.2f}" for v in shares[j]) + " |")
 
 
