@@ -211,6 +211,17 @@ class Autoencoder(Method):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss of the module docstring on images in [-1, 1], and its terms to log."""
         pixels = images[0].numel()
+        t = self.terms(images)
+        loss = (t["pixels"] + self.edge_weight * t["edges"] + self._prior(t["kl_units"]) + self.loss.tc_weight * t["tc"]
+                + self.loss.hold_weight * t["hold"]).mean() / pixels
+        return {"loss": loss, "recon": t["pixels"].mean().detach() / pixels,
+                "gradient": t["edges"].mean().detach() / pixels,
+                "kl": t["kl_units"].sum(1).mean().detach(), "tc": t["tc"].mean().detach(),  # nats per image
+                **({"hold": t["hold"].mean().detach()} if self.loss.hold_weight else {})}
+
+    def terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss's terms per image, unweighted (B,): the pixels' and the edges' squared errors, the
+        total correlation and the hold's distance; and each unit's KL (B, N). Zeros where a term is off."""
         zero = images.new_zeros(len(images))
         if self.loss.beta == 0:
             z, kl_units, tc = self.extractor(images), zero[:, None], zero
@@ -220,15 +231,15 @@ class Autoencoder(Method):
             z, kl_units = reparameterize(mu, logvar), gaussian_kl_units(mu, logvar)
             tc = total_correlation(z, mu, logvar, int(self.dataset_size)) if self.loss.tc_weight else zero
         recon = self.decoder(z)
-        sse = _sum_of_squares(recon - images)
-        gradient = _gradient_error(recon, images, self.loss.gradient) if self.loss.gradient_weight else zero
-        weight = self.gradient_weight if self.loss.gradient_weight_end is not None else self.loss.gradient_weight
-        hold = self._hold(images, mu, kl_units) if self.loss.hold_weight else zero
-        loss = (sse + weight * gradient + self._prior(kl_units) + self.loss.tc_weight * tc
-                + self.loss.hold_weight * hold).mean() / pixels
-        return {"loss": loss, "recon": sse.mean().detach() / pixels, "gradient": gradient.mean().detach() / pixels,
-                "kl": kl_units.sum(1).mean().detach(), "tc": tc.mean().detach(),  # the KL and TC in nats per image
-                **({"hold": hold.mean().detach()} if self.loss.hold_weight else {})}
+        return {"pixels": _sum_of_squares(recon - images),
+                "edges": _gradient_error(recon, images, self.loss.gradient) if self.loss.gradient_weight else zero,
+                "kl_units": kl_units, "tc": tc,
+                "hold": self._hold(images, mu, kl_units) if self.loss.hold_weight else zero}
+
+    @property
+    def edge_weight(self) -> torch.Tensor | float:
+        """The edge term's weight now (scheduled, or fixed)."""
+        return self.gradient_weight if self.loss.gradient_weight_end is not None else self.loss.gradient_weight
 
     def _hold(self, images: torch.Tensor, mu: torch.Tensor, kl_units: torch.Tensor) -> torch.Tensor:
         """(B,): the held units' squared distance from the frozen copy's means (0 before the hold);
