@@ -192,8 +192,12 @@ def test_units_used_when_the_ramp_begins_are_held_to_a_frozen_copy(tmp_path, sha
     model.unit_kl.copy_(torch.tensor([2.0, 0.1, 3.0, 0.5]))
     schedule(ctx, 9)
     assert not model.held.any() and not model.hold_taken
+    with torch.no_grad():  # the extractor trained since it was built: the copy must be of it now
+        model.extractor.fc[-1].weight.mul_(1.5)
     schedule(ctx, 10)
     assert model.held.tolist() == [True, False, True, False]
+    assert all(torch.equal(a, b) for a, b in zip(model.held_extractor.state_dict().values(),
+                                                  model.extractor.state_dict().values()))
     model.unit_kl.fill_(5.0)
     schedule(ctx, 11)  # taken once: later KLs change nothing
     assert model.held.tolist() == [True, False, True, False]
