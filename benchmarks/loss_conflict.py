@@ -22,11 +22,11 @@ def term_gradients(model, images: torch.Tensor) -> dict[str, dict[str, torch.Ten
     """{term: {module: flat gradient}} for the pixels' and the edges' terms (as in the loss: the
     batch mean over the values per image)."""
     modules = {"extractor": model.extractor, "decoder": model.decoder}
-    out = {}
+    torch.manual_seed(0)
+    terms, out = model.terms(images), {}  # one forward, one posterior sample, for both terms
     for term, weight in (("pixels", 1.0), ("edges", model.edge_weight)):
         model.zero_grad()
-        torch.manual_seed(0)
-        (weight * model.terms(images)[term].mean() / images[0].numel()).backward()
+        (weight * terms[term].mean() / images[0].numel()).backward(retain_graph=True)
         out[term] = {name: torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
                      for name, m in modules.items()}
     return out

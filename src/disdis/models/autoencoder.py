@@ -243,9 +243,11 @@ class Autoencoder(Method):
 
     def _hold(self, images: torch.Tensor, mu: torch.Tensor, kl_units: torch.Tensor) -> torch.Tensor:
         """(B,): the held units' squared distance from the frozen copy's means (0 before the hold);
-        keeps the units' running KL (a mean over the last ~10 steps) while training."""
-        if self.training:
-            self.unit_kl.lerp_(kl_units.detach().mean(0), 0.1)
+        until the hold is taken, keeps the units' running KL (a mean over the last ~10 steps) while training."""
+        if not self.hold_taken:
+            if self.training:
+                self.unit_kl.lerp_(kl_units.detach().mean(0), 0.1)
+            return images.new_zeros(len(images))
         if not self.held.any():
             return images.new_zeros(len(images))
         with torch.no_grad():
