@@ -236,6 +236,48 @@ def test_units_used_when_the_ramp_begins_are_held_to_a_frozen_copy(tmp_path, sha
     assert read_csv_log(tmp_path / "ae/logs/train.csv")[-1]["hold"] > 0
 
 
+@pytest.mark.parametrize("reopen, fresh", [("decoder", {"decoder"}), ("extractor", {"extractor", "log_variance"}),
+                                            ("all", {"decoder", "extractor", "log_variance"})])
+def test_reopen_draws_the_named_modules_anew_when_the_hold_is_taken(reopen, fresh):
+    """reopen: at the hold (not before), the named modules' weights are drawn anew, as a freshly built
+    model's of the same seed are; the others, the held copy (of the extractor before) and the
+    training's random stream are unchanged; without a hold it is refused."""
+    from types import SimpleNamespace
+
+    from disdis.models.autoencoder import LossSchedule
+    from disdis.nn.vae import DeconvDecoder
+    loss = {"beta": 2.0, "beta_end": 1.0, "gradient_ramp_kimg": [0.16, 0.48], "hold_weight": 3.0, "reopen": reopen}
+    torch.manual_seed(0)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(**loss))
+    with torch.no_grad():  # trained weights, unlike any initialisation
+        for p in model.parameters():
+            p.add_(1.0)
+    trained = {k: v.clone() for k, v in model.named_parameters()}
+    schedule, ctx = LossSchedule(model), SimpleNamespace(cfg=SimpleNamespace(batch_size=16), resume_step=None)
+    model.unit_kl.copy_(torch.tensor([2.0, 0.1, 3.0, 0.5]))
+    schedule(ctx, 9)
+    assert all(torch.equal(v, trained[k]) for k, v in model.named_parameters())
+    state = torch.random.get_rng_state()
+    schedule(ctx, 10)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    after = dict(model.named_parameters())
+    for key, value in after.items():
+        part = key.split(".")[0]
+        if part == "held_extractor":
+            assert torch.equal(value, trained["extractor." + key.split(".", 1)[1]]), key
+        elif part in fresh:
+            assert (value - trained[key]).abs().max() > 0.5, key
+        else:
+            assert torch.equal(value, trained[key]), key
+    with torch.random.fork_rng():  # as at initialisation: what a model built on the same stream draws
+        torch.manual_seed(2)  # the stream of the two held units
+        built = DeconvDecoder(3, 16, UNITS["num_units"])
+    if reopen == "decoder":
+        assert all(torch.equal(v, after["decoder." + k]) for k, v in built.named_parameters())
+    with pytest.raises(ConfigError, match="reopen: needs loss.hold_weight"):
+        AutoencoderLoss(beta=1.0, reopen=reopen)
+
+
 def test_edge_strength_loss_against_a_loop_over_pixels():
     """gradient: magnitude compares each pixel's edge strength sqrt(sum_c dx^2 + dy^2), whatever the
     colours: a red square on black and a blue square on black have the same edges."""

@@ -45,6 +45,11 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   squared distance of the marked units' means from the copy's is added per image. The hues,
   arriving with the pixels, must then take units of their own instead of taking over the
   geometry's (a diagnostic of why the factors spread; docs/demo-study.md).
+- ``reopen`` (with a hold): when the hold is taken, the ``extractor`` (and the log variance's
+  layer), the ``decoder`` or ``all`` of them start afresh, as at initialisation; the held units
+  are then taught back by the hold's term alone. A diagnostic of where the code's stall before
+  the hues arrive lives: a decoder drawn anew when the edges stop shortens it from 50-100 kimg to
+  16, an extractor drawn anew does not (docs/demo-study.md).
 
 All per image, summed over its values and divided by their number:
 
@@ -108,6 +113,7 @@ class AutoencoderLoss:
     beta_end: Optional[float] = None  # the KL weight reached at gradient_ramp_kimg[1], linearly from beta
     hold_weight: float = 0.0      # > 0: from gradient_ramp_kimg[0] on, the used units are pulled to their values then
     hold_nats: float = 1.0        # a unit is used when its running mean KL exceeds this
+    reopen: Literal["", "extractor", "decoder", "all"] = ""  # at the hold, these modules start afresh
 
     @property
     def beta_scheduled(self) -> bool:
@@ -128,6 +134,8 @@ class AutoencoderLoss:
             raise ConfigError("loss.gradient_weight_end: expected a number >= 0, with gradient_weight > 0")
         if self.beta_end is not None and not (self.beta_end >= 0 and self.beta > 0):
             raise ConfigError("loss.beta_end: expected a number >= 0, with a variational autoencoder (beta > 0)")
+        if self.reopen and not self.hold_weight:
+            raise ConfigError("loss.reopen: needs loss.hold_weight (it acts when the hold is taken)")
         if self.hold_weight and self.gradient_weight_end is None and self.beta_end is None:
             raise ConfigError("loss.hold_weight: needs a ramp (gradient_weight_end or beta_end), whose start it holds")
         if self.gradient_weight_end is not None or self.beta_end is not None:
@@ -259,6 +267,20 @@ class Autoencoder(Method):
         self.held.copy_(self.unit_kl > self.loss.hold_nats)
         self.hold_taken.fill_(True)
         self.held_extractor.load_state_dict(self.extractor.state_dict())
+        if self.loss.reopen:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """Draws the ``reopen`` modules' weights anew, as at initialisation, from a stream of their
+        own (seeded with the number of held units: the training's random stream stays as it was)."""
+        parts = {"extractor": [self.extractor, self.log_variance], "decoder": [self.decoder]}
+        parts["all"] = parts["extractor"] + parts["decoder"]
+        with torch.random.fork_rng():
+            torch.manual_seed(int(self.held.sum()))
+            for part in parts[self.loss.reopen]:
+                for module in part.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
 
     def _prior(self, kl_units: torch.Tensor) -> torch.Tensor:
         """(B,) from each unit's KL (B, N): beta_t |KL - C_t|; with free bits one batch-level KL for all."""
