@@ -9,7 +9,9 @@ encodes every image of its data and prints two tables:
   standardised units, ``--folds``-fold cross-validation over shuffled images; chance is one over
   the factor's size) beside the best unit's share (eta^2, the training probe's measure). A factor
   with a low probe accuracy is missing from the code: no rotation of the units can disentangle
-  it. A high accuracy with a low best share means it is there but spread over units.
+  it. A high accuracy with a low best share means it is there but spread over units. Where the
+  method has the paper's extractor, a probe of the features its last layer reads (``features
+  probe``) tells a factor the units leave out from one the extractor itself is blind to.
   (DCI's informativeness does not tell the two apart on a small grid: its training and test
   samples are drawn from the same few images, which its trees memorise.)
 - per unit, most used first: the spread of its value over the images and every factor's share;
@@ -41,14 +43,16 @@ def unit_statistics(model, images: torch.Tensor) -> dict[str, np.ndarray]:
     decoder use and whether it is held."""
     from disdis.models.vae_losses import gaussian_kl_units
     with torch.no_grad():
+        extractor = getattr(model, "extractor", None)
+        features = {"features": extractor.features(images).double().numpy()} if extractor is not None else {}
         if not hasattr(model, "log_variance"):
-            return {"units": model.representation(images)["units"].double().numpy()}
+            return {"units": model.representation(images)["units"].double().numpy(), **features}
         h = model.extractor.features(images)
         units, logvar = model.extractor.fc[-1](h), model.log_variance(h)
         held = getattr(model, "held", torch.zeros(units.shape[1], dtype=torch.bool))
         return {"units": units.double().numpy(), "kl": gaussian_kl_units(units, logvar).mean(0).numpy(),
                 "sigma": (0.5 * logvar).exp().mean(0).numpy(), "use": decoder_use(model.decoder, units),
-                "held": held.numpy()}
+                "held": held.numpy(), **features}
 
 
 def decoder_use(decoder, units: torch.Tensor, step: float = 0.1) -> np.ndarray:
@@ -72,12 +76,15 @@ def report(source: str, weights: str, folds: int) -> None:
     units = stats["units"]
     sizes, names = dataset.factor_sizes, dataset.factor_names
     factors = np.stack(np.unravel_index(np.arange(len(units)), sizes), 1)
-    standard = (units - units.mean(0)) / (units.std(0) + 1e-8)
+    standard = _standardised(units)
     shares = unit_factor_shares(units, sizes)
-    print(f"\n{checkpoint}\n\n| factor | chance | linear probe | best unit share |\n|---|---|---|---|")
+    features = _standardised(stats["features"]) if "features" in stats else None
+    print(f"\n{checkpoint}\n\n| factor | chance | linear probe | best unit share |"
+          + (" features probe |" if features is not None else "") + "\n|---|---|---|---|" + "---|" * (features is not None))
     for k, name in enumerate(names):
         print(f"| {name} | {1 / sizes[k]:.3f} | {probe_accuracy(standard, factors[:, k], folds):.3f} | "
-              f"{shares[:, k].max():.3f} |")
+              f"{shares[:, k].max():.3f} |" + (f" {probe_accuracy(features, factors[:, k], folds):.3f} |"
+                                               if features is not None else ""))
     variational = "kl" in stats
     order = np.argsort(-(stats["kl"] if variational else units.std(0)))
     print("\n| unit | std | " + ("KL | sigma | decoder use | " if variational else "") + " | ".join(names) + " |")
@@ -87,6 +94,10 @@ def report(source: str, weights: str, folds: int) -> None:
         extra = (f"{stats['kl'][j]:.2f} | {stats['sigma'][j]:.3f} | {stats['use'][j]:.3f}{held} | "
                  if variational else "")
         print(f"| {j} | {units[:, j].std():.3f} | {extra}" + " | ".join(f"{v:.2f}" for v in shares[j]) + " |")
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    return (values - values.mean(0)) / (values.std(0) + 1e-8)
 
 
 def main() -> None:
