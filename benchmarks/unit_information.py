@@ -43,11 +43,10 @@ def unit_statistics(model, images: torch.Tensor) -> dict[str, np.ndarray]:
     decoder use and whether it is held."""
     from disdis.models.vae_losses import gaussian_kl_units
     with torch.no_grad():
-        extractor = getattr(model, "extractor", None)
-        features = {"features": extractor.features(images).double().numpy()} if extractor is not None else {}
+        h = model.extractor.features(images) if hasattr(model, "extractor") else None
+        features = {"features": h.double().numpy()} if h is not None else {}
         if not hasattr(model, "log_variance"):
             return {"units": model.representation(images)["units"].double().numpy(), **features}
-        h = model.extractor.features(images)
         units, logvar = model.extractor.fc[-1](h), model.log_variance(h)
         held = getattr(model, "held", torch.zeros(units.shape[1], dtype=torch.bool))
         return {"units": units.double().numpy(), "kl": gaussian_kl_units(units, logvar).mean(0).numpy(),
