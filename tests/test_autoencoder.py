@@ -181,7 +181,7 @@ def test_units_used_when_the_ramp_begins_are_held_to_a_frozen_copy(tmp_path, sha
     """hold_weight h: at the ramp's start (0.16 kimg, step 10 of 16 images) the units whose running KL
     exceeds hold_nats are marked and the extractor copied; from then on the loss adds h times the
     marked units' squared distance from the copy's means (float64 reference), the copy does not train,
-    and a run resumed after the hold ends as one that ran at once."""
+    and a run resumed after the hold (with everything else drawn anew there) ends as one that ran at once."""
     from types import SimpleNamespace
 
     from disdis.models.autoencoder import LossSchedule
@@ -222,7 +222,7 @@ def test_units_used_when_the_ramp_begins_are_held_to_a_frozen_copy(tmp_path, sha
         with pytest.raises(ConfigError, match=match):
             AutoencoderLoss(**{**loss, **bad})
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "ae", train={"total_kimg": 0.48, "checkpoint_every_kimg": 0.16})
-    cfg["method"] = {"name": "autoencoder", "units": UNITS, "loss": {**loss, "hold_nats": 0.0}}
+    cfg["method"] = {"name": "autoencoder", "units": UNITS, "loss": {**loss, "hold_nats": 0.0, "reopen": "all"}}
     config = write_yaml(tmp_path / "ae.yaml", cfg)
     assert main(["train", config]) == 0
     assert main(["train", config, f"run_dir={tmp_path / 'split'}", "train.total_kimg=0.32"]) == 0  # held since 0.16
@@ -240,8 +240,9 @@ def test_units_used_when_the_ramp_begins_are_held_to_a_frozen_copy(tmp_path, sha
                                             ("all", {"decoder", "extractor", "log_variance"})])
 def test_reopen_draws_the_named_modules_anew_when_the_hold_is_taken(reopen, fresh):
     """reopen: at the hold (not before), the named modules' weights are drawn anew, as a freshly built
-    model's of the same seed are; the others, the held copy (of the extractor before) and the
-    training's random stream are unchanged; without a hold it is refused."""
+    model's of the same seed are, and their optimizer moments dropped (Adam starts them afresh); the
+    others, their moments, the held copy (of the extractor before) and the training's random stream
+    are unchanged; without a hold it is refused."""
     from types import SimpleNamespace
 
     from disdis.models.autoencoder import LossSchedule
@@ -252,11 +253,18 @@ def test_reopen_draws_the_named_modules_anew_when_the_hold_is_taken(reopen, fres
     with torch.no_grad():  # trained weights, unlike any initialisation
         for p in model.parameters():
             p.add_(1.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable)
+    for p in trainable:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
     trained = {k: v.clone() for k, v in model.named_parameters()}
-    schedule, ctx = LossSchedule(model), SimpleNamespace(cfg=SimpleNamespace(batch_size=16), resume_step=None)
+    schedule = LossSchedule(model)
+    ctx = SimpleNamespace(cfg=SimpleNamespace(batch_size=16), resume_step=None, optimizer=optimizer)
     model.unit_kl.copy_(torch.tensor([2.0, 0.1, 3.0, 0.5]))
     schedule(ctx, 9)
     assert all(torch.equal(v, trained[k]) for k, v in model.named_parameters())
+    assert all(p in optimizer.state for p in trainable)
     state = torch.random.get_rng_state()
     schedule(ctx, 10)
     assert torch.equal(torch.random.get_rng_state(), state)
@@ -265,10 +273,10 @@ def test_reopen_draws_the_named_modules_anew_when_the_hold_is_taken(reopen, fres
         part = key.split(".")[0]
         if part == "held_extractor":
             assert torch.equal(value, trained["extractor." + key.split(".", 1)[1]]), key
-        elif part in fresh:
-            assert (value - trained[key]).abs().max() > 0.5, key
+        elif part in fresh:  # drawn anew, its optimizer moments too
+            assert (value - trained[key]).abs().max() > 0.5 and value not in optimizer.state, key
         else:
-            assert torch.equal(value, trained[key]), key
+            assert torch.equal(value, trained[key]) and value in optimizer.state, key
     with torch.random.fork_rng():  # as at initialisation: what a model built on the same stream draws
         torch.manual_seed(2)  # the stream of the two held units
         built = DeconvDecoder(3, 16, UNITS["num_units"])

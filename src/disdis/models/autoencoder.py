@@ -262,15 +262,15 @@ class Autoencoder(Method):
             held = self.held_extractor(images)
         return _sum_of_squares((mu - held)[:, self.held])
 
-    def hold_units(self) -> None:
-        """Marks the units whose running KL exceeds hold_nats, and freezes the extractor's copy."""
+    def hold_units(self) -> list[nn.Parameter]:
+        """Marks the units whose running KL exceeds hold_nats, freezes the extractor's copy, and
+        draws the ``reopen`` modules anew; returns the parameters drawn anew."""
         self.held.copy_(self.unit_kl > self.loss.hold_nats)
         self.hold_taken.fill_(True)
         self.held_extractor.load_state_dict(self.extractor.state_dict())
-        if self.loss.reopen:
-            self._reopen()
+        return self._reopen() if self.loss.reopen else []
 
-    def _reopen(self) -> None:
+    def _reopen(self) -> list[nn.Parameter]:
         """Draws the ``reopen`` modules' weights anew, as at initialisation, from a stream of their
         own (seeded with the number of held units: the training's random stream stays as it was)."""
         parts = {"extractor": [self.extractor, self.log_variance], "decoder": [self.decoder]}
@@ -281,6 +281,7 @@ class Autoencoder(Method):
                 for module in part.modules():
                     if hasattr(module, "reset_parameters"):
                         module.reset_parameters()
+        return [p for part in parts[self.loss.reopen] for p in part.parameters()]
 
     def _prior(self, kl_units: torch.Tensor) -> torch.Tensor:
         """(B,) from each unit's KL (B, N): beta_t |KL - C_t|; with free bits one batch-level KL for all."""
@@ -329,7 +330,9 @@ class LossSchedule(Hook):
             self.model.gradient_weight.fill_(_linear(loss.gradient_weight, loss.gradient_weight_end, kimg,
                                                      loss.gradient_ramp_kimg))
         if loss.hold_weight and kimg >= loss.gradient_ramp_kimg[0] and not self.model.hold_taken:
-            self.model.hold_units()
+            for parameter in self.model.hold_units():
+                if ctx.optimizer is not None:  # a module drawn anew starts its moments afresh too
+                    ctx.optimizer.state.pop(parameter, None)
 
 
 def _linear(first: float, last: float, kimg: float, window: tuple[float, float]) -> float:

@@ -39,6 +39,7 @@ class HookContext:
     run_dir: RunDir
     resume_step: int | None           # the step a resumed run continues from; None for a fresh run
     steps_per_epoch: int
+    optimizer: torch.optim.Optimizer | None = None  # once the training step is built
 
     def steps(self, kimg: float) -> int:
         """Whole steps of the global batch in ``kimg`` thousand images (at least 1)."""

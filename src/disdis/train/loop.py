@@ -244,6 +244,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
             ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         freeze = round(cfg.freeze_kimg * 1000 / cfg.batch_size) if cfg.freeze_modules else 0
         stepper = TrainStep(model, cfg, device, ddp=ddp, hooks=hooks, ctx=ctx, freeze_steps=freeze)
+        ctx.optimizer = stepper.optimizer
         start = _restore(state, stepper, cfg) if state is not None else 0
         seconds = float(state.meta.get("train_seconds", 0.0)) if state is not None else 0.0
         sampler.start_step = start
