@@ -10,6 +10,7 @@ from disdis.cli import main
 # the demo's own config, shrunk: a few training steps, tiny networks, small metric samples, 2 DDIM steps
 TINY = ["method.first_stage_train.total_kimg=0.064", "method.first_stage_train.batch_size=32", "method.first_stage.base_channels=8",
         "method.extractor_init_train.total_kimg=0.064", "method.extractor_init_train.batch_size=32",
+        "method.extractor_init_loss.gradient_ramp_kimg=[0.032,0.032]",  # the preset's hold and fresh start, midway
         "train.total_kimg=0.128", "train.batch_size=32", "train.freeze_kimg=0.064", "method.anchoring.refit_every=0.064", "method.anchoring.refit_images=200",
         "method.units.num_units=4", "method.units.token_dim=8", "method.units.extractor_width=4", "method.units.fc_hidden=[16]",
         "method.units.mlp_hidden=[8]", "method.unet.context_dim=8", "method.unet.base_channels=8", "method.unet.channel_mult=[1,2]",
