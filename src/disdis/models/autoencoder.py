@@ -46,10 +46,10 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   arriving with the pixels, must then take units of their own instead of taking over the
   geometry's (a diagnostic of why the factors spread; docs/demo-study.md).
 - ``reopen`` (with a hold): when the hold is taken, the ``extractor`` (and the log variance's
-  layer), the ``decoder`` or ``all`` of them start afresh, as at initialisation; the held units
-  are then taught back by the hold's term alone. A diagnostic of where the code's stall before
-  the hues arrive lives: a decoder drawn anew when the edges stop shortens it from 50-100 kimg to
-  16, an extractor drawn anew does not (docs/demo-study.md).
+  layer), the ``decoder`` or ``all`` of them start afresh, as at initialisation, with fresh
+  optimizer moments; the held units are then taught back by the hold's term alone. A decoder
+  trained on the colour-blind edges stalls the hues' arrival by 50-100 kimg after the edges stop;
+  drawn anew, it lets them in within 16 (docs/demo-study.md). The demo preset draws ``all`` anew.
 
 All per image, summed over its values and divided by their number:
 
