@@ -242,7 +242,8 @@ def test_reopen_draws_the_named_modules_anew_when_the_hold_is_taken(reopen, fres
     """reopen: at the hold (not before), the named modules' weights are drawn anew, as a freshly built
     model's of the same seed are, and their optimizer moments dropped (Adam starts them afresh); the
     others, their moments, the held copy (of the extractor before) and the training's random stream
-    are unchanged; without a hold it is refused."""
+    are unchanged; the new weights come from the training's stream at the hold (two seeds draw
+    two different starts); without a hold it is refused."""
     from types import SimpleNamespace
 
     from disdis.models.autoencoder import LossSchedule
@@ -278,7 +279,7 @@ def test_reopen_draws_the_named_modules_anew_when_the_hold_is_taken(reopen, fres
         else:
             assert torch.equal(value, trained[key]) and value in optimizer.state, key
     with torch.random.fork_rng():  # as at initialisation: what a model built on the same stream draws
-        torch.manual_seed(2)  # the stream of the two held units
+        torch.random.set_rng_state(state)  # the training's stream at the hold, so the run's seed
         built = DeconvDecoder(3, 16, UNITS["num_units"])
     if reopen == "decoder":
         assert all(torch.equal(v, after["decoder." + k]) for k, v in built.named_parameters())

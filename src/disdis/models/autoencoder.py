@@ -271,12 +271,12 @@ class Autoencoder(Method):
         return self._reopen() if self.loss.reopen else []
 
     def _reopen(self) -> list[nn.Parameter]:
-        """Draws the ``reopen`` modules' weights anew, as at initialisation, from a stream of their
-        own (seeded with the number of held units: the training's random stream stays as it was)."""
+        """Draws the ``reopen`` modules' weights anew, as at initialisation, from the training's random
+        stream as it stands at the hold (so from the run's seed), in a fork of it: the stream itself
+        stays as it was, and what follows the hold draws the same numbers as without it."""
         parts = {"extractor": [self.extractor, self.log_variance], "decoder": [self.decoder]}
         parts["all"] = parts["extractor"] + parts["decoder"]
         with torch.random.fork_rng():
-            torch.manual_seed(int(self.held.sum()))
             for part in parts[self.loss.reopen]:
                 for module in part.modules():
                     if hasattr(module, "reset_parameters"):
