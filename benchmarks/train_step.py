@@ -21,7 +21,8 @@ the U-Net; compile time is in the "setup s" column). ``--device cuda --bf16`` ru
 same step on a GPU under bf16 autocast (as the training loop does there); the reference
 rate is then a bf16 matmul. ``--held`` adds, for each variant, the step that holds the config's
 ``train.freeze_modules`` still (the demo holds its extractor for 32 kimg): on one process they
-leave the graph, so the step runs their forward and no backward.
+leave the graph, so the step runs their forward and no backward. ``--set method.cache_latents=true``
+times the step whose frozen first stage is read from the latent cache (the demo's setting).
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls,
 convolutions, attention) on one forward pass: the step does 3x the forward FLOPs
@@ -94,6 +95,8 @@ class ModelStep:
             if cfg.method.anchoring.enabled:
                 tokens = self.model.unit_tokens(self.images).float().transpose(0, 1).contiguous()
                 self.model.anchor_state.load(self.model.fit_anchors(tokens, seed=0))
+        if getattr(cfg.method, "cache_latents", False):  # the encoder runs once, here, as the LatentCache hook has it
+            self.model.fill_latent_cache([self.images])
         if variant == "compiled":
             self.model.extractor.compile()
             self.model.unet.compile()

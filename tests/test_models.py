@@ -76,6 +76,39 @@ def test_sampling_and_interchange():
     assert swapped.shape == (2, 3, 16, 16)
 
 
+def test_latent_cache_gives_the_encoders_latents_without_running_it():
+    """cache_latents: the hook encodes the whole training set once (in chunks) before the first
+    step; a batch of its images, in any order and layout, then gets the latents the encoder gives
+    them (float64 reference: the encoder on each image alone), with the encoder not run; a batch
+    with an image the cache lacks runs the encoder; the cache is dropped when the loop ends."""
+    from types import SimpleNamespace
+
+    from disdis.models.latent import LatentCache
+    cfg = tiny(method={"cache_latents": True}, first_stage={"kind": "vq", "base_channels": 8, "channel_mult": [1, 2],
+                                                 "num_res_blocks": 1, "codebook_size": 16})
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    x = images(10)
+    dataset = [(image, 0) for image in x]
+    model.setup(x)
+    hook = [h for h in model.hooks() if isinstance(h, LatentCache)][0]
+    hook.chunk = 4  # three chunks, the last of two images
+    hook.open(SimpleNamespace(dataset=dataset, model=model, device=torch.device("cpu")))
+    assert len(model.latent_cache) == 10
+    encoder = model.first_stage.encoder
+    with torch.no_grad():
+        reference = torch.cat([encoder.double()(image[None].double()) for image in x]) * model.scaler.scale.double()
+    encoder.float()
+    calls = []
+    encoder.register_forward_hook(lambda *args: calls.append(1))
+    batch = x[[7, 2, 9, 0]].contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(model.latents(batch).double(), reference[[7, 2, 9, 0]], atol=1e-5) and not calls
+    unknown = torch.cat([x[:1], images(1, seed=5)])
+    assert torch.allclose(model.latents(unknown)[0].double(), reference[0], atol=1e-5) and calls
+    hook.close()
+    assert model.latent_cache is None and not tiny().method.cache_latents
+
+
 def test_first_stage_training_model():
     cfg = tiny(method={"name": "first_stage"}, first_stage={"kind": "vq", "base_channels": 8, "channel_mult": [1, 2],
                                                   "num_res_blocks": 1, "codebook_size": 16, "use_discriminator": True,

@@ -61,6 +61,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     extractor_init: Literal["random", "autoencoder"] = "random"
     extractor_init_train: ExtractorInitTrainConfig = field(default_factory=ExtractorInitTrainConfig)
     extractor_init_loss: AutoencoderLoss = field(default_factory=AutoencoderLoss)  # that autoencoder's loss
+    cache_latents: bool = False  # the frozen first stage encodes each training image once (models/latent.py)
 
     dependency_kinds = {**OnFirstStage.dependency_kinds, "extractor": "autoencoder"}
     initialises = frozenset({"extractor"})
@@ -117,7 +118,8 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
 
     def build(self, dependencies: dict) -> DisentangledDiffusion:
         first_stage = dependencies.get("first_stage") or build_first_stage(self.first_stage)
-        model = DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring)
+        model = DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring,
+                                      cache_latents=self.cache_latents)
         if "extractor" in dependencies:  # the warm start: its weights, trained on from here
             model.extractor.load_state_dict(dependencies["extractor"].state_dict())
         return model
@@ -127,8 +129,9 @@ class DisentangledDiffusion(LatentSpace, Anchored, Method):
     capabilities = frozenset({"represent", "decode", "generate", "attention"})
 
     def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,
-                 diffusion: DiffusionConfig, anchoring: AnchoringConfig):
+                 diffusion: DiffusionConfig, anchoring: AnchoringConfig, cache_latents: bool = False):
         super().__init__()
+        self.cache_latents = cache_latents
         self.first_stage = first_stage.eval().requires_grad_(False)
         self.scaler = LatentScaler()
         self.extractor = FeatureExtractor(units)
@@ -142,8 +145,9 @@ class DisentangledDiffusion(LatentSpace, Anchored, Method):
 
     # ------------------------------------------------------------------ the method protocol
     def hooks(self) -> list[Hook]:
-        """The latent scale fixed on the first batch; the DyGA refits when anchoring is on."""
-        return [*self.latent_hooks(), *self.anchor_hooks()]
+        """The latent scale fixed on the first batch (and the latent cache when asked for); the DyGA
+        refits when anchoring is on."""
+        return [*self.latent_hooks(self.cache_latents), *self.anchor_hooks()]
 
     def forward(self, images: torch.Tensor, condition_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The training loss on images in [-1, 1]; also returns the un-anchored tokens (detached).

@@ -236,7 +236,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
         if probe is not None:
             probe.open(resume_step)
         if state is None:  # every rank sees the whole first global batch
-            first = _collate([dataset[int(i)] for i in sampler.global_batch(0)]).to(device)
+            first = collate_images([dataset[int(i)] for i in sampler.global_batch(0)]).to(device)
             for hook in hooks:
                 hook.start(ctx, first)
         ddp = model
@@ -249,7 +249,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
         seconds = float(state.meta.get("train_seconds", 0.0)) if state is not None else 0.0
         sampler.start_step = start
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                             pin_memory=device.type == "cuda", collate_fn=_collate,
+                                             pin_memory=device.type == "cuda", collate_fn=collate_images,
                                              persistent_workers=False,
                                              generator=torch.Generator().manual_seed(cfg.seed))
         return _run(stepper, loader, sched, start, state.path if state is not None else None, run, logger, probe,
@@ -436,7 +436,7 @@ def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path
 # Small helpers
 
 
-def _collate(items: list) -> torch.Tensor:
+def collate_images(items: list) -> torch.Tensor:
     """Stack the images of dataset items (an image tensor, or a tuple whose first entry is one)."""
     return torch.stack([item[0] if isinstance(item, (list, tuple)) else item for item in items])
 
