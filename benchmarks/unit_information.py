@@ -20,7 +20,10 @@ encodes every image of its data and prints two tables:
   nothing; how much its decoder reads it (``decoder use``: the RMS over the images of
   (D(mu + d e_j) - D(mu)) / d, d = 0.1, the reconstruction's change per unit step of the unit's
   mean; a factor enters a code through the units the decoder already reads); and whether the unit
-  is held (``hold_weight``).
+  is held (``hold_weight``); and the pair of factors that together explain most of it (``best pair``,
+  eta^2 of the pair's cells, :func:`disdis.metrics.unit_pair_shares`): far above its best single
+  share, the unit carries two factors jointly, a mixture or an interaction such as "the object's hue
+  equals the floor's", which a linear probe of the units misses.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def decoder_use(decoder, units: torch.Tensor, step: float = 0.1) -> np.ndarray:
 
 
 def report(source: str, weights: str, folds: int) -> None:
-    from disdis.metrics import unit_factor_shares
+    from disdis.metrics import unit_factor_shares, unit_pair_shares
     from disdis.train.run import load_trained_model, open_training_data
 
     cfg, model, checkpoint = load_trained_model(source, weights)
@@ -77,6 +80,7 @@ def report(source: str, weights: str, folds: int) -> None:
     factors = np.stack(np.unravel_index(np.arange(len(units)), sizes), 1)
     standard = _standardised(units)
     shares = unit_factor_shares(units, sizes)
+    pairs = unit_pair_shares(units, sizes)
     features = _standardised(stats["features"]) if "features" in stats else None
     print(f"\n{checkpoint}\n\n| factor | chance | linear probe | best unit share |"
           + (" features probe |" if features is not None else "") + "\n|---|---|---|---|" + "---|" * (features is not None))
@@ -86,13 +90,15 @@ def report(source: str, weights: str, folds: int) -> None:
                                                if features is not None else ""))
     variational = "kl" in stats
     order = np.argsort(-(stats["kl"] if variational else units.std(0)))
-    print("\n| unit | std | " + ("KL | sigma | decoder use | " if variational else "") + " | ".join(names) + " |")
-    print("|---" * (2 + 3 * variational + len(names)) + "|")
+    print("\n| unit | std | " + ("KL | sigma | decoder use | " if variational else "") + " | ".join(names) + " | best pair |")
+    print("|---" * (3 + 3 * variational + len(names)) + "|")
     for j in order:
         held = " (held)" if variational and stats["held"][j] else ""
         extra = (f"{stats['kl'][j]:.2f} | {stats['sigma'][j]:.3f} | {stats['use'][j]:.3f}{held} | "
                  if variational else "")
-        print(f"| {j} | {units[:, j].std():.3f} | {extra}" + " | ".join(f"{v:.2f}" for v in shares[j]) + " |")
+        k, m = np.unravel_index(np.argmax(np.triu(pairs[j], 1)), pairs[j].shape)
+        print(f"| {j} | {units[:, j].std():.3f} | {extra}" + " | ".join(f"{v:.2f}" for v in shares[j])
+              + f" | {names[k]} x {names[m]} {pairs[j, k, m]:.2f} |")
 
 
 def _standardised(values: np.ndarray) -> np.ndarray:

@@ -299,6 +299,37 @@ def test_unit_factor_shares_analytic_cases():
     np.testing.assert_array_equal(shares[4], [0, 0, 0])
 
 
+def test_unit_pair_shares_analytic_cases():
+    """A pure interaction of two factors has no single share and pair share 1; a unit of one factor
+    has share 1 for every pair that holds it; the diagonal equals the single shares; the pair
+    share against a float64 loop over the grid's cells."""
+    from disdis.factor_grid import canonical_factors
+    from disdis.metrics import unit_factor_shares, unit_pair_shares
+
+    sizes = [3, 4, 2]
+    f = canonical_factors(sizes).astype(float)
+    rng = np.random.default_rng(0)
+    codes = np.stack([
+        (f[:, 1] - 1.5) * (f[:, 2] - 0.5),  # pure interaction of factors 1 and 2
+        (f[:, 0] == f[:, 1]).astype(float),  # "factor 0 equals factor 1": mostly their interaction
+        f[:, 2],
+        rng.normal(size=len(f)),
+    ], axis=1)
+    pairs = unit_pair_shares(codes, sizes)
+    assert pairs.shape == (4, 3, 3)
+    np.testing.assert_allclose(pairs[0, 1, 2], 1.0, atol=1e-12)
+    np.testing.assert_allclose(pairs[0, [0, 1, 2], [0, 1, 2]], [0, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(pairs[1, 0, 1], 1.0, atol=1e-12)
+    np.testing.assert_allclose(pairs[2, [0, 1, 2], [2, 2, 2]], [1, 1, 1], atol=1e-12)
+    np.testing.assert_allclose(pairs[:, [0, 1, 2], [0, 1, 2]], unit_factor_shares(codes, sizes), atol=1e-12)
+    np.testing.assert_allclose(pairs, pairs.transpose(0, 2, 1), atol=1e-12)
+    cells = {}
+    for row, (a, b) in zip(codes[:, 3], f[:, [0, 2]].astype(int)):
+        cells.setdefault((a, b), []).append(row)
+    means = np.array([np.mean(v) for v in cells.values()])
+    assert np.isclose(pairs[3, 0, 2], means.var() / codes[:, 3].var(), atol=1e-12)
+
+
 def test_suite_scores_are_the_same_on_every_run_even_with_tied_codes():
     """Two codes that copy one factor tie at every split; the trees pick one at random. The suite
     seeds that choice (apart from the sampling stream), so DCI and downstream repeat exactly."""

@@ -14,6 +14,10 @@ variance. A unit that is a function of factor k alone has share 1 for k and 0
 for every other factor; the shares of a unit sum to at most 1. Unlike the
 summary metrics this shows, unit by unit, what a representation encodes (and
 what it leaves out).
+
+A pair of factors (k, l) explains eta_j,kl^2 = Var(E[c_j | f_k, f_l]) / Var(c_j): its main effects
+and their interaction. A unit whose pair share is far above its best single share carries the two
+factors jointly (say, "the object's hue equals the floor's"), which no single factor's share shows.
 """
 
 from __future__ import annotations
@@ -34,4 +38,19 @@ def unit_factor_shares(code_table: np.ndarray, factor_sizes: Sequence[int]) -> n
     for k in range(len(sizes)):
         means = grid.mean(axis=tuple(a for a in range(len(sizes)) if a != k))  # (sizes[k], units)
         np.divide(means.var(axis=0), total, out=shares[:, k], where=total > 0)
+    return shares
+
+
+def unit_pair_shares(code_table: np.ndarray, factor_sizes: Sequence[int]) -> np.ndarray:
+    """(units, factors, factors) eta^2 of each unit for each pair of factors (module docstring);
+    the diagonal holds the single factors' shares, 0 for a constant unit."""
+    table, sizes = check_code_table(code_table, factor_sizes)
+    grid = table.reshape(*sizes.tolist(), table.shape[1])
+    total = table.var(axis=0)
+    shares = np.zeros((table.shape[1], len(sizes), len(sizes)))
+    for k in range(len(sizes)):
+        for m in range(len(sizes)):
+            means = grid.mean(axis=tuple(a for a in range(len(sizes)) if a not in (k, m)))
+            cells = means.reshape(-1, table.shape[1])  # (the pair's cells, units), each as many images
+            np.divide(cells.var(axis=0), total, out=shares[:, k, m], where=total > 0)
     return shares
