@@ -287,6 +287,48 @@ def test_reopen_draws_the_named_modules_anew_when_the_hold_is_taken(reopen, fres
         AutoencoderLoss(beta=1.0, reopen=reopen)
 
 
+class _Quadratic(torch.nn.Module):
+    """D_i(z) = z^T A_i z for each output value i: Hessian 2 A_i (A_i symmetric), and central
+    differences give v^T H v exactly."""
+
+    def __init__(self, units: int, shape=(3, 16, 16)):
+        super().__init__()
+        a = torch.randn(int(torch.tensor(shape).prod()), units, units, dtype=torch.float64)
+        self.a, self.shape = torch.nn.Parameter((a + a.transpose(1, 2)) / 2), shape
+
+    def forward(self, z):
+        return torch.einsum("bj,ijk,bk->bi", z.double(), self.a, z.double()).view(len(z), *self.shape)
+
+
+def test_hessian_penalty_against_the_exact_hessian_of_a_quadratic_decoder():
+    """hessian_weight: with v the two Rademacher draws the term makes, the penalty equals
+    sum_i (v0^T H_i v0 - v1^T H_i v1)^2 / 2 with the exact Hessians (float64), averaged over the
+    first hessian_images images; over many draws it tends to Var_v = 2 sum_i sum_{j != k} H_ijk^2;
+    it reaches the decoder's weights only (the code is held fixed); with weight 0 it is not computed."""
+    torch.manual_seed(0)
+    loss = AutoencoderLoss(beta=1.0, hessian_weight=2.0, hessian_images=3, hessian_step=0.5)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), loss)
+    model.decoder = _Quadratic(4)
+    z = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(7)
+    penalty = model._hessian(z)
+    torch.manual_seed(7)
+    v = (torch.randint(0, 2, (2, 3, 4), dtype=torch.float64) * 2 - 1)
+    hessians = 2 * model.decoder.a.detach()  # (values, units, units), the same for every z
+    quad = torch.einsum("nbj,ijk,nbk->nbi", v, hessians, v)  # (draw, image, value)
+    expected = ((quad[0] - quad[1]).square().sum(1) / 2).mean()
+    assert torch.allclose(penalty, expected, rtol=1e-9)
+    draws = torch.stack([model._hessian(z) for _ in range(4000)]).mean()
+    off_diagonal = hessians.square().sum() - torch.diagonal(hessians, dim1=1, dim2=2).square().sum()
+    assert abs(draws / (2 * off_diagonal) - 1) < 0.05
+    penalty.backward()
+    assert z.grad is None and model.decoder.a.grad.abs().sum() > 0
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    assert "hessian" not in Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=1.0))(x)
+    with pytest.raises(ConfigError, match="hessian_images"):
+        AutoencoderLoss(beta=1.0, hessian_weight=1.0, hessian_images=0)
+
+
 def test_edge_strength_loss_against_a_loop_over_pixels():
     """gradient: magnitude compares each pixel's edge strength sqrt(sum_c dx^2 + dy^2), whatever the
     colours: a red square on black and a blue square on black have the same edges."""

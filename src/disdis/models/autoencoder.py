@@ -50,11 +50,18 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   optimizer moments; the held units are then taught back by the hold's term alone. A decoder
   trained on the colour-blind edges stalls the hues' arrival by 50-100 kimg after the edges stop;
   drawn anew, it lets them in within 16 (docs/demo-study.md). The demo preset draws ``all`` anew.
+- ``hessian_weight = g > 0``: the Hessian penalty (Peebles et al., ECCV 2020) on the decoder. For
+  Rademacher vectors v, Var_v(v^T H_i v) = 2 sum_{j != k} (d^2 D_i / dz_j dz_k)^2 for each output
+  value i: the decoder's mixed second derivatives, which a code needs where a unit carries two
+  factors jointly (a hue unit that reads "the object's hue equals the floor's", whose meaning
+  depends on another unit) and a code of one factor per unit does not. Estimated on the first
+  ``hessian_images`` images of the batch with two v's and central differences of step
+  ``hessian_step`` at the code (held fixed: the decoder is what it shapes), summed over the values.
 
 All per image, summed over its values and divided by their number:
 
     loss = mean_batch [ sum (D(z) - x)^2 + w sum (dD(z) - dx)^2 + beta_t |KL - C_t| + t TC
-                        + h sum_held (u_j - u0_j)^2 ] / pixels
+                        + h sum_held (u_j - u0_j)^2 + g sum Var_v(v^T H v) ] / pixels
 
 (with free bits, KL is sum_j max(f, mean_batch KL_j) there; with every term off, exactly the mean
 squared error above). It is also a run of its own (its units,
@@ -114,6 +121,9 @@ class AutoencoderLoss:
     hold_weight: float = 0.0      # > 0: from gradient_ramp_kimg[0] on, the used units are pulled to their values then
     hold_nats: float = 1.0        # a unit is used when its running mean KL exceeds this
     reopen: Literal["", "extractor", "decoder", "all"] = ""  # at the hold, these modules start afresh
+    hessian_weight: float = 0.0   # > 0: the weight of the decoder's Hessian penalty
+    hessian_images: int = 8       # of each batch, the images the penalty is estimated on
+    hessian_step: float = 0.1     # the central differences' step in the units
 
     @property
     def beta_scheduled(self) -> bool:
@@ -122,7 +132,7 @@ class AutoencoderLoss:
 
     def __post_init__(self) -> None:
         terms = ("capacity", "beta_warmup_kimg", "free_nats", "tc_weight", "hold_weight")
-        for key in ("beta", "gradient_weight", "capacity_kimg", "hold_nats", *terms):
+        for key in ("beta", "gradient_weight", "capacity_kimg", "hold_nats", "hessian_weight", *terms):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"loss.{key}: expected a number >= 0, got {getattr(self, key)!r}")
         for key in terms:
@@ -134,6 +144,9 @@ class AutoencoderLoss:
             raise ConfigError("loss.gradient_weight_end: expected a number >= 0, with gradient_weight > 0")
         if self.beta_end is not None and not (self.beta_end >= 0 and self.beta > 0):
             raise ConfigError("loss.beta_end: expected a number >= 0, with a variational autoencoder (beta > 0)")
+        if not (self.hessian_images >= 1 and self.hessian_step > 0):
+            raise ConfigError(f"loss.hessian_images, loss.hessian_step: expected >= 1 and > 0, got "
+                              f"{self.hessian_images!r}, {self.hessian_step!r}")
         if self.reopen and not self.hold_weight:
             raise ConfigError("loss.reopen: needs loss.hold_weight (it acts when the hold is taken)")
         if self.hold_weight and self.gradient_weight_end is None and self.beta_end is None:
@@ -221,15 +234,17 @@ class Autoencoder(Method):
         pixels = images[0].numel()
         t = self.terms(images)
         loss = (t["pixels"] + self.edge_weight * t["edges"] + self._prior(t["kl_units"]) + self.loss.tc_weight * t["tc"]
-                + self.loss.hold_weight * t["hold"]).mean() / pixels
+                + self.loss.hold_weight * t["hold"] + self.loss.hessian_weight * t["hessian"]).mean() / pixels
         return {"loss": loss, "recon": t["pixels"].mean().detach() / pixels,
                 "gradient": t["edges"].mean().detach() / pixels,
                 "kl": t["kl_units"].sum(1).mean().detach(), "tc": t["tc"].mean().detach(),  # nats per image
-                **({"hold": t["hold"].mean().detach()} if self.loss.hold_weight else {})}
+                **({"hold": t["hold"].mean().detach()} if self.loss.hold_weight else {}),
+                **({"hessian": t["hessian"].mean().detach() / pixels} if self.loss.hessian_weight else {})}
 
     def terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss's terms per image, unweighted (B,): the pixels' and the edges' squared errors, the
-        total correlation and the hold's distance; and each unit's KL (B, N). Zeros where a term is off."""
+        total correlation, the hold's distance and the Hessian penalty (one estimate for the batch);
+        and each unit's KL (B, N). Zeros where a term is off."""
         zero = images.new_zeros(len(images))
         if self.loss.beta == 0:
             z, kl_units, tc = self.extractor(images), zero[:, None], zero
@@ -242,7 +257,19 @@ class Autoencoder(Method):
         return {"pixels": _sum_of_squares(recon - images),
                 "edges": _gradient_error(recon, images, self.loss.gradient) if self.loss.gradient_weight else zero,
                 "kl_units": kl_units, "tc": tc,
-                "hold": self._hold(images, mu, kl_units) if self.loss.hold_weight else zero}
+                "hold": self._hold(images, mu, kl_units) if self.loss.hold_weight else zero,
+                "hessian": self._hessian(z).expand_as(zero) if self.loss.hessian_weight else zero}
+
+    def _hessian(self, z: torch.Tensor) -> torch.Tensor:
+        """(): the Hessian penalty, sum over output values of Var_v(v^T H v), mean over the first
+        ``hessian_images`` codes (held fixed); two Rademacher v's, central differences."""
+        z = z[: self.loss.hessian_images].detach()
+        eps = self.loss.hessian_step
+        v = torch.randint(0, 2, (2, *z.shape), dtype=z.dtype, device=z.device) * 2 - 1
+        shifted = self.decoder(torch.cat([z + eps * v[0], z - eps * v[0], z + eps * v[1], z - eps * v[1], z]))
+        up0, down0, up1, down1, base = shifted.chunk(5)
+        quad0, quad1 = (up0 + down0 - 2 * base) / eps ** 2, (up1 + down1 - 2 * base) / eps ** 2  # v^T H v
+        return (_sum_of_squares(quad0 - quad1) / 2).mean()  # the unbiased variance of two draws
 
     @property
     def edge_weight(self) -> torch.Tensor | float:
