@@ -324,7 +324,15 @@ def test_hessian_penalty_against_the_exact_hessian_of_a_quadratic_decoder():
     penalty.backward()
     assert z.grad is None and model.decoder.a.grad.abs().sum() > 0
     x = torch.rand(5, 3, 16, 16) * 2 - 1
-    assert "hessian" not in Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=1.0))(x)
+    torch.manual_seed(0)
+    plain = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=1.0))
+    penalised = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=1.0, hessian_weight=3.0))
+    penalised.load_state_dict(plain.state_dict())
+    torch.manual_seed(1)
+    without = plain(x)
+    torch.manual_seed(1)
+    out = penalised(x)  # the same noise for z, then the penalty's draws
+    assert "hessian" not in without and torch.allclose(out["loss"], without["loss"] + 3.0 * out["hessian"])
     with pytest.raises(ConfigError, match="hessian_images"):
         AutoencoderLoss(beta=1.0, hessian_weight=1.0, hessian_images=0)
 
