@@ -65,7 +65,7 @@ def decoder_use(decoder, units: torch.Tensor, step: float = 0.1) -> np.ndarray:
 
 
 def report(source: str, weights: str, folds: int) -> None:
-    from disdis.metrics import unit_factor_shares, unit_pair_shares
+    from disdis.metrics import unit_pair_shares
     from disdis.train.run import load_trained_model, open_training_data
 
     cfg, model, checkpoint = load_trained_model(source, weights)
@@ -79,8 +79,8 @@ def report(source: str, weights: str, folds: int) -> None:
     sizes, names = dataset.factor_sizes, dataset.factor_names
     factors = np.stack(np.unravel_index(np.arange(len(units)), sizes), 1)
     standard = _standardised(units)
-    shares = unit_factor_shares(units, sizes)
     pairs = unit_pair_shares(units, sizes)
+    shares = pairs.diagonal(axis1=1, axis2=2)  # each factor's share alone
     features = _standardised(stats["features"]) if "features" in stats else None
     print(f"\n{checkpoint}\n\n| factor | chance | linear probe | best unit share |"
           + (" features probe |" if features is not None else "") + "\n|---|---|---|---|" + "---|" * (features is not None))

@@ -31,26 +31,31 @@ from disdis.metrics.inputs import check_code_table
 
 def unit_factor_shares(code_table: np.ndarray, factor_sizes: Sequence[int]) -> np.ndarray:
     """(units, factors) eta^2 of each unit for each factor (module docstring); 0 for a constant unit."""
-    table, sizes = check_code_table(code_table, factor_sizes)
-    grid = table.reshape(*sizes.tolist(), table.shape[1])
-    total = table.var(axis=0)
-    shares = np.zeros((table.shape[1], len(sizes)))
-    for k in range(len(sizes)):
-        means = grid.mean(axis=tuple(a for a in range(len(sizes)) if a != k))  # (sizes[k], units)
-        np.divide(means.var(axis=0), total, out=shares[:, k], where=total > 0)
-    return shares
+    grid, total = _grid(code_table, factor_sizes)
+    return np.stack([_cell_share(grid, total, {k}) for k in range(grid.ndim - 1)], axis=1)
 
 
 def unit_pair_shares(code_table: np.ndarray, factor_sizes: Sequence[int]) -> np.ndarray:
     """(units, factors, factors) eta^2 of each unit for each pair of factors (module docstring);
     the diagonal holds the single factors' shares, 0 for a constant unit."""
-    table, sizes = check_code_table(code_table, factor_sizes)
-    grid = table.reshape(*sizes.tolist(), table.shape[1])
-    total = table.var(axis=0)
-    shares = np.zeros((table.shape[1], len(sizes), len(sizes)))
-    for k in range(len(sizes)):
-        for m in range(len(sizes)):
-            means = grid.mean(axis=tuple(a for a in range(len(sizes)) if a not in (k, m)))
-            cells = means.reshape(-1, table.shape[1])  # (the pair's cells, units), each as many images
-            np.divide(cells.var(axis=0), total, out=shares[:, k, m], where=total > 0)
+    grid, total = _grid(code_table, factor_sizes)
+    factors = grid.ndim - 1
+    shares = np.zeros((grid.shape[-1], factors, factors))
+    for k in range(factors):
+        for m in range(k, factors):
+            shares[:, k, m] = shares[:, m, k] = _cell_share(grid, total, {k, m})
     return shares
+
+
+def _grid(code_table: np.ndarray, factor_sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The code table as a grid (*factor_sizes, units) and each unit's total variance."""
+    table, sizes = check_code_table(code_table, factor_sizes)
+    return table.reshape(*sizes.tolist(), table.shape[1]), table.var(axis=0)
+
+
+def _cell_share(grid: np.ndarray, total: np.ndarray, kept: set[int]) -> np.ndarray:
+    """(units,) the variance of the unit's means over the cells of the ``kept`` factors (each cell
+    holds as many images) over its total variance; 0 for a constant unit."""
+    means = grid.mean(axis=tuple(a for a in range(grid.ndim - 1) if a not in kept))
+    cells = means.reshape(-1, grid.shape[-1])
+    return np.divide(cells.var(axis=0), total, out=np.zeros_like(total), where=total > 0)
