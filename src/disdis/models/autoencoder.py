@@ -266,10 +266,10 @@ class Autoencoder(Method):
         z = z[: self.loss.hessian_images].detach()
         eps = self.loss.hessian_step
         v = torch.randint(0, 2, (2, *z.shape), dtype=z.dtype, device=z.device) * 2 - 1
-        up0, down0, up1, down1 = self.decoder(torch.cat([z + eps * v[0], z - eps * v[0], z + eps * v[1], z - eps * v[1]])).chunk(4)
-        # v^T H v = (D(z + eps v) + D(z - eps v) - 2 D(z)) / eps^2 for each v; D(z) cancels in the difference
-        difference = (up0 + down0 - up1 - down1) / eps ** 2
-        return (_sum_of_squares(difference) / 2).mean()  # the unbiased variance of the two draws
+        shifted = self.decoder(torch.cat([z + eps * v[0], z - eps * v[0], z + eps * v[1], z - eps * v[1], z]))
+        up0, down0, up1, down1, base = shifted.chunk(5)
+        quad0, quad1 = (up0 + down0 - 2 * base) / eps ** 2, (up1 + down1 - 2 * base) / eps ** 2  # v^T H v
+        return (_sum_of_squares(quad0 - quad1) / 2).mean()  # the unbiased variance of two draws
 
     @property
     def edge_weight(self) -> torch.Tensor | float:
