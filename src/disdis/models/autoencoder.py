@@ -267,6 +267,8 @@ class Autoencoder(Method):
         eps = self.loss.hessian_step
         v = torch.randint(0, 2, (2, *z.shape), dtype=z.dtype, device=z.device) * 2 - 1
         shifted = self.decoder(torch.cat([z + eps * v[0], z - eps * v[0], z + eps * v[1], z - eps * v[1], z]))
+        # D(z) cancels in quad0 - quad1; dropping it changes the arithmetic, and the demo preset's
+        # runs were measured with it (docs/demo-study.md, session of 2026-12-05, third)
         up0, down0, up1, down1, base = shifted.chunk(5)
         quad0, quad1 = (up0 + down0 - 2 * base) / eps ** 2, (up1 + down1 - 2 * base) / eps ** 2  # v^T H v
         return (_sum_of_squares(quad0 - quad1) / 2).mean()  # the unbiased variance of two draws
