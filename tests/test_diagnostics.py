@@ -87,6 +87,22 @@ def test_share_table_of_known_units(tmp_path):
         assert im.width >= 512
 
 
+def test_figure_redrawn_at_most_every_redraw_seconds_and_completed_at_close(tmp_path, monkeypatch):
+    import disdis.figures
+    drawn = []
+    monkeypatch.setattr(disdis.figures, "plot_factor_shares", lambda rows, names, path: drawn.append(len(rows)))
+    p, model = probe(tmp_path, redraw_seconds=math.inf)
+    for step in (1, 2, 3):
+        p(model, step, step / 10)
+    assert drawn == [4]  # the first probe draws (its 4 units' rows); the next ones wait
+    p.close()
+    assert drawn == [4, 12]  # closing draws what the figure lacked
+    p, model = probe(tmp_path / "every", redraw_seconds=0.0)
+    p(model, 1, 0.1), p(model, 2, 0.2)
+    p.close()
+    assert drawn[2:] == [4, 8]  # each probe drew; nothing left to draw at close
+
+
 def test_uniform_attention_is_a_global_bias(tmp_path):
     """Zero keys: uniform weights over the 5 tokens (entropy log 5) and one output vector for every
     pixel (selectivity 0). Large keys sharpen the weights."""

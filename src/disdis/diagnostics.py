@@ -28,7 +28,9 @@ encodes the units with the live model in eval mode and measures
   a clean test of reading a factor only where the units are known to hold it.
 
 It also redraws ``figures/factor_shares.png``: each factor's best share
-against kimg, so a user sees when each factor is captured. The probe's draws
+against kimg, so a user sees when each factor is captured; at most every
+``redraw_seconds`` while training (a drawing costs about 0.4 s, a probe's
+measurements about 0.8 s at the demo's size) and once more when the probe closes. The probe's draws
 come from its own seed inside ``torch.random.fork_rng``, so training draws the
 same numbers with or without it.
 """
@@ -38,6 +40,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -67,7 +70,7 @@ class UnitProbe:
 
     def __init__(self, dataset, factor_names: Sequence[str], factor_sizes: Sequence[int], run_dir: str | Path, *,
                  grid_index, max_images: int = 4096, attention_images: int = 64, batch_size: int = 256,
-                 seed: int = 0):
+                 seed: int = 0, redraw_seconds: float = 30.0):
         classes = probe_classes(factor_sizes, max_images)
         rows = np.array(list(itertools.product(*classes)), dtype=np.int64)  # canonical order of the sub-grid
         self.indices = grid_index(rows)
@@ -88,6 +91,9 @@ class UnitProbe:
         self.run_dir = RunDir.of(run_dir)
         self.figure = self.run_dir.figure("factor_shares")
         self.table_log: CSVLogger | None = None
+        self.redraw_seconds = redraw_seconds
+        self.drawn_at = -math.inf  # when the figure was last drawn (time.monotonic)
+        self.stale = False  # rows logged since
 
     def open(self, resume_step: int | None) -> None:
         """Start (or, resuming at ``resume_step``, continue) ``logs/shares.csv``."""
@@ -105,11 +111,15 @@ class UnitProbe:
             row.update(self._conditioning_stats(model, device))
         finally:
             model.train(was_training)
-        self._draw()
+        self.stale = True
+        if time.monotonic() - self.drawn_at >= self.redraw_seconds:
+            self._draw()
         return row
 
     def close(self) -> None:
         if self.table_log is not None:
+            if self.stale:
+                self._draw()
             self.table_log.close()
 
     def _images(self, indices: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -166,6 +176,7 @@ class UnitProbe:
         rows = read_csv_log(self.table_log.path)
         if rows:
             plot_factor_shares(rows, self.factor_names, self.figure)
+        self.drawn_at, self.stale = time.monotonic(), False
 
 
 def run_capture_times(run_dir, factor_names: Sequence[str] | None = None, captured: float = CAPTURED
