@@ -110,11 +110,11 @@ def test_sample_from_the_data_and_from_the_anchors(evaluated_run, tmp_path):
 
 
 def _browser():
-    """Headless Chromium through its WebDriver (installed by scripts/setup from the system packages)."""
+    """Headless Chromium through its WebDriver (system packages; scripts/test installs them by scripts/setup --browser)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    assert chromium and driver, "headless Chromium and chromedriver are needed: run scripts/setup"
+    assert chromium and driver, "headless Chromium and chromedriver are needed: run scripts/setup --browser"
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
