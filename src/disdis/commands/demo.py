@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     clock.lap("figures")
     report = write_report(out / "report.md", cfg, results, figures["interchange"], figures["reconstructions"], clock)
     page = write_html_report([out], out / "report.html")
+    clock.lap("report")  # in the printed total; report.md, written before, gives the phases up to figures
     print(format_table(results[REPRESENTATIONS[0]]))
     print("\n".join(shares_table(results[REPRESENTATIONS[0]], list(DEMO_GRID))))
     print(report_summary(cfg, results, clock))
