@@ -140,30 +140,43 @@ def test_capacity_rises_linearly_and_is_where_a_resumed_run_left_it(tmp_path, sh
 
 def test_edge_and_kl_weights_move_linearly_across_the_ramp_and_the_loss_uses_them(tmp_path, shapes3d_grid_npz):
     """w_t: gradient_weight (17) until 0.16 kimg, linearly to gradient_weight_end (2) at 0.48 kimg (9.5 at 0.32),
-    held after, and beta_t alike from beta (8) to beta_end (1) (4.5 at 0.32); 16 images a step. The
-    loss is the one of gradient_weight = w_t and beta = beta_t, and a resumed run ends as one that ran at once."""
+    held after, beta_t alike from beta (8) to beta_end (1) (4.5 at 0.32), and the free bits f_t from
+    free_nats (0) to free_nats_end (1) (0.5 at 0.32); 16 images a step. The loss is the one of
+    gradient_weight = w_t, beta = beta_t and free_nats = f_t, and a resumed run ends as one that ran at once."""
     from types import SimpleNamespace
 
     from disdis.models.autoencoder import LossSchedule
     loss = {"beta": 8.0, "beta_end": 1.0, "gradient_weight": 17.0, "gradient": "magnitude", "gradient_weight_end": 2.0,
-            "gradient_ramp_kimg": [0.16, 0.48]}
+            "gradient_ramp_kimg": [0.16, 0.48], "free_nats": 0.0, "free_nats_end": 1.0}
     model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(**loss)).eval()
     schedule, ctx = LossSchedule(model), SimpleNamespace(cfg=SimpleNamespace(batch_size=16), resume_step=None)
-    for step, weight, beta in ((0, 17.0, 8.0), (10, 17.0, 8.0), (20, 9.5, 4.5), (30, 2.0, 1.0), (40, 2.0, 1.0)):
+    for step, weight, beta, free in ((0, 17.0, 8.0, 0.0), (10, 17.0, 8.0, 0.0), (20, 9.5, 4.5, 0.5),
+                                     (30, 2.0, 1.0, 1.0), (40, 2.0, 1.0, 1.0)):
         schedule(ctx, step)
-        assert (model.gradient_weight.item(), model.beta.item()) == pytest.approx((weight, beta))
+        assert (model.gradient_weight.item(), model.beta.item(), model.free_nats.item()) == pytest.approx(
+            (weight, beta, free))
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    schedule(ctx, 0)  # no free bits yet: the KL of each image, as without them
+    plain = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=8.0, gradient_weight=17.0,
+                                                                             gradient="magnitude")).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    assert torch.allclose(_output_and_float64_reference(model, x)[0]["loss"],
+                          _output_and_float64_reference(plain, x)[0]["loss"])
     schedule(ctx, 20)
     fixed = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=4.5, gradient_weight=9.5,
-                                                                             gradient="magnitude")).eval()
+                                                                             gradient="magnitude", free_nats=0.5)).eval()
     fixed.load_state_dict(model.state_dict(), strict=False)
-    x = torch.rand(4, 3, 16, 16) * 2 - 1
     assert torch.allclose(_output_and_float64_reference(model, x)[0]["loss"],
                           _output_and_float64_reference(fixed, x)[0]["loss"])
     for bad, match in (({"gradient_weight_end": -1.0}, "gradient_weight_end"),
                        ({"gradient_ramp_kimg": (2.0, 1.0)}, "gradient_ramp_kimg"),
                        ({"gradient_weight": 0.0}, "gradient_weight_end"),
-                       ({"beta_end": -1.0}, "beta_end"), ({"beta": 0.0, "gradient_weight_end": None}, "beta_end"),
-                       ({"gradient_weight_end": None, "gradient_ramp_kimg": (2.0, 1.0)}, "gradient_ramp_kimg")):
+                       ({"beta_end": -1.0}, "beta_end"),
+                       ({"beta": 0.0, "gradient_weight_end": None, "free_nats_end": None}, "beta_end"),
+                       ({"gradient_weight_end": None, "gradient_ramp_kimg": (2.0, 1.0)}, "gradient_ramp_kimg"),
+                       ({"free_nats_end": -1.0}, "free_nats_end"),
+                       ({"gradient_weight_end": None, "beta_end": None}, "free_nats_end: needs a ramp"),
+                       ({"capacity": 1.0}, "free_nats: not with loss.capacity")):
         with pytest.raises(ConfigError, match=match):
             AutoencoderLoss(**{**loss, **bad})
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "ae", train={"total_kimg": 0.48, "checkpoint_every_kimg": 0.16})
@@ -173,7 +186,8 @@ def test_edge_and_kl_weights_move_linearly_across_the_ramp_and_the_loss_uses_the
     assert main(["train", config, f"run_dir={tmp_path / 'split'}", "train.total_kimg=0.32"]) == 0  # mid-ramp
     assert main(["train", "--resume", str(tmp_path / "split"), "train.total_kimg=0.48"]) == 0
     whole, split = (load_checkpoint(list_checkpoints(tmp_path / run / "checkpoints")[-1])[0] for run in ("ae", "split"))
-    assert (whole["model/gradient_weight"].item(), whole["model/beta"].item()) == pytest.approx((2.0, 1.0))
+    assert (whole["model/gradient_weight"].item(), whole["model/beta"].item(),
+            whole["model/free_nats"].item()) == pytest.approx((2.0, 1.0, 1.0))
     assert all(torch.equal(whole[k], split[k]) for k in whole if k.startswith("model/"))
 
 

@@ -39,6 +39,11 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   the prior while the edges weigh most gathers the geometry into few units (at beta 1 it spreads
   over all of them). The units it switches off do not switch on again for the hues; with
   ``free_nats`` they stay open (docs/method.md, docs/demo-study.md: measured).
+- ``free_nats_end = f1`` moves the free bits from ``free_nats`` to f1 across the same window. Free
+  bits per unit pay a factor of little signal to spread over several units, each under f, rather
+  than to pay for one: on the demo grid the shape did so, and those units, under ``hold_nats``, were
+  not held (docs/demo-study.md). Without them while the geometry is gathered, and with them for the
+  hues, it takes a unit that is held.
 - ``hold_weight = h > 0`` (with beta > 0 and a ramp) holds the units the code uses when the ramp
   begins: at ``gradient_ramp_kimg[0]`` the units whose KL (a running mean over steps) exceeds
   ``hold_nats`` are marked, a frozen copy of the extractor is kept, and from then on h times the
@@ -118,6 +123,7 @@ class AutoencoderLoss:
     gradient_weight_end: Optional[float] = None  # the edge weight reached at gradient_ramp_kimg[1]
     gradient_ramp_kimg: tuple[float, float] = (0.0, 0.0)  # where it moves linearly from gradient_weight
     beta_end: Optional[float] = None  # the KL weight reached at gradient_ramp_kimg[1], linearly from beta
+    free_nats_end: Optional[float] = None  # the free bits reached at gradient_ramp_kimg[1], linearly from free_nats
     hold_weight: float = 0.0      # > 0: from gradient_ramp_kimg[0] on, the used units are pulled to their values then
     hold_nats: float = 1.0        # a unit is used when its running mean KL exceeds this
     reopen: Literal["", "extractor", "decoder", "all"] = ""  # at the hold, these modules start afresh
@@ -130,6 +136,11 @@ class AutoencoderLoss:
         """Whether the KL's weight changes during training (a warm-up, or a move to beta_end)."""
         return bool(self.beta_warmup_kimg) or self.beta_end is not None
 
+    @property
+    def free_bits(self) -> bool:
+        """Whether some unit's KL counts as at least some free nats at some point of training."""
+        return bool(self.free_nats) or bool(self.free_nats_end)
+
     def __post_init__(self) -> None:
         terms = ("capacity", "beta_warmup_kimg", "free_nats", "tc_weight", "hold_weight")
         for key in ("beta", "gradient_weight", "capacity_kimg", "hold_nats", "hessian_weight", *terms):
@@ -138,8 +149,10 @@ class AutoencoderLoss:
         for key in terms:
             if getattr(self, key) and not self.beta:
                 raise ConfigError(f"loss.{key}: needs a variational autoencoder (beta > 0)")
-        if self.capacity and self.free_nats:
+        if self.capacity and self.free_bits:
             raise ConfigError("loss.free_nats: not with loss.capacity (each sets how much the code may hold)")
+        if self.free_nats_end is not None and not (self.free_nats_end >= 0 and self.beta > 0):
+            raise ConfigError("loss.free_nats_end: expected a number >= 0, with a variational autoencoder (beta > 0)")
         if self.gradient_weight_end is not None and not (self.gradient_weight_end >= 0 and self.gradient_weight > 0):
             raise ConfigError("loss.gradient_weight_end: expected a number >= 0, with gradient_weight > 0")
         if self.beta_end is not None and not (self.beta_end >= 0 and self.beta > 0):
@@ -151,6 +164,8 @@ class AutoencoderLoss:
             raise ConfigError("loss.reopen: needs loss.hold_weight (it acts when the hold is taken)")
         if self.hold_weight and self.gradient_weight_end is None and self.beta_end is None:
             raise ConfigError("loss.hold_weight: needs a ramp (gradient_weight_end or beta_end), whose start it holds")
+        if self.free_nats_end is not None and self.gradient_weight_end is None and self.beta_end is None:
+            raise ConfigError("loss.free_nats_end: needs a ramp (gradient_weight_end or beta_end), whose window it uses")
         if self.gradient_weight_end is not None or self.beta_end is not None:
             start, end = self.gradient_ramp_kimg
             if not 0 <= start <= end:
@@ -215,6 +230,8 @@ class Autoencoder(Method):
             self.register_buffer("beta", torch.zeros(()))
         if loss.gradient_weight_end is not None:
             self.register_buffer("gradient_weight", torch.tensor(float(loss.gradient_weight)))
+        if loss.free_nats_end is not None:
+            self.register_buffer("free_nats", torch.tensor(float(loss.free_nats)))
         if loss.tc_weight:  # the training set's size N (set when training opens the data)
             self.register_buffer("dataset_size", torch.ones((), dtype=torch.int64))
         if loss.hold_weight:  # the units' running KL, which of them are held, and the copy they are held to
@@ -225,7 +242,7 @@ class Autoencoder(Method):
 
     def hooks(self) -> list[Hook]:
         scheduled = (self.loss.capacity or self.loss.beta_scheduled or self.loss.gradient_weight_end is not None
-                     or self.loss.hold_weight)
+                     or self.loss.free_nats_end is not None or self.loss.hold_weight)
         return ([LossSchedule(self)] if scheduled else []) + (
             [DatasetSize(self)] if self.loss.tc_weight else [])
 
@@ -315,8 +332,9 @@ class Autoencoder(Method):
     def _prior(self, kl_units: torch.Tensor) -> torch.Tensor:
         """(B,) from each unit's KL (B, N): beta_t |KL - C_t|; with free bits one batch-level KL for all."""
         kl = kl_units.sum(1)
-        if self.loss.free_nats:
-            kl = kl_units.mean(0).clamp(min=self.loss.free_nats).sum().expand_as(kl)
+        if self.loss.free_bits:
+            free = self.free_nats if self.loss.free_nats_end is not None else self.loss.free_nats
+            kl = kl_units.mean(0).clamp(min=free).sum().expand_as(kl)
         if self.loss.capacity:
             kl = (kl - self.capacity).abs()
         return (self.beta if self.loss.beta_scheduled else self.loss.beta) * kl
@@ -335,8 +353,9 @@ class Autoencoder(Method):
 class LossSchedule(Hook):
     """Sets the autoencoder's C_t = capacity min(1, kimg / capacity_kimg), beta_t = b_t
     min(1, kimg / beta_warmup_kimg) with b_t from beta to beta_end across gradient_ramp_kimg (beta
-    without beta_end), and the edge weight w_t (from gradient_weight to gradient_weight_end across
-    gradient_ramp_kimg) (those it uses) before every step, and holds the used units when the ramp begins."""
+    without beta_end), the edge weight w_t (from gradient_weight to gradient_weight_end across
+    gradient_ramp_kimg) and the free bits f_t alike (free_nats to free_nats_end) (those it uses)
+    before every step, and holds the used units when the ramp begins."""
     name = "loss_schedule"
 
     def __init__(self, model: Autoencoder):
@@ -358,6 +377,8 @@ class LossSchedule(Hook):
         if loss.gradient_weight_end is not None:
             self.model.gradient_weight.fill_(_linear(loss.gradient_weight, loss.gradient_weight_end, kimg,
                                                      loss.gradient_ramp_kimg))
+        if loss.free_nats_end is not None:
+            self.model.free_nats.fill_(_linear(loss.free_nats, loss.free_nats_end, kimg, loss.gradient_ramp_kimg))
         if loss.hold_weight and kimg >= loss.gradient_ramp_kimg[0] and not self.model.hold_taken:
             for parameter in self.model.hold_units():
                 if ctx.optimizer is not None:  # a module drawn anew starts its moments afresh too
