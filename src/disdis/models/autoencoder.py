@@ -40,10 +40,10 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   over all of them). The units it switches off do not switch on again for the hues; with
   ``free_nats`` they stay open (docs/method.md, docs/demo-study.md: measured).
 - ``free_nats_end = f1`` moves the free bits from ``free_nats`` to f1 across the same window. Free
-  bits per unit pay a factor of little signal to spread over several units, each under f, rather
-  than to pay for one: on the demo grid the shape did so, and those units, under ``hold_nats``, were
-  not held (docs/demo-study.md). Without them while the geometry is gathered, and with them for the
-  hues, it takes a unit that is held.
+  bits per unit make it cheaper for a factor of little signal to spread over several units, each
+  under f, than to take one: on the demo grid shape did so, and those units, under ``hold_nats``,
+  were not held. With none while the geometry is gathered, shape took a held unit in the seeds
+  where it had not; the hues, after the hold, still want free bits (docs/demo-study.md).
 - ``hold_weight = h > 0`` (with beta > 0 and a ramp) holds the units the code uses when the ramp
   begins: at ``gradient_ramp_kimg[0]`` the units whose KL (a running mean over steps) exceeds
   ``hold_nats`` are marked, a frozen copy of the extractor is kept, and from then on h times the
