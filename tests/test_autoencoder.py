@@ -140,34 +140,41 @@ def test_capacity_rises_linearly_and_is_where_a_resumed_run_left_it(tmp_path, sh
 
 def test_edge_and_kl_weights_move_linearly_across_the_ramp_and_the_loss_uses_them(tmp_path, shapes3d_grid_npz):
     """w_t: gradient_weight (17) until 0.16 kimg, linearly to gradient_weight_end (2) at 0.48 kimg (9.5 at 0.32),
-    held after, beta_t alike from beta (8) to beta_end (1) (4.5 at 0.32), and the free bits f_t from
-    free_nats (0) to free_nats_end (1) (0.5 at 0.32); 16 images a step. The loss is the one of
-    gradient_weight = w_t, beta = beta_t and free_nats = f_t, and a resumed run ends as one that ran at once."""
+    held after, beta_t alike from beta (8) to beta_end (1) (4.5 at 0.32), the free bits f_t from
+    free_nats (0) to free_nats_end (1) (0.5 at 0.32) and the Hessian penalty's weight g_t from
+    hessian_weight (0) to hessian_weight_end (2) (1 at 0.32); 16 images a step. The loss is the one of
+    gradient_weight = w_t, beta = beta_t, free_nats = f_t and hessian_weight = g_t (at g_t = 0 the
+    penalty is not drawn for: the random stream is a run's without it), and a resumed run ends as
+    one that ran at once."""
     from types import SimpleNamespace
 
     from disdis.models.autoencoder import LossSchedule
     loss = {"beta": 8.0, "beta_end": 1.0, "gradient_weight": 17.0, "gradient": "magnitude", "gradient_weight_end": 2.0,
-            "gradient_ramp_kimg": [0.16, 0.48], "free_nats": 0.0, "free_nats_end": 1.0}
+            "gradient_ramp_kimg": [0.16, 0.48], "free_nats": 0.0, "free_nats_end": 1.0,
+            "hessian_weight": 0.0, "hessian_weight_end": 2.0, "hessian_images": 2}
     model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(**loss)).eval()
     schedule, ctx = LossSchedule(model), SimpleNamespace(cfg=SimpleNamespace(batch_size=16), resume_step=None)
-    for step, weight, beta, free in ((0, 17.0, 8.0, 0.0), (10, 17.0, 8.0, 0.0), (20, 9.5, 4.5, 0.5),
-                                     (30, 2.0, 1.0, 1.0), (40, 2.0, 1.0, 1.0)):
+    for step, weight, beta, free, hessian in ((0, 17.0, 8.0, 0.0, 0.0), (10, 17.0, 8.0, 0.0, 0.0),
+                                              (20, 9.5, 4.5, 0.5, 1.0), (30, 2.0, 1.0, 1.0, 2.0), (40, 2.0, 1.0, 1.0, 2.0)):
         schedule(ctx, step)
-        assert (model.gradient_weight.item(), model.beta.item(), model.free_nats.item()) == pytest.approx(
-            (weight, beta, free))
+        assert (model.gradient_weight.item(), model.beta.item(), model.free_nats.item(),
+                model.hessian_weight.item()) == pytest.approx((weight, beta, free, hessian))
     x = torch.rand(4, 3, 16, 16) * 2 - 1
-    schedule(ctx, 0)  # no free bits yet: the KL of each image, as without them
+    schedule(ctx, 0)  # no free bits nor Hessian penalty yet: the KL of each image, as without them
     plain = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=8.0, gradient_weight=17.0,
                                                                              gradient="magnitude")).eval()
     plain.load_state_dict(model.state_dict(), strict=False)
-    assert torch.allclose(_output_and_float64_reference(model, x)[0]["loss"],
-                          _output_and_float64_reference(plain, x)[0]["loss"])
+    out = _output_and_float64_reference(model, x)[0]
+    after = torch.rand(())  # the stream after the step: as in the run without the penalty
+    assert torch.allclose(out["loss"], _output_and_float64_reference(plain, x)[0]["loss"])
+    assert out["hessian"] == 0 and torch.equal(after, torch.rand(()))
     schedule(ctx, 20)
     fixed = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=4.5, gradient_weight=9.5,
-                                                                             gradient="magnitude", free_nats=0.5)).eval()
+                                                                             gradient="magnitude", free_nats=0.5,
+                                                                             hessian_weight=1.0, hessian_images=2)).eval()
     fixed.load_state_dict(model.state_dict(), strict=False)
-    assert torch.allclose(_output_and_float64_reference(model, x)[0]["loss"],
-                          _output_and_float64_reference(fixed, x)[0]["loss"])
+    out = _output_and_float64_reference(model, x)[0]
+    assert out["hessian"] > 0 and torch.allclose(out["loss"], _output_and_float64_reference(fixed, x)[0]["loss"])
     for bad, match in (({"gradient_weight_end": -1.0}, "gradient_weight_end"),
                        ({"gradient_ramp_kimg": (2.0, 1.0)}, "gradient_ramp_kimg"),
                        ({"gradient_weight": 0.0}, "gradient_weight_end"),
@@ -175,6 +182,9 @@ def test_edge_and_kl_weights_move_linearly_across_the_ramp_and_the_loss_uses_the
                        ({"beta": 0.0, "gradient_weight_end": None, "free_nats_end": None}, "beta_end"),
                        ({"gradient_weight_end": None, "gradient_ramp_kimg": (2.0, 1.0)}, "gradient_ramp_kimg"),
                        ({"free_nats_end": -1.0}, "free_nats_end"),
+                       ({"gradient_weight_end": None, "beta_end": None, "free_nats_end": None},
+                        "hessian_weight_end: needs a ramp"),
+                       ({"hessian_weight_end": -1.0}, "hessian_weight_end"),
                        ({"gradient_weight_end": None, "beta_end": None}, "free_nats_end: needs a ramp"),
                        ({"capacity": 1.0}, "free_nats: not with loss.capacity")):
         with pytest.raises(ConfigError, match=match):
@@ -186,8 +196,8 @@ def test_edge_and_kl_weights_move_linearly_across_the_ramp_and_the_loss_uses_the
     assert main(["train", config, f"run_dir={tmp_path / 'split'}", "train.total_kimg=0.32"]) == 0  # mid-ramp
     assert main(["train", "--resume", str(tmp_path / "split"), "train.total_kimg=0.48"]) == 0
     whole, split = (load_checkpoint(list_checkpoints(tmp_path / run / "checkpoints")[-1])[0] for run in ("ae", "split"))
-    assert (whole["model/gradient_weight"].item(), whole["model/beta"].item(),
-            whole["model/free_nats"].item()) == pytest.approx((2.0, 1.0, 1.0))
+    assert (whole["model/gradient_weight"].item(), whole["model/beta"].item(), whole["model/free_nats"].item(),
+            whole["model/hessian_weight"].item()) == pytest.approx((2.0, 1.0, 1.0, 2.0))
     assert all(torch.equal(whole[k], split[k]) for k in whole if k.startswith("model/"))
 
 

@@ -62,6 +62,9 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   depends on another unit) and a code of one factor per unit does not. Estimated on the first
   ``hessian_images`` images of the batch with two v's and central differences of step
   ``hessian_step`` at the code (held fixed: the decoder is what it shapes), summed over the values.
+  ``hessian_weight_end = g1`` moves its weight across the ramp too; while the weight is 0 the
+  penalty is not computed (nor drawn for: the run's random stream is that of a run without it),
+  and it logs 0.
 
 All per image, summed over its values and divided by their number:
 
@@ -109,6 +112,9 @@ def check_units(units: UnitsConfig, data) -> None:
         raise ConfigError(f"method.units.resolution: {units.resolution} differs from data.resolution {data.resolution}")
 
 
+RAMPED = ("gradient_weight", "free_nats", "hessian_weight")  # the terms whose weight may move to a *_end
+
+
 @dataclass
 class AutoencoderLoss:
     """The terms the autoencoder adds to its squared error (module docstring); both off by default."""
@@ -128,6 +134,7 @@ class AutoencoderLoss:
     hold_nats: float = 1.0        # a unit is used when its running mean KL exceeds this
     reopen: Literal["", "extractor", "decoder", "all"] = ""  # at the hold, these modules start afresh
     hessian_weight: float = 0.0   # > 0: the weight of the decoder's Hessian penalty
+    hessian_weight_end: Optional[float] = None  # its weight reached at gradient_ramp_kimg[1], linearly from hessian_weight
     hessian_images: int = 8       # of each batch, the images the penalty is estimated on
     hessian_step: float = 0.1     # the central differences' step in the units
 
@@ -140,6 +147,16 @@ class AutoencoderLoss:
     def free_bits(self) -> bool:
         """Whether some unit's KL counts as at least some free nats at some point of training."""
         return bool(self.free_nats) or bool(self.free_nats_end)
+
+    @property
+    def hessian(self) -> bool:
+        """Whether the Hessian penalty weighs at some point of training."""
+        return bool(self.hessian_weight) or bool(self.hessian_weight_end)
+
+    @property
+    def ramped(self) -> list[str]:
+        """The terms of ``RAMPED`` whose weight moves to its ``*_end`` across the ramp."""
+        return [name for name in RAMPED if getattr(self, f"{name}_end") is not None]
 
     def __post_init__(self) -> None:
         terms = ("capacity", "beta_warmup_kimg", "free_nats", "tc_weight", "hold_weight")
@@ -164,8 +181,11 @@ class AutoencoderLoss:
             raise ConfigError("loss.reopen: needs loss.hold_weight (it acts when the hold is taken)")
         if self.hold_weight and self.gradient_weight_end is None and self.beta_end is None:
             raise ConfigError("loss.hold_weight: needs a ramp (gradient_weight_end or beta_end), whose start it holds")
-        if self.free_nats_end is not None and self.gradient_weight_end is None and self.beta_end is None:
-            raise ConfigError("loss.free_nats_end: needs a ramp (gradient_weight_end or beta_end), whose window it uses")
+        if self.hessian_weight_end is not None and not self.hessian_weight_end >= 0:
+            raise ConfigError(f"loss.hessian_weight_end: expected a number >= 0, got {self.hessian_weight_end!r}")
+        for key in ("free_nats_end", "hessian_weight_end"):
+            if getattr(self, key) is not None and self.gradient_weight_end is None and self.beta_end is None:
+                raise ConfigError(f"loss.{key}: needs a ramp (gradient_weight_end or beta_end), whose window it uses")
         if self.gradient_weight_end is not None or self.beta_end is not None:
             start, end = self.gradient_ramp_kimg
             if not 0 <= start <= end:
@@ -228,10 +248,8 @@ class Autoencoder(Method):
             self.register_buffer("capacity", torch.zeros(()))
         if loss.beta_scheduled:
             self.register_buffer("beta", torch.zeros(()))
-        if loss.gradient_weight_end is not None:
-            self.register_buffer("gradient_weight", torch.tensor(float(loss.gradient_weight)))
-        if loss.free_nats_end is not None:
-            self.register_buffer("free_nats", torch.tensor(float(loss.free_nats)))
+        for name in loss.ramped:  # the weight now, set before each step by the schedule (and checkpointed)
+            self.register_buffer(name, torch.tensor(float(getattr(loss, name))))
         if loss.tc_weight:  # the training set's size N (set when training opens the data)
             self.register_buffer("dataset_size", torch.ones((), dtype=torch.int64))
         if loss.hold_weight:  # the units' running KL, which of them are held, and the copy they are held to
@@ -241,8 +259,7 @@ class Autoencoder(Method):
             self.held_extractor = copy.deepcopy(self.extractor).requires_grad_(False)
 
     def hooks(self) -> list[Hook]:
-        scheduled = (self.loss.capacity or self.loss.beta_scheduled or self.loss.gradient_weight_end is not None
-                     or self.loss.free_nats_end is not None or self.loss.hold_weight)
+        scheduled = self.loss.capacity or self.loss.beta_scheduled or self.loss.ramped or self.loss.hold_weight
         return ([LossSchedule(self)] if scheduled else []) + (
             [DatasetSize(self)] if self.loss.tc_weight else [])
 
@@ -250,13 +267,14 @@ class Autoencoder(Method):
         """The loss of the module docstring on images in [-1, 1], and its terms to log."""
         pixels = images[0].numel()
         t = self.terms(images)
-        loss = (t["pixels"] + self.edge_weight * t["edges"] + self._prior(t["kl_units"]) + self.loss.tc_weight * t["tc"]
-                + self.loss.hold_weight * t["hold"] + self.loss.hessian_weight * t["hessian"]).mean() / pixels
+        loss = (t["pixels"] + self.weight("gradient_weight") * t["edges"] + self._prior(t["kl_units"])
+                + self.loss.tc_weight * t["tc"] + self.loss.hold_weight * t["hold"]
+                + self.weight("hessian_weight") * t["hessian"]).mean() / pixels
         return {"loss": loss, "recon": t["pixels"].mean().detach() / pixels,
                 "gradient": t["edges"].mean().detach() / pixels,
                 "kl": t["kl_units"].sum(1).mean().detach(), "tc": t["tc"].mean().detach(),  # nats per image
                 **({"hold": t["hold"].mean().detach()} if self.loss.hold_weight else {}),
-                **({"hessian": t["hessian"].mean().detach() / pixels} if self.loss.hessian_weight else {})}
+                **({"hessian": t["hessian"].mean().detach() / pixels} if self.loss.hessian else {})}
 
     def terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss's terms per image, unweighted (B,): the pixels' and the edges' squared errors, the
@@ -275,7 +293,7 @@ class Autoencoder(Method):
                 "edges": _gradient_error(recon, images, self.loss.gradient) if self.loss.gradient_weight else zero,
                 "kl_units": kl_units, "tc": tc,
                 "hold": self._hold(images, mu, kl_units) if self.loss.hold_weight else zero,
-                "hessian": self._hessian(z).expand_as(zero) if self.loss.hessian_weight else zero}
+                "hessian": self._hessian(z).expand_as(zero) if self.weight("hessian_weight") else zero}
 
     def _hessian(self, z: torch.Tensor) -> torch.Tensor:
         """(): the Hessian penalty, sum over output values of Var_v(v^T H v), mean over the first
@@ -290,10 +308,9 @@ class Autoencoder(Method):
         quad0, quad1 = (up0 + down0 - 2 * base) / eps ** 2, (up1 + down1 - 2 * base) / eps ** 2  # v^T H v
         return (_sum_of_squares(quad0 - quad1) / 2).mean()  # the unbiased variance of two draws
 
-    @property
-    def edge_weight(self) -> torch.Tensor | float:
-        """The edge term's weight now (scheduled, or fixed)."""
-        return self.gradient_weight if self.loss.gradient_weight_end is not None else self.loss.gradient_weight
+    def weight(self, name: str) -> torch.Tensor | float:
+        """The weight of a term of ``RAMPED`` now: the schedule's buffer where it moves, else the config's."""
+        return getattr(self, name) if name in self.loss.ramped else getattr(self.loss, name)
 
     def _hold(self, images: torch.Tensor, mu: torch.Tensor, kl_units: torch.Tensor) -> torch.Tensor:
         """(B,): the held units' squared distance from the frozen copy's means (0 before the hold);
@@ -333,8 +350,7 @@ class Autoencoder(Method):
         """(B,) from each unit's KL (B, N): beta_t |KL - C_t|; with free bits one batch-level KL for all."""
         kl = kl_units.sum(1)
         if self.loss.free_bits:
-            free = self.free_nats if self.loss.free_nats_end is not None else self.loss.free_nats
-            kl = kl_units.mean(0).clamp(min=free).sum().expand_as(kl)
+            kl = kl_units.mean(0).clamp(min=self.weight("free_nats")).sum().expand_as(kl)
         if self.loss.capacity:
             kl = (kl - self.capacity).abs()
         return (self.beta if self.loss.beta_scheduled else self.loss.beta) * kl
@@ -354,8 +370,9 @@ class LossSchedule(Hook):
     """Sets the autoencoder's C_t = capacity min(1, kimg / capacity_kimg), beta_t = b_t
     min(1, kimg / beta_warmup_kimg) with b_t from beta to beta_end across gradient_ramp_kimg (beta
     without beta_end), the edge weight w_t (from gradient_weight to gradient_weight_end across
-    gradient_ramp_kimg) and the free bits f_t alike (free_nats to free_nats_end) (those it uses)
-    before every step, and holds the used units when the ramp begins."""
+    gradient_ramp_kimg) and the free bits f_t and the Hessian penalty's weight alike (free_nats to
+    free_nats_end, hessian_weight to hessian_weight_end) (those it uses) before every step, and holds
+    the used units when the ramp begins."""
     name = "loss_schedule"
 
     def __init__(self, model: Autoencoder):
@@ -374,11 +391,9 @@ class LossSchedule(Hook):
         if loss.beta_scheduled:
             beta = loss.beta if loss.beta_end is None else _linear(loss.beta, loss.beta_end, kimg, loss.gradient_ramp_kimg)
             self.model.beta.fill_(_linear(0.0, beta, kimg, (0.0, loss.beta_warmup_kimg)))
-        if loss.gradient_weight_end is not None:
-            self.model.gradient_weight.fill_(_linear(loss.gradient_weight, loss.gradient_weight_end, kimg,
-                                                     loss.gradient_ramp_kimg))
-        if loss.free_nats_end is not None:
-            self.model.free_nats.fill_(_linear(loss.free_nats, loss.free_nats_end, kimg, loss.gradient_ramp_kimg))
+        for name in loss.ramped:
+            getattr(self.model, name).fill_(_linear(getattr(loss, name), getattr(loss, f"{name}_end"), kimg,
+                                                    loss.gradient_ramp_kimg))
         if loss.hold_weight and kimg >= loss.gradient_ramp_kimg[0] and not self.model.hold_taken:
             for parameter in self.model.hold_units():
                 if ctx.optimizer is not None:  # a module drawn anew starts its moments afresh too
