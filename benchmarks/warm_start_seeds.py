@@ -27,6 +27,7 @@ from pathlib import Path
 from disdis.config import save_config
 from disdis.data.demo_grid import make_demo_data
 from disdis.diagnostics import CAPTURED
+from disdis.errors import DisdisError
 from disdis.evaluation import evaluate_run
 from disdis.report import headline
 from disdis.run_config import load_run_config
@@ -67,6 +68,8 @@ def train_all(configs: dict[int, Path], jobs: int) -> None:
             if process.poll() is not None:
                 del running[seed]
                 if process.returncode:
+                    for other in running.values():  # no orphans left training after the error
+                        other.terminate()
                     raise SystemExit(f"seed {seed}: disdis train failed (rc {process.returncode}); "
                                      f"see {configs[seed].with_suffix('.log')}")
                 print(f"seed {seed}: done", flush=True)
@@ -97,7 +100,10 @@ def main() -> None:
     if args.jobs < 1:
         parser.error("--jobs: expected >= 1")
     args.out.mkdir(parents=True, exist_ok=True)
-    configs = write_seed_configs(args)
+    try:
+        configs = write_seed_configs(args)
+    except DisdisError as error:  # a bad config or override: one line, before any training
+        raise SystemExit(f"warm_start_seeds: {error}") from None
     make_demo_data(Path(args.data), load_run_config(configs[args.seeds[0]]).data.resolution or 32)
     train_all(configs, args.jobs)
 
