@@ -134,7 +134,7 @@ class AutoencoderLoss:
     hold_nats: float = 1.0        # a unit is used when its running mean KL exceeds this
     reopen: Literal["", "extractor", "decoder", "all"] = ""  # at the hold, these modules start afresh
     hessian_weight: float = 0.0   # > 0: the weight of the decoder's Hessian penalty
-    hessian_weight_end: Optional[float] = None  # its weight reached at gradient_ramp_kimg[1], linearly from hessian_weight
+    hessian_weight_end: Optional[float] = None  # the weight at gradient_ramp_kimg[1], linearly from hessian_weight
     hessian_images: int = 8       # of each batch, the images the penalty is estimated on
     hessian_step: float = 0.1     # the central differences' step in the units
 
@@ -143,15 +143,9 @@ class AutoencoderLoss:
         """Whether the KL's weight changes during training (a warm-up, or a move to beta_end)."""
         return bool(self.beta_warmup_kimg) or self.beta_end is not None
 
-    @property
-    def free_bits(self) -> bool:
-        """Whether some unit's KL counts as at least some free nats at some point of training."""
-        return bool(self.free_nats) or bool(self.free_nats_end)
-
-    @property
-    def hessian(self) -> bool:
-        """Whether the Hessian penalty weighs at some point of training."""
-        return bool(self.hessian_weight) or bool(self.hessian_weight_end)
+    def weighs(self, name: str) -> bool:
+        """Whether a term of ``RAMPED`` is nonzero at some point of training (at its start or its ``*_end``)."""
+        return bool(getattr(self, name)) or bool(getattr(self, f"{name}_end"))
 
     @property
     def ramped(self) -> list[str]:
@@ -166,7 +160,7 @@ class AutoencoderLoss:
         for key in terms:
             if getattr(self, key) and not self.beta:
                 raise ConfigError(f"loss.{key}: needs a variational autoencoder (beta > 0)")
-        if self.capacity and self.free_bits:
+        if self.capacity and self.weighs("free_nats"):
             raise ConfigError("loss.free_nats: not with loss.capacity (each sets how much the code may hold)")
         if self.free_nats_end is not None and not (self.free_nats_end >= 0 and self.beta > 0):
             raise ConfigError("loss.free_nats_end: expected a number >= 0, with a variational autoencoder (beta > 0)")
@@ -274,7 +268,7 @@ class Autoencoder(Method):
                 "gradient": t["edges"].mean().detach() / pixels,
                 "kl": t["kl_units"].sum(1).mean().detach(), "tc": t["tc"].mean().detach(),  # nats per image
                 **({"hold": t["hold"].mean().detach()} if self.loss.hold_weight else {}),
-                **({"hessian": t["hessian"].mean().detach() / pixels} if self.loss.hessian else {})}
+                **({"hessian": t["hessian"].mean().detach() / pixels} if self.loss.weighs("hessian_weight") else {})}
 
     def terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss's terms per image, unweighted (B,): the pixels' and the edges' squared errors, the
@@ -349,7 +343,7 @@ class Autoencoder(Method):
     def _prior(self, kl_units: torch.Tensor) -> torch.Tensor:
         """(B,) from each unit's KL (B, N): beta_t |KL - C_t|; with free bits one batch-level KL for all."""
         kl = kl_units.sum(1)
-        if self.loss.free_bits:
+        if self.loss.weighs("free_nats"):
             kl = kl_units.mean(0).clamp(min=self.weight("free_nats")).sum().expand_as(kl)
         if self.loss.capacity:
             kl = (kl - self.capacity).abs()
