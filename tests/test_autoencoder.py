@@ -109,6 +109,28 @@ def test_free_bits_against_a_float64_computation():
     assert torch.allclose(out["loss"].double(), (sse.mean() + 1.5 * free) / (3 * 16 * 16), rtol=1e-5)
 
 
+def test_pooled_free_bits_floor_the_summed_kl_against_a_float64_computation():
+    """free_nats_pooled: the units' batch-mean KLs summed count as at least N f; with N f above the
+    sum the loss is the floor's (no pull on any unit), below it the plain KL's, and in between the
+    pooled floor differs from the per-unit one (which floors the smaller units only)."""
+    import dataclasses
+    torch.manual_seed(0)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(beta=2.0, free_nats=1.0)).eval()
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    _, mu, logvar, _, recon = _output_and_float64_reference(model, x)
+    units = (0.5 * (mu.square() + logvar.exp() - logvar - 1)).mean(0)
+    sse = (recon - x.double()).square().flatten(1).sum(1).mean()
+    n = len(units)
+    for f in (units.sum().item() / n * 1.5, units.sum().item() / n * 0.5, units.median().item()):
+        model.loss = dataclasses.replace(model.loss, free_nats=f, free_nats_pooled=True)
+        out = _output_and_float64_reference(model, x)[0]  # the reference's noise again
+        expected = (sse + 2.0 * units.sum().clamp(min=n * f)) / (3 * 16 * 16)
+        assert torch.allclose(out["loss"].double(), expected, rtol=1e-5)
+    assert not torch.allclose(units.sum().clamp(min=n * f), units.clamp(min=f).sum())  # the two floors differ there
+    with pytest.raises(ConfigError, match="loss.free_nats_pooled: needs free bits"):
+        AutoencoderLoss(beta=1.0, free_nats_pooled=True)
+
+
 def test_capacity_rises_linearly_and_is_where_a_resumed_run_left_it(tmp_path, shapes3d_grid_npz):
     """C_t = C min(1, kimg / capacity_kimg), set before every step: 16 images a step, C = 8 nats over
     0.32 kimg (20 steps); a run stopped at 10 steps and resumed ends as one that ran 30 at once."""

@@ -44,6 +44,9 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   under f, than to take one: on the demo grid shape did so, and those units, under ``hold_nats``,
   were not held. With none while the geometry is gathered, shape took a held unit in the seeds
   where it had not; the hues, after the hold, still want free bits (docs/demo-study.md).
+- ``free_nats_pooled: true`` pools the free bits over the code: the sum of the units' batch-mean
+  KLs counts as at least N f. The code keeps the same free budget, but a factor pays the same
+  whether it takes one unit or spreads over several, so the spreading above earns nothing.
 - ``hold_weight = h > 0`` (with beta > 0 and a ramp) holds the units the code uses when the ramp
   begins: at ``gradient_ramp_kimg[0]`` the units whose KL (a running mean over steps) exceeds
   ``hold_nats`` are marked, a frozen copy of the extractor is kept, and from then on h times the
@@ -130,6 +133,7 @@ class AutoencoderLoss:
     gradient_ramp_kimg: tuple[float, float] = (0.0, 0.0)  # where it moves linearly from gradient_weight
     beta_end: Optional[float] = None  # the KL weight reached at gradient_ramp_kimg[1], linearly from beta
     free_nats_end: Optional[float] = None  # the free bits reached at gradient_ramp_kimg[1], linearly from free_nats
+    free_nats_pooled: bool = False  # the floor on the code's summed KL (N free_nats), not on each unit's
     hold_weight: float = 0.0      # > 0: from gradient_ramp_kimg[0] on, the used units are pulled to their values then
     hold_nats: float = 1.0        # a unit is used when its running mean KL exceeds this
     reopen: Literal["", "extractor", "decoder", "all"] = ""  # at the hold, these modules start afresh
@@ -162,6 +166,8 @@ class AutoencoderLoss:
                 raise ConfigError(f"loss.{key}: needs a variational autoencoder (beta > 0)")
         if self.capacity and self.weighs("free_nats"):
             raise ConfigError("loss.free_nats: not with loss.capacity (each sets how much the code may hold)")
+        if self.free_nats_pooled and not self.weighs("free_nats"):
+            raise ConfigError("loss.free_nats_pooled: needs free bits (free_nats or free_nats_end > 0)")
         if self.free_nats_end is not None and not (self.free_nats_end >= 0 and self.beta > 0):
             raise ConfigError("loss.free_nats_end: expected a number >= 0, with a variational autoencoder (beta > 0)")
         if self.gradient_weight_end is not None and not (self.gradient_weight_end >= 0 and self.gradient_weight > 0):
@@ -341,10 +347,13 @@ class Autoencoder(Method):
         return [p for part in parts[self.loss.reopen] for p in part.parameters()]
 
     def _prior(self, kl_units: torch.Tensor) -> torch.Tensor:
-        """(B,) from each unit's KL (B, N): beta_t |KL - C_t|; with free bits one batch-level KL for all."""
+        """(B,) from each unit's KL (B, N): beta_t |KL - C_t|; with free bits one batch-level KL for all,
+        each unit's floored at f_t (or, pooled, their sum at N f_t)."""
         kl = kl_units.sum(1)
         if self.loss.weighs("free_nats"):
-            kl = kl_units.mean(0).clamp(min=self.weight("free_nats")).sum().expand_as(kl)
+            units, free = kl_units.mean(0), self.weight("free_nats")
+            floored = units.sum().clamp(min=free * len(units)) if self.loss.free_nats_pooled else units.clamp(min=free).sum()
+            kl = floored.expand_as(kl)
         if self.loss.capacity:
             kl = (kl - self.capacity).abs()
         return (self.beta if self.loss.beta_scheduled else self.loss.beta) * kl
