@@ -4,7 +4,7 @@ matrix-multiply rate.
     python benchmarks/train_step.py [--config configs/shapes3d.yaml configs/demo.yaml]
                                     [--set key=value ...] [--batch 32] [--steps 3] [--warmup 1]
                                     [--variants eager channels_last] [--compile] [--held] [--threads N]
-                                    [--device cuda] [--bf16]
+                                    [--stage run|extractor] [--at-kimg K] [--device cuda] [--bf16]
 
 Each config is a run config file; the model is the one the training loop builds from it
 (``disdis.models.build_model``, untrained first stage, the anchor state fitted once on the
@@ -23,6 +23,10 @@ rate is then a bf16 matmul. ``--held`` adds, for each variant, the step that hol
 ``train.freeze_modules`` still (the demo holds its extractor for 32 kimg): on one process they
 leave the graph, so the step runs their forward and no backward. ``--set method.cache_latents=true``
 times the step whose frozen first stage is read from the latent cache (the demo's setting).
+``--stage extractor`` times instead the autoencoder a config's extractor warm start trains first
+(``method.extractor_init: autoencoder``; in the demo about half the training time on 2 cores), with its
+loss schedule as it stands at ``--at-kimg`` (default: the end of its training; in the demo's, past
+the hold, a frozen copy of the extractor runs forward only and counts as a held module).
 
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls,
 convolutions, attention) on one forward pass: the step does 3x the forward FLOPs
@@ -39,6 +43,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -76,13 +81,17 @@ class ModelStep:
     """The loop's training step on the model a run config builds (see the module docstring)."""
 
     def __init__(self, path: str, overrides: list[str], batch: int, variant: str, device: torch.device, bf16: bool,
-                 held: bool = False):
+                 held: bool = False, stage: str = "run", at_kimg: float | None = None):
         import dataclasses
 
         from disdis.models import build_model
         from disdis.run_config import load_run_config
         from disdis.train import TrainStep
         cfg = load_run_config(path, ["data.path=unused", *overrides])
+        if stage == "extractor":
+            if "extractor" not in cfg.method.needs():
+                raise SystemExit(f"{path}: --stage extractor: the config trains no extractor warm start")
+            cfg = cfg.method.own_dependency("extractor", cfg)
         torch.manual_seed(0)
         self.model = build_model(cfg).to(device).train()
         res = cfg.data.resolution or cfg.method.units.resolution
@@ -90,9 +99,21 @@ class ModelStep:
         if variant in ("channels_last", "compiled"):
             self.model.to(memory_format=torch.channels_last)
             self.images = self.images.contiguous(memory_format=torch.channels_last)
+        train_cfg = dataclasses.replace(cfg.train, batch_size=batch, bf16=bf16)
+        self.held = []
+        if stage == "extractor":  # its loss schedule (and hold) as at at_kimg; the data's size for the TC term
+            step = round((cfg.train.total_kimg if at_kimg is None else at_kimg) * 1000 / batch)
+            ctx = SimpleNamespace(cfg=train_cfg, optimizer=None, resume_step=step, dataset=range(729))
+            if hasattr(self.model, "unit_kl"):  # every unit in use at the hold: the held copy's cost is the same for any
+                self.model.unit_kl.fill_(float("inf"))
+            for hook in self.model.hooks():
+                hook.open(ctx)
+            if getattr(self.model, "hold_taken", False):
+                self.held = ["held_extractor"]
         with torch.no_grad():
-            self.model.setup(self.images)
-            if cfg.method.anchoring.enabled:
+            if hasattr(self.model, "setup"):
+                self.model.setup(self.images)
+            if getattr(cfg.method, "anchoring", None) and cfg.method.anchoring.enabled:
                 tokens = self.model.unit_tokens(self.images).float().transpose(0, 1).contiguous()
                 self.model.anchor_state.load(self.model.fit_anchors(tokens, seed=0))
         if getattr(cfg.method, "cache_latents", False):  # the encoder runs once, here, as the LatentCache hook has it
@@ -100,9 +121,8 @@ class ModelStep:
         if variant == "compiled":
             self.model.extractor.compile()
             self.model.unet.compile()
-        train_cfg = dataclasses.replace(cfg.train, batch_size=batch, bf16=bf16)
         # held: every timed step holds train.freeze_modules still, as the demo's first 32 kimg do
-        self.held = list(cfg.train.freeze_modules) if held else []
+        self.held += list(cfg.train.freeze_modules) if held else []
         self.step = TrainStep(self.model, train_cfg, device, freeze_steps=10 ** 9 if held else 0)
         self.count = 0
 
@@ -115,7 +135,8 @@ class ModelStep:
         """(forward FLOPs of the trained networks, FLOPs of the step): 3x the forward of what is
         trained (forward + backward), plus one forward of the frozen encoder and of held modules."""
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
-            self.model.latents(self.images)
+            if hasattr(self.model, "latents"):
+                self.model.latents(self.images)
         encode = counter.get_total_flops()
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
             self.model(self.images)
@@ -126,9 +147,9 @@ class ModelStep:
 
 
 def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool,
-        overrides: list[str] = (), held: bool = False) -> dict:
+        overrides: list[str] = (), held: bool = False, stage: str = "run", at_kimg: float | None = None) -> dict:
     build_start = time.perf_counter()
-    step = ModelStep(name, list(overrides), batch, variant, device, bf16, held)
+    step = ModelStep(name, list(overrides), batch, variant, device, bf16, held, stage, at_kimg)
     matmul_dtype = torch.bfloat16 if bf16 else torch.float32
     for _ in range(warmup):
         step()
@@ -144,7 +165,7 @@ def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: to
     peak = (peak_before + matmul_rate(device, matmul_dtype)) / 2
     seconds = statistics.median(times)
     trained, step_flops = step.step_flops()
-    return dict(config=Path(name).stem, variant=variant + (", held" if held else ""), batch=batch, img_s=batch / seconds, s_step=seconds,
+    return dict(config=Path(name).stem + ("/ae" if stage == "extractor" else ""), variant=variant + (", held" if held else ""), batch=batch, img_s=batch / seconds, s_step=seconds,
                 fwd=trained / batch, step=step_flops / batch, rate=step_flops / seconds,
                 peak=peak, pct=100 * step_flops / seconds / peak, setup=first)
 
@@ -163,6 +184,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile variant")
     parser.add_argument("--held", action="store_true",
                         help="also time each variant's step while train.freeze_modules are held (the demo's first 32 kimg)")
+    parser.add_argument("--stage", choices=["run", "extractor"], default="run",
+                        help="the config's own model (run), or the autoencoder of its extractor warm start (extractor)")
+    parser.add_argument("--at-kimg", type=float, default=None,
+                        help="--stage extractor: its loss schedule as at this many kimg (default: its total_kimg)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU); the reference rate is a bf16 matmul")
@@ -178,8 +203,10 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"torch {torch.__version__}, {where}; {str(dtype).split('.')[-1]} matmul now: "
           f"{matmul_rate(device, dtype) / 1e9:.1f} GFLOP/s (per row: mean of before/after its timed steps)")
-    print("step = the training loop's TrainStep: encode (no_grad) + extractor + tokens + DyGA shift + U-Net "
-          "+ L1 noise loss + backward + AdamW + EMA")
+    print("step = the training loop's TrainStep: " + (
+        "the warm start's autoencoder (extractor + decoder + its loss's terms) + backward + AdamW"
+        if args.stage == "extractor" else
+        "encode (no_grad) + extractor + tokens + DyGA shift + U-Net + L1 noise loss + backward + AdamW + EMA"))
     print("step GFLOP/img = 3 x forward of the trained nets + forward of the frozen encoder (and of held modules)\n")
     header = (f"{'config':<7} {'variant':<19} {'batch':>5} {'img/s':>8} {'s/step':>7} {'fwd GF/img':>10} "
               f"{'step GF/img':>11} {'GFLOP/s':>8} {'matmul':>7} {'% matmul':>8} {'setup s':>8}")
@@ -188,7 +215,8 @@ def main() -> None:
     rows = []
     for name in args.config:
         for variant, held in [(v, h) for v in variants for h in (False, True)[:1 + args.held]]:
-            r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, args.set, held)
+            r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, args.set, held,
+                    args.stage, args.at_kimg)
             rows.append(r)
             print(f"{r['config']:<7} {r['variant']:<19} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
                   f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "
