@@ -17,7 +17,7 @@ demo's budget buys.
 Variants (each with the loop's fused AdamW): ``eager`` (default memory format),
 ``channels_last`` (modules and images channels-last, oneDNN's fast convolution layout),
 ``compiled`` (channels_last plus torch.compile of the extractor and
-the U-Net; compile time is in the "setup s" column). ``--device cuda --bf16`` runs the
+the U-Net, or the autoencoder's decoder; compile time is in the "setup s" column). ``--device cuda --bf16`` runs the
 same step on a GPU under bf16 autocast (as the training loop does there); the reference
 rate is then a bf16 matmul. ``--held`` adds, for each variant, the step that holds the config's
 ``train.freeze_modules`` still (the demo holds its extractor for 32 kimg): on one process they
@@ -103,6 +103,7 @@ class ModelStep:
         self.held = []
         if stage == "extractor":  # its loss schedule (and hold) as at at_kimg; the data's size for the TC term
             step = round((cfg.train.total_kimg if at_kimg is None else at_kimg) * 1000 / batch)
+            # the data's size (the TC term's N) does not change the step's cost: the demo grid's 729
             ctx = SimpleNamespace(cfg=train_cfg, optimizer=None, resume_step=step, dataset=range(729))
             if hasattr(self.model, "unit_kl"):  # every unit in use at the hold: the held copy's cost is the same for any
                 self.model.unit_kl.fill_(float("inf"))
@@ -119,8 +120,9 @@ class ModelStep:
         if getattr(cfg.method, "cache_latents", False):  # the encoder runs once, here, as the LatentCache hook has it
             self.model.fill_latent_cache([self.images])
         if variant == "compiled":
-            self.model.extractor.compile()
-            self.model.unet.compile()
+            for name in ("extractor", "unet", "decoder"):
+                if hasattr(self.model, name):
+                    getattr(self.model, name).compile()
         # held: every timed step holds train.freeze_modules still, as the demo's first 32 kimg do
         self.held += list(cfg.train.freeze_modules) if held else []
         self.step = TrainStep(self.model, train_cfg, device, freeze_steps=10 ** 9 if held else 0)
@@ -193,6 +195,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU); the reference rate is a bf16 matmul")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.at_kimg is not None and args.stage != "extractor":
+        parser.error("--at-kimg: only with --stage extractor")
     if args.bf16 and device.type != "cuda":
         parser.error("--bf16 is for GPUs (the training loop uses bf16 autocast only on CUDA)")
     if args.threads:
