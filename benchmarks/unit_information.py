@@ -23,12 +23,17 @@ encodes every image of its data and prints two tables:
   is held (``hold_weight``); and the pair of factors that together explain most of it (``best pair``,
   eta^2 of the pair's cells, :func:`disdis.metrics.unit_pair_shares`): far above its best single
   share, the unit carries two factors jointly, a mixture or an interaction such as "the object's hue
-  equals the floor's", which a linear probe of the units misses.
+  equals the floor's", which a linear probe of the units misses; and of the pairs of factors with
+  as many values, the cyclic sum or difference (f_a + f_b or f_a - f_b, modulo that number) that
+  explains most of it (``best cyclic``): a unit that carries one hue relative to another (on the
+  demo grid, the object's hue as its step from the floor's) scores high there and near 0 for the
+  factor it carries.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import numpy as np
 import torch
@@ -90,15 +95,31 @@ def report(source: str, weights: str, folds: int) -> None:
                                                if features is not None else ""))
     variational = "kl" in stats
     order = np.argsort(-(stats["kl"] if variational else units.std(0)))
-    print("\n| unit | std | " + ("KL | sigma | decoder use | " if variational else "") + " | ".join(names) + " | best pair |")
-    print("|---" * (3 + 3 * variational + len(names)) + "|")
+    print("\n| unit | std | " + ("KL | sigma | decoder use | " if variational else "") + " | ".join(names)
+          + " | best pair | best cyclic |")
+    print("|---" * (4 + 3 * variational + len(names)) + "|")
     for j in order:
         held = " (held)" if variational and stats["held"][j] else ""
         extra = (f"{stats['kl'][j]:.2f} | {stats['sigma'][j]:.3f} | {stats['use'][j]:.3f}{held} | "
                  if variational else "")
         k, m = np.unravel_index(np.argmax(np.triu(pairs[j], 1)), pairs[j].shape)
         print(f"| {j} | {units[:, j].std():.3f} | {extra}" + " | ".join(f"{v:.2f}" for v in shares[j])
-              + f" | {names[k]} x {names[m]} {pairs[j, k, m]:.2f} |")
+              + f" | {names[k]} x {names[m]} {pairs[j, k, m]:.2f} | {best_cyclic(units[:, j], factors, sizes, names)} |")
+
+
+def best_cyclic(values: np.ndarray, factors: np.ndarray, sizes, names) -> str:
+    """The cyclic sum or difference of two equal-sized factors, (f_b +- f_a) mod size, whose levels
+    explain most of ``values`` (eta^2), as "b - a 0.36"; "-" where no two factors have one size."""
+    best = (0.0, "-")
+    for a, b in itertools.combinations(range(len(sizes)), 2):
+        if sizes[a] != sizes[b]:
+            continue
+        for sign, op in ((-1, "-"), (1, "+")):
+            levels = (factors[:, b] + sign * factors[:, a]) % sizes[a]
+            means = np.array([values[levels == v].mean() for v in range(sizes[a])])
+            share = (np.bincount(levels) * (means - values.mean()) ** 2).sum() / max(((values - values.mean()) ** 2).sum(), 1e-12)
+            best = max(best, (share, f"{names[b]} {op} {names[a]}"))
+    return f"{best[1]} {best[0]:.2f}" if best[1] != "-" else "-"
 
 
 def _standardised(values: np.ndarray) -> np.ndarray:
