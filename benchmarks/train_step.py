@@ -101,7 +101,7 @@ class ModelStep:
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         train_cfg = dataclasses.replace(cfg.train, batch_size=batch, bf16=bf16)
         self.held = []
-        if stage == "extractor":  # its loss schedule (and hold) as at at_kimg; the data's size for the TC term
+        if stage == "extractor":  # its loss schedule (and hold) as at at_kimg
             step = round((cfg.train.total_kimg if at_kimg is None else at_kimg) * 1000 / batch)
             # the data's size (the TC term's N) does not change the step's cost: the demo grid's 729
             ctx = SimpleNamespace(cfg=train_cfg, optimizer=None, resume_step=step, dataset=range(729))

@@ -85,6 +85,7 @@ def report(source: str, weights: str, folds: int) -> None:
     factors = np.stack(np.unravel_index(np.arange(len(units)), sizes), 1)
     standard = _standardised(units)
     pairs = unit_pair_shares(units, sizes)
+    cyclic, cyclic_names = cyclic_shares(units, factors, sizes, names)
     shares = pairs.diagonal(axis1=1, axis2=2)  # each factor's share alone
     features = _standardised(stats["features"]) if "features" in stats else None
     print(f"\n{checkpoint}\n\n| factor | chance | linear probe | best unit share |"
@@ -104,22 +105,29 @@ def report(source: str, weights: str, folds: int) -> None:
                  if variational else "")
         k, m = np.unravel_index(np.argmax(np.triu(pairs[j], 1)), pairs[j].shape)
         print(f"| {j} | {units[:, j].std():.3f} | {extra}" + " | ".join(f"{v:.2f}" for v in shares[j])
-              + f" | {names[k]} x {names[m]} {pairs[j, k, m]:.2f} | {best_cyclic(units[:, j], factors, sizes, names)} |")
+              + f" | {names[k]} x {names[m]} {pairs[j, k, m]:.2f} | {_best(cyclic[j], cyclic_names)} |")
 
 
-def best_cyclic(values: np.ndarray, factors: np.ndarray, sizes, names) -> str:
-    """The cyclic sum or difference of two equal-sized factors, (f_b +- f_a) mod size, whose levels
-    explain most of ``values`` (eta^2), as "b - a 0.36"; "-" where no two factors have one size."""
-    best = (0.0, "-")
+def _best(shares: np.ndarray, names: list[str]) -> str:
+    return f"{names[shares.argmax()]} {shares.max():.2f}" if len(names) else "-"
+
+
+def cyclic_shares(units: np.ndarray, factors: np.ndarray, sizes, names) -> tuple[np.ndarray, list[str]]:
+    """(units, candidates) each unit's share of every cyclic sum or difference of two equal-sized
+    factors, (f_b +- f_a) mod size, and the candidates' names. Replacing f_b by it maps the grid onto
+    itself, so the images re-sorted by the new factor values form a grid again, and its share of
+    factor b there is the share of the sum or difference (``unit_factor_shares``)."""
+    from disdis.metrics import unit_factor_shares
+    shares, labels = [], []
     for a, b in itertools.combinations(range(len(sizes)), 2):
-        if sizes[a] != sizes[b]:
-            continue
-        for sign, op in ((-1, "-"), (1, "+")):
-            levels = (factors[:, b] + sign * factors[:, a]) % sizes[a]
-            means = np.array([values[levels == v].mean() for v in range(sizes[a])])
-            share = (np.bincount(levels) * (means - values.mean()) ** 2).sum() / max(((values - values.mean()) ** 2).sum(), 1e-12)
-            best = max(best, (share, f"{names[b]} {op} {names[a]}"))
-    return f"{best[1]} {best[0]:.2f}" if best[1] != "-" else "-"
+        for sign, op in ((-1, "-"), (1, "+")) if sizes[a] == sizes[b] else ():
+            relabelled = factors.copy()
+            relabelled[:, b] = (factors[:, b] + sign * factors[:, a]) % sizes[b]
+            table = np.empty_like(units)
+            table[np.ravel_multi_index(relabelled.T, sizes)] = units
+            shares.append(unit_factor_shares(table, sizes)[:, b])
+            labels.append(f"{names[b]} {op} {names[a]}")
+    return np.stack(shares, 1) if shares else np.zeros((units.shape[1], 0)), labels
 
 
 def _standardised(values: np.ndarray) -> np.ndarray:
