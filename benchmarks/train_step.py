@@ -5,6 +5,7 @@ matrix-multiply rate.
                                     [--set key=value ...] [--batch 32] [--steps 3] [--warmup 1]
                                     [--variants eager channels_last] [--compile] [--held] [--threads N]
                                     [--stage run|extractor] [--at-kimg K] [--device cuda] [--bf16]
+                                    [--breakdown]
 
 Each config is a run config file; the model is the one the training loop builds from it
 (``disdis.models.build_model``, untrained first stage, the anchor state fitted once on the
@@ -35,6 +36,14 @@ encoder and of held modules. Achieved FLOP/s = step FLOPs / step time, shown bes
 large fp32 matmul (2048^3, median of repeats) measured in the same process with
 the same threads, right before and after each row's timed steps. Timings are medians over ``--steps`` timed steps after
 ``--warmup`` untimed ones; on a shared machine they vary with its load.
+
+``--breakdown`` (CPU) then profiles ``--steps`` more steps of each row (torch.profiler, each aten op's
+self time) and counts the FLOPs of one whole step as it runs (backward included, so layers whose input
+needs no gradient count what they do), and prints per class of op (convolution, matmul, attention,
+everything else) its time per step, its FLOP rate and that rate as a share of the matmul's: where the
+step's time goes that does no matrix arithmetic. The profiled step is a little slower than the timed
+one (eager), or much slower (compiled: the profiler records each generated kernel); the shares
+are the point.
 """
 
 from __future__ import annotations
@@ -46,15 +55,26 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-# FlopCounterMode knows the CUDA attention kernels; the CPU flash kernel needs the same formula
-CUSTOM_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+def _sdpa_cpu_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                             **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode knows the CUDA attention kernels; the CPU flash kernels need the same formulas
+CUSTOM_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+                torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops}
+
+# --breakdown: the classes of aten ops that do the FLOPs; the rest of the step's time (element-wise ops,
+# norms, copies, the optimizer, autograd's bookkeeping) is "other"
+OP_CLASSES = ("convolution", "matmul", "attention", "other")
+MATMULS = {"mm", "addmm", "bmm", "baddbmm"}
 
 
 def synchronize(device: torch.device) -> None:
@@ -148,8 +168,45 @@ class ModelStep:
         return trained, 3 * (trained - held) + held + encode
 
 
+def op_class(name: str) -> str:
+    """The --breakdown class of an aten op ("aten::addmm" -> "matmul"); "other" for the rest."""
+    op = name.removeprefix("aten::").removeprefix("aten.").split(".")[0]
+    if "convolution" in op:  # forward and backward (autograd's "ConvolutionBackward0" wrapper is bookkeeping)
+        return "convolution"
+    if op in MATMULS:
+        return "matmul"
+    return "attention" if "scaled_dot_product" in op else "other"
+
+
+def breakdown(step: "ModelStep", steps: int, peak: float) -> list[dict]:
+    """Per class of op: ms per step (profiled self time), GFLOP per step (counted on one step), the rate;
+    then the whole step, and the step as it would be if "other" took no time (the most that fusing or
+    removing everything but the matrix arithmetic could reach)."""
+    from torch.profiler import ProfilerActivity, profile
+    with FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
+        step()
+    flops = dict.fromkeys(OP_CLASSES, 0)
+    for op, count in counter.get_flop_counts()["Global"].items():
+        flops[op_class(str(op))] += count
+    with profile(activities=[ProfilerActivity.CPU]):  # the profiler's first start-up is slow: not in the count
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    seconds = dict.fromkeys(flops, 0.0)
+    for event in prof.key_averages():  # every event's self time: together, the profiled steps' time
+        seconds[op_class(event.key)] += event.self_cpu_time_total / 1e6 / steps
+    total, flop = sum(seconds.values()), sum(flops.values())
+
+    def row(op: str, sec: float, count: int) -> dict:
+        return dict(op=op, ms=1e3 * sec, share=sec / total, gflop=count / 1e9, pct=100 * count / sec / peak if sec else 0.0)
+    return ([row(cls, seconds[cls], flops[cls]) for cls in OP_CLASSES]
+            + [row("step", total, flop), row("step - other", total - seconds["other"], flop)])
+
+
 def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool,
-        overrides: list[str] = (), held: bool = False, stage: str = "run", at_kimg: float | None = None) -> dict:
+        overrides: list[str] = (), held: bool = False, stage: str = "run", at_kimg: float | None = None,
+        by_op: bool = False) -> dict:
     build_start = time.perf_counter()
     step = ModelStep(name, list(overrides), batch, variant, device, bf16, held, stage, at_kimg)
     matmul_dtype = torch.bfloat16 if bf16 else torch.float32
@@ -169,7 +226,8 @@ def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: to
     trained, step_flops = step.step_flops()
     return dict(config=Path(name).stem + ("/ae" if stage == "extractor" else ""), variant=variant + (", held" if held else ""), batch=batch, img_s=batch / seconds, s_step=seconds,
                 fwd=trained / batch, step=step_flops / batch, rate=step_flops / seconds,
-                peak=peak, pct=100 * step_flops / seconds / peak, setup=first)
+                peak=peak, pct=100 * step_flops / seconds / peak, setup=first,
+                ops=breakdown(step, steps, peak) if by_op else [])
 
 
 def main() -> None:
@@ -193,12 +251,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU); the reference rate is a bf16 matmul")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also profile each row's step per class of op (convolution, matmul, attention, other)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.at_kimg is not None and args.stage != "extractor":
         parser.error("--at-kimg: only with --stage extractor")
     if args.bf16 and device.type != "cuda":
         parser.error("--bf16 is for GPUs (the training loop uses bf16 autocast only on CUDA)")
+    if args.breakdown and device.type != "cpu":
+        parser.error("--breakdown profiles CPU time; run it without --device")
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = list(dict.fromkeys(args.variants + (["compiled"] if args.compile else [])))
@@ -220,11 +282,14 @@ def main() -> None:
     for name in args.config:
         for variant, held in [(v, h) for v in variants for h in (False, True)[:1 + args.held]]:
             r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, args.set, held,
-                    args.stage, args.at_kimg)
+                    args.stage, args.at_kimg, args.breakdown)
             rows.append(r)
             print(f"{r['config']:<7} {r['variant']:<19} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
                   f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "
                   f"{r['setup']:>8.1f}", flush=True)
+            for o in r["ops"]:
+                print(f"    {o['op']:<13} {o['ms']:>8.1f} ms/step {100 * o['share']:>4.0f}% of the time "
+                      f"{o['gflop']:>8.3f} GFLOP/step {o['pct']:>5.0f}% of matmul", flush=True)
     base = {r["config"]: r["img_s"] for r in rows if r["variant"] == variants[0]}
     if len(rows) > len(args.config):
         print(f"\nspeed-up over '{variants[0]}': " + ", ".join(
