@@ -6,9 +6,10 @@ For every run folder (trained with the training probe on, so that ``logs/train.c
 ``share_<factor>``, each factor's best unit share) prints one row: per factor, the kimg and
 training minutes of the first logged interval at which some unit's share reached ``--captured``
 (:func:`disdis.diagnostics.capture_times`; the minutes include those of the stages the run trained
-first inside its folder, a first stage or an autoencoder: the "before" column), or "-" with the
-largest share it reached; the kimg trained; and FactorVAE / DCI / MIG when the run has been
-evaluated (``metrics.json``).
+first inside its folder, a first stage or an autoencoder: the "before" column), followed by its
+share at the last logged interval when it has fallen below ``--captured`` again
+(:func:`disdis.diagnostics.lost_factors`), or "-" with the largest share it reached; the kimg
+trained; and FactorVAE / DCI / MIG when the run has been evaluated (``metrics.json``).
 """
 
 from __future__ import annotations
@@ -17,22 +18,19 @@ import argparse
 import json
 from pathlib import Path
 
-from disdis.diagnostics import CAPTURED, run_capture_times
+from disdis.diagnostics import CAPTURED, capture_times, lost_factors, training_log
 from disdis.report import headline
-from disdis.train.logger import read_csv_log
 
 
 def row(run: Path, captured: float) -> tuple[list[str], str]:
-    log = run / "logs" / "train.csv"
-    if not log.is_file():
+    if not (run / "logs" / "train.csv").is_file():
         raise SystemExit(f"{run}: no logs/train.csv (not a run folder, or it has not logged yet)")
-    rows = read_csv_log(log)
-    times, before = run_capture_times(run, captured=captured)
-    names = list(times)
+    rows, names, before = training_log(run)
     if not names:
         raise SystemExit(f"{run}: logs/train.csv has no share_<factor> columns (trained without the probe?)")
-    cells = [f"{times[n][0]:g} ({times[n][1]:.1f} min)" if times[n] else
-             f"- ({max(r.get(f'share_{n}', 0.0) for r in rows):.2f})" for n in names]
+    times, lost = capture_times(rows, names, captured, start_minutes=before), lost_factors(rows, names, captured)
+    cells = [(f"{times[n][0]:g} ({times[n][1]:.1f} min)" + (f", {lost[n]:.2f} at the end" if n in lost else ""))
+             if times[n] else f"- ({max(r.get(f'share_{n}', 0.0) for r in rows):.2f})" for n in names]
     scores = ""
     metrics = run / "metrics.json"
     if metrics.is_file():

@@ -25,7 +25,9 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     printed = capsys.readouterr().out
     assert "demo wall time" in printed and "FactorVAE" in printed and "reduced protocol" in printed
     assert "What each unit carries" in printed and "| 3 |" in printed  # the share table, one row per unit
-    assert "captured (a unit's share >= 0.5; kimg of the diffusion training; minutes since the run began" in printed
+    assert "captured in training (a unit's share >= 0.5; kimg of the diffusion training; minutes since the run began" in printed
+    assert "at the end (tokens_pca, the share table; a unit's share >= 0.5): " in printed
+    assert "target (tokens_pca: FactorVAE >= 0.9, DCI >= 0.6, every factor captured at the end): " in printed
     assert "warm_start: FactorVAE" in printed  # the autoencoder's units, before the diffusion training
     protocols = []
     for name in ("metrics.json", "metrics_scalar.json", "metrics_warm_start.json"):
@@ -47,6 +49,23 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     assert main(args + ["train.total_kimg=0.192"]) == 0
     assert "resuming from" in capsys.readouterr().err
     assert (out / "logs" / "train.csv").read_text().splitlines()[-1].startswith("6,")
+
+
+def test_the_target_counts_the_factors_the_evaluated_units_hold_at_the_end():
+    from disdis.report.markdown import target_lines
+
+    def result(fvae: float, dci: float, best: list) -> dict:
+        shares = np.zeros((10, 6))
+        shares[np.arange(6), np.arange(6)] = best  # factor k in unit k
+        return {"metrics": {"factor_vae": {"eval_accuracy": fvae}, "dci": {"disentanglement": dci},
+                            "mig": {"discrete_mig": 0.5}}, "unit_factor_shares": shares.tolist()}
+    held, target = target_lines(result(0.95, 0.7, [0.9] * 6))
+    assert held.endswith(": every factor captured") and target.endswith(": reached")
+    held, target = target_lines(result(0.95, 0.7, [0.9] * 5 + [0.16]))  # scores met, orientation lost
+    assert held.endswith("5 of 6 factors captured; not orientation (best unit 0.16)") and target.endswith("not reached")
+    assert target_lines(result(0.89, 0.7, [0.9] * 6))[1].endswith("not reached")
+    held, target = target_lines({"metrics": result(0.95, 0.7, [0.9] * 6)["metrics"]})  # no factor grid
+    assert "no share table" in held and target.endswith("not reached")
 
 
 def test_demo_data_is_cached(tmp_path, capsys):

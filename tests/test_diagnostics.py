@@ -148,6 +148,22 @@ def test_capture_times():
     assert capture_times(rows, ["a"], start_minutes=4.0) == {"a": (2.0, 7.0)}  # after the run's first stages
 
 
+def test_lost_factors_are_those_captured_once_and_below_the_threshold_at_the_last_interval():
+    from disdis.diagnostics import lost_factors
+    rows = [{"share_a": 0.2, "share_b": 0.6, "share_c": 0.1}, {"share_a": 0.6, "share_b": 0.7, "share_c": 0.4},
+            {"share_a": 0.3, "share_b": 0.55, "share_c": 0.45}]
+    assert lost_factors(rows, ["a", "b", "c"]) == {"a": 0.3}  # b is still held, c never was
+    assert lost_factors(rows, ["a", "b"], captured=0.58) == {"a": 0.3, "b": 0.55}
+    assert lost_factors([], ["a"]) == {}
+
+
+def test_uncaptured_lists_each_factor_no_unit_holds_with_its_best_share():
+    from disdis.diagnostics import uncaptured
+    shares = [[0.9, 0.1, 0.2], [0.05, 0.4, 0.3]]  # units x factors
+    assert uncaptured(shares, ["a", "b", "c"]) == {"b": 0.4, "c": 0.3}
+    assert uncaptured(shares, ["a", "b", "c"], captured=0.25) == {}
+
+
 def test_probe_classes_fit_the_budget():
     assert [c.tolist() for c in probe_classes([3, 4], 100)] == [[0, 1, 2], [0, 1, 2, 3]]
     classes = probe_classes([10, 10, 10, 8, 4, 15], 4096)

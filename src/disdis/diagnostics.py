@@ -179,20 +179,14 @@ class UnitProbe:
         self.drawn_at, self.stale = time.monotonic(), False
 
 
-def run_capture_times(run_dir, factor_names: Sequence[str] | None = None, captured: float = CAPTURED
-                      ) -> tuple[dict[str, tuple[float, float] | None], float]:
-    """:func:`capture_times` of a run folder (its factors by default), the minutes counted from the
-    start of the stages it trained first inside its folder (a first stage, an autoencoder), and
-    those stages' minutes."""
-    from disdis.rundir import RunDir
-    from disdis.train.logger import read_csv_log
+def training_log(run_dir) -> tuple[list[dict], list[str], float]:
+    """A run folder's ``logs/train.csv`` rows (none yet: []), the factors its probe logged, and the
+    minutes of the stages it trained first inside its folder (a first stage, an autoencoder)."""
     from disdis.train.run import dependencies_seconds
     run = RunDir.of(run_dir)
     rows = read_csv_log(run.log("train")) if run.log("train").is_file() else []
-    names = factor_names if factor_names is not None else \
-        [k[len("share_"):] for k in (rows[0] if rows else {}) if k.startswith("share_")]
-    before = dependencies_seconds(run) / 60
-    return capture_times(rows, names, captured, start_minutes=before), before
+    names = [k[len("share_"):] for k in (rows[0] if rows else {}) if k.startswith("share_")]
+    return rows, names, dependencies_seconds(run) / 60
 
 
 def capture_times(rows: Sequence[dict], factor_names: Sequence[str], captured: float = CAPTURED,
@@ -209,6 +203,23 @@ def capture_times(rows: Sequence[dict], factor_names: Sequence[str], captured: f
             if out[name] is None and row.get(f"share_{name}", 0.0) >= captured:
                 out[name] = (row["kimg"], minutes)
     return out
+
+
+def lost_factors(rows: Sequence[dict], factor_names: Sequence[str], captured: float = CAPTURED) -> dict[str, float]:
+    """The factors some logged interval captured whose best unit share at the last one is below
+    ``captured`` again, with that last share: captured once is not captured at the end."""
+    if not rows:
+        return {}
+    last = rows[-1]
+    return {name: last[f"share_{name}"] for name in factor_names
+            if last.get(f"share_{name}", 0.0) < captured <= max(row.get(f"share_{name}", 0.0) for row in rows)}
+
+
+def uncaptured(shares, factor_names: Sequence[str], captured: float = CAPTURED) -> dict[str, float]:
+    """The factors no unit holds in a share table (units x factors, as ``unit_factor_shares``): each
+    with its best unit's share, below ``captured``."""
+    best = np.asarray(shares, dtype=np.float64).max(axis=0)
+    return {name: float(b) for name, b in zip(factor_names, best) if b < captured}
 
 
 def _record_attention(records: list):
