@@ -64,11 +64,14 @@ def target_lines(result: dict) -> list[str]:
     at the end; a factor captured during training and lost again does not count."""
     from disdis.diagnostics import CAPTURED, uncaptured
     rep, names, shares = REPRESENTATIONS[0], list(DEMO_GRID), result.get("unit_factor_shares")
-    missing = uncaptured(shares, names) if shares else dict.fromkeys(names, float("nan"))
-    held = ("every factor captured" if not missing else
-            "no share table (the evaluation data has no factor grid)" if not shares else
-            f"{len(names) - len(missing)} of {len(names)} factors captured; not "
-            + ", ".join(f"{name} (best unit {share:.2f})" for name, share in missing.items()))
+    missing = uncaptured(shares, names) if shares else names
+    if not shares:
+        held = "no share table (the evaluation data has no factor grid)"
+    elif not missing:
+        held = "every factor captured"
+    else:
+        held = f"{len(names) - len(missing)} of {len(names)} factors captured; not " + \
+            ", ".join(f"{name} (best unit {share:.2f})" for name, share in missing.items())
     reached = _scores_met(result) and not missing
     return [f"at the end ({rep}, the share table; a unit's share >= {CAPTURED}): {held}",
             f"target ({rep}: FactorVAE >= {TARGET['factor_vae']}, DCI >= {TARGET['dci']}, every factor captured "
