@@ -210,9 +210,10 @@ def lost_factors(rows: Sequence[dict], factor_names: Sequence[str], captured: fl
     ``captured`` again, with that last share: captured once is not captured at the end."""
     if not rows:
         return {}
-    last = rows[-1]
-    return {name: last[f"share_{name}"] for name in factor_names
-            if last.get(f"share_{name}", 0.0) < captured <= max(row.get(f"share_{name}", 0.0) for row in rows)}
+    def share(row: dict, name: str) -> float:
+        return row.get(f"share_{name}", 0.0)
+    return {name: share(rows[-1], name) for name in factor_names
+            if share(rows[-1], name) < captured <= max(share(row, name) for row in rows)}
 
 
 def uncaptured(shares, factor_names: Sequence[str], captured: float = CAPTURED) -> dict[str, float]:
