@@ -15,9 +15,9 @@ factor's share (eta^2, the training probe's measure) before the step and its cha
 A unit whose share of a factor it does not hold rises is having that factor spread into it; the
 factor whose best share rises is being gathered. A last line compares that mean gradient with the
 gradients of single batches at the run's batch size (their norms and cosines with the mean): where
-a batch's gradient is mostly noise, the units move mostly by chance, and with Adam, which scales
-each weight's step to about the learning rate whatever its gradient, they move by chance at full
-speed.
+a batch's gradient is mostly noise the units can move mostly by chance, and with Adam, which sizes
+each weight's step by the learning rate rather than by its gradient, as fast as they would move by
+design.
 
 The step goes through the extractor's weights, so it is what the network can do, not what each
 image asks for. Training uses Adam, which divides each weight's step by the root of its running
@@ -73,7 +73,7 @@ def batch_gradient(model, images: torch.Tensor) -> list[torch.Tensor]:
 
 
 def gradient_noise(model, images: torch.Tensor, mean: list[torch.Tensor], batch: int, count: int = 8) -> tuple[float, list[float]]:
-    """(the mean RMS norm of ``count`` random batches' gradients, their cosines with ``mean``)."""
+    """(the RMS of the norms of ``count`` random batches' gradients, their cosines with ``mean``)."""
     generator = torch.Generator().manual_seed(1)
     torch.manual_seed(1)
     norm = torch.sqrt(sum(g.square().sum() for g in mean))
