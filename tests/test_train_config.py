@@ -110,6 +110,11 @@ def test_a_preset_holds_only_what_differs_from_its_base(tmp_path):
     mine = write_yaml(tmp_path / "mine.yaml", {"base": "demo", "train": {"total_kimg": 4}})
     cfg = load_run_config(mine, ["data.path=x"])
     assert cfg.train.total_kimg == 4 and cfg.train.batch_size == 64 and cfg.method.units.num_units == 10
+    assert cfg.train.lr_scale == {"extractor": 0.1}  # a mapping value merges key by key; an empty one clears it
+    cleared = write_yaml(tmp_path / "cleared.yaml", {"base": "demo", "train": {"lr_scale": {}, "group_eps": {"unet": 1e-6}}})
+    cfg = load_run_config(cleared, ["data.path=x"])
+    assert cfg.train.lr_scale == {} and cfg.train.group_eps == {"unet": 1e-6}
+    assert load_run_config("demo_disdiff", ["data.path=x"]).train.lr_scale == {}  # DisDiff has no extractor
     loop = write_yaml(tmp_path / "loop.yaml", {"base": str(tmp_path / "loop.yaml")})
     with pytest.raises(ConfigError, match="base: expected the name of another preset"):
         load_run_config(loop, ["data.path=x"])

@@ -71,10 +71,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 
 def merge_sections(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``over`` laid on it: sections merged key by key, any other value replaced."""
+    """``base`` with ``over`` laid on it: sections merged key by key, any other value replaced; an
+    empty mapping replaces too (``lr_scale: {}`` clears the base's, which merging could not)."""
     merged = dict(base)
     for key, value in over.items():
-        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        both = isinstance(value, dict) and bool(value) and isinstance(merged.get(key), dict)
         merged[key] = merge_sections(merged[key], value) if both else value
     return merged
 
