@@ -40,46 +40,41 @@ def grid_images(cfg) -> tuple[torch.Tensor, list[int], list[str]]:
     data = open_training_data(cfg)
     if not data.dataset.has_factor_grid:
         raise SystemExit(f"{cfg.data.path}: its data has no factor grid")
-    images = torch.stack([data[i][0] for i in range(len(data.dataset))])
+    images = torch.stack([item[0] for item in data.__getitems__(range(len(data)))])  # one read of the file
     return images, list(data.dataset.factor_sizes), list(data.dataset.factor_names)
 
 
-def loss_gradient(model, images: torch.Tensor, draws: int, chunk: int = 243) -> list[torch.Tensor]:
+def loss_gradient(model, images: torch.Tensor, latents: torch.Tensor, draws: int, chunk: int = 243) -> list[torch.Tensor]:
     """The extractor's gradient of the training loss averaged over every image and ``draws`` draws
-    of (t, noise, Skip Dropout) per image, the extractor in eval mode and the U-Net in train mode."""
+    of (t, noise, Skip Dropout) per image (``latents``: the images' first-stage latents)."""
     grads = None
     torch.manual_seed(0)
     for _ in range(draws):
         for start in range(0, len(images), chunk):
-            batch = images[start:start + chunk]
-            weight = len(batch) / len(images) / draws
-            step = batch_gradient(model, batch)
+            weight = min(chunk, len(images) - start) / len(images) / draws
+            step = batch_gradient(model, images[start:start + chunk], latents[start:start + chunk])
             grads = [g * weight for g in step] if grads is None else [a.add_(g, alpha=weight) for a, g in zip(grads, step)]
     return grads
 
 
-def batch_gradient(model, images: torch.Tensor) -> list[torch.Tensor]:
-    """The extractor's gradient of the training loss on one batch (one draw per image), as
-    :func:`loss_gradient` takes it."""
-    model.eval()
-    model.unet.train()  # Skip Dropout (and dropout) act as in training
+def batch_gradient(model, images: torch.Tensor, latents: torch.Tensor) -> list[torch.Tensor]:
+    """The extractor's gradient of the training loss on one batch (one draw per image), the
+    extractor in eval mode (as the probe reads it) and the U-Net in train mode (Skip Dropout on)."""
     params = [p for p in model.extractor.parameters() if p.requires_grad]
-    with torch.no_grad():
-        z0 = model.latents(images).float()
-    loss = model.noise_loss(model.unet, z0, model.anchor(model.unit_tokens(images)))
-    grads = torch.autograd.grad(loss, params)
-    model.eval()
-    return list(grads)
+    loss = model.noise_loss(model.unet, latents, model.anchor(model.unit_tokens(images)))
+    return list(torch.autograd.grad(loss, params))
 
 
-def gradient_noise(model, images: torch.Tensor, mean: list[torch.Tensor], batch: int, count: int = 8) -> tuple[float, list[float]]:
+def gradient_noise(model, images: torch.Tensor, latents: torch.Tensor, mean: list[torch.Tensor], batch: int,
+                   count: int = 8) -> tuple[float, list[float]]:
     """(the RMS of the norms of ``count`` random batches' gradients, their cosines with ``mean``)."""
     generator = torch.Generator().manual_seed(1)
     torch.manual_seed(1)
     norm = torch.sqrt(sum(g.square().sum() for g in mean))
     norms, cosines = [], []
     for _ in range(count):
-        grads = batch_gradient(model, images[torch.randperm(len(images), generator=generator)[:batch]])
+        pick = torch.randperm(len(images), generator=generator)[:batch]
+        grads = batch_gradient(model, images[pick], latents[pick])
         size = torch.sqrt(sum(g.square().sum() for g in grads))
         norms.append(float(size))
         cosines.append(float(sum((g * m).sum() for g, m in zip(grads, mean)) / size / norm))
@@ -109,15 +104,13 @@ def adam_scales(model, cfg, checkpoint) -> list[torch.Tensor]:
     return scales
 
 
-def drift(model, images: torch.Tensor, sizes: list[int], draws: int, step: float, batch: int,
-          scales: list[torch.Tensor] | None = None):
+def drift(model, images: torch.Tensor, sizes: list[int], mean: list[torch.Tensor], step: float,
+          scales: list[torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """(shares before (units, factors), their change for a step of ``step`` of the units' spread,
-    the step's length in weight space, the mean gradient's norm, :func:`gradient_noise`); the step
-    along the mean gradient, times ``scales`` per weight when given."""
+    the step's length in weight space): the step along the mean gradient ``mean``, times ``scales``
+    per weight when given."""
     from disdis.metrics import unit_factor_shares
     units = units_of(model.extractor, images)
-    mean = loss_gradient(model, images, draws)
-    norm = torch.sqrt(sum(g.square().sum() for g in mean))
     grads = mean if scales is None else [g * s for g, s in zip(mean, scales)]
     direction = torch.sqrt(sum(g.square().sum() for g in grads))
     spread = np.sqrt(np.mean(units.std(0) ** 2))
@@ -134,7 +127,7 @@ def drift(model, images: torch.Tensor, sizes: list[int], draws: int, step: float
     length = trial * step / change
     after = stepped(length)
     before = unit_factor_shares(units, sizes)
-    return before, unit_factor_shares(after, sizes) - before, length, float(norm), gradient_noise(model, images, mean, batch)
+    return before, unit_factor_shares(after, sizes) - before, length
 
 
 def report(source: str, draws: int, step: float, adam: bool) -> None:
@@ -143,8 +136,15 @@ def report(source: str, draws: int, step: float, adam: bool) -> None:
     if not hasattr(model, "extractor") or not hasattr(model, "noise_loss"):
         raise SystemExit(f"{source}: not a run of a method with a feature extractor and a diffusion loss")
     images, sizes, names = grid_images(cfg)
+    model.eval()
+    model.unet.train()  # Skip Dropout (and dropout) act as in training
+    with torch.no_grad():
+        latents = model.latents(images).float()
+    mean = loss_gradient(model, images, latents, draws)
     scales = adam_scales(model, cfg, checkpoint) if adam else None
-    before, delta, length, norm, (batch_norm, cosines) = drift(model, images, sizes, draws, step, cfg.train.batch_size, scales)
+    before, delta, length = drift(model, images, sizes, mean, step, scales)
+    norm = float(torch.sqrt(sum(g.square().sum() for g in mean)))
+    batch_norm, cosines = gradient_noise(model, images, latents, mean, cfg.train.batch_size)
     print(f"\n{checkpoint}: a step of {step:g} of the units' spread ({length:.3g} in weight space) along the mean "
           f"gradient{', scaled as Adam scales it' if adam else ''}, {draws} draws per image\n")
     print("| unit | " + " | ".join(names) + " | gains most |\n" + "|---" * (len(names) + 2) + "|")

@@ -114,6 +114,8 @@ def test_a_preset_holds_only_what_differs_from_its_base(tmp_path):
     cleared = write_yaml(tmp_path / "cleared.yaml", {"base": "demo", "train": {"lr_scale": {}, "group_eps": {"unet": 1e-6}}})
     cfg = load_run_config(cleared, ["data.path=x"])
     assert cfg.train.lr_scale == {} and cfg.train.group_eps == {"unet": 1e-6}
+    merged = write_yaml(tmp_path / "merged.yaml", {"base": "demo", "train": {"lr_scale": {"unet": 0.5}}})
+    assert load_run_config(merged, ["data.path=x"]).train.lr_scale == {"extractor": 0.1, "unet": 0.5}
     assert load_run_config("demo_disdiff", ["data.path=x"]).train.lr_scale == {}  # DisDiff has no extractor
     loop = write_yaml(tmp_path / "loop.yaml", {"base": str(tmp_path / "loop.yaml")})
     with pytest.raises(ConfigError, match="base: expected the name of another preset"):
