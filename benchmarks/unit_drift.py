@@ -6,7 +6,8 @@ Once the extractor is released, the diffusion loss alone moves the units: it can
 into the unit that holds part of it, or spread one into a unit that holds another (the demo's seed
 7: shape into the orientation unit, docs/demo-study.md). This script measures that push at a
 checkpoint of a disentangled-diffusion run on a factor grid. It takes the gradient of the training
-loss (the run's own noise-prediction loss, anchoring and Skip Dropout as in training) with respect
+loss (the run's own: the noise-prediction loss and any term it adds, e.g.
+``method.unit_decorrelation``; anchoring and Skip Dropout as in training) with respect
 to the extractor's weights, on every image of the grid and ``--draws`` draws of the timestep and
 noise per image (seeded), steps the weights along it (plain gradient descent, so the direction, not
 Adam's per-weight scaling) by the length that changes the units by ``--step`` of their spread (RMS
@@ -44,28 +45,28 @@ def grid_images(cfg) -> tuple[torch.Tensor, list[int], list[str]]:
     return images, list(data.dataset.factor_sizes), list(data.dataset.factor_names)
 
 
-def loss_gradient(model, images: torch.Tensor, latents: torch.Tensor, draws: int, chunk: int = 243) -> list[torch.Tensor]:
+def loss_gradient(model, images: torch.Tensor, draws: int, chunk: int = 243) -> list[torch.Tensor]:
     """The extractor's gradient of the training loss averaged over every image and ``draws`` draws
-    of (t, noise, Skip Dropout) per image (``latents``: the images' first-stage latents)."""
+    of (t, noise, Skip Dropout) per image."""
     grads = None
     torch.manual_seed(0)
     for _ in range(draws):
         for start in range(0, len(images), chunk):
             weight = min(chunk, len(images) - start) / len(images) / draws
-            step = batch_gradient(model, images[start:start + chunk], latents[start:start + chunk])
+            step = batch_gradient(model, images[start:start + chunk])
             grads = [g * weight for g in step] if grads is None else [a.add_(g, alpha=weight) for a, g in zip(grads, step)]
     return grads
 
 
-def batch_gradient(model, images: torch.Tensor, latents: torch.Tensor) -> list[torch.Tensor]:
-    """The extractor's gradient of the training loss on one batch (one draw per image), the
-    extractor in eval mode (as the probe reads it) and the U-Net in train mode (Skip Dropout on)."""
+def batch_gradient(model, images: torch.Tensor) -> list[torch.Tensor]:
+    """The extractor's gradient of the training loss (the model's own, with any term it adds) on one
+    batch (one draw per image), the extractor in eval mode (as the probe reads it) and the U-Net in
+    train mode (Skip Dropout on)."""
     params = [p for p in model.extractor.parameters() if p.requires_grad]
-    loss = model.noise_loss(model.unet, latents, model.anchor(model.unit_tokens(images)))
-    return list(torch.autograd.grad(loss, params))
+    return list(torch.autograd.grad(model(images)["loss"], params))
 
 
-def gradient_noise(model, images: torch.Tensor, latents: torch.Tensor, mean: list[torch.Tensor], batch: int,
+def gradient_noise(model, images: torch.Tensor, mean: list[torch.Tensor], batch: int,
                    count: int = 8) -> tuple[float, list[float]]:
     """(the RMS of the norms of ``count`` random batches' gradients, their cosines with ``mean``)."""
     generator = torch.Generator().manual_seed(1)
@@ -74,7 +75,7 @@ def gradient_noise(model, images: torch.Tensor, latents: torch.Tensor, mean: lis
     norms, cosines = [], []
     for _ in range(count):
         pick = torch.randperm(len(images), generator=generator)[:batch]
-        grads = batch_gradient(model, images[pick], latents[pick])
+        grads = batch_gradient(model, images[pick])
         size = torch.sqrt(sum(g.square().sum() for g in grads))
         norms.append(float(size))
         cosines.append(float(sum((g * m).sum() for g, m in zip(grads, mean)) / size / norm))
@@ -138,13 +139,11 @@ def report(source: str, draws: int, step: float, adam: bool) -> None:
     images, sizes, names = grid_images(cfg)
     model.eval()
     model.unet.train()  # Skip Dropout (and dropout) act as in training
-    with torch.no_grad():
-        latents = model.latents(images).float()
-    mean = loss_gradient(model, images, latents, draws)
+    mean = loss_gradient(model, images, draws)
     scales = adam_scales(model, cfg, checkpoint) if adam else None
     before, delta, length = drift(model, images, sizes, mean, step, scales)
     norm = float(torch.sqrt(sum(g.square().sum() for g in mean)))
-    batch_norm, cosines = gradient_noise(model, images, latents, mean, cfg.train.batch_size)
+    batch_norm, cosines = gradient_noise(model, images, mean, cfg.train.batch_size)
     print(f"\n{checkpoint}: a step of {step:g} of the units' spread ({length:.3g} in weight space) along the mean "
           f"gradient{', scaled as Adam scales it' if adam else ''}, {draws} draws per image\n")
     print("| unit | " + " | ".join(names) + " | gains most |\n" + "|---" * (len(names) + 2) + "|")

@@ -1,11 +1,13 @@
 """The assembled models: the paper's method (and EncDiff / ablations as configurations), first stage."""
 
 
+import numpy as np
 import pytest
 import torch
 
 from disdis.errors import ConfigError
 from disdis.models import METHODS, build_model
+from disdis.models.disentangled_diffusion import unit_correlation
 from disdis.run_config import RunConfig, run_config_from_dict
 from train_standins import tiny_run_config
 
@@ -35,6 +37,34 @@ def test_training_loss_and_tokens():
     out["loss"].backward()
     assert model.unet.out[2].weight.grad is not None and model.tokenizer.weights[0].grad is not None
     assert all(p.grad is None for p in model.first_stage.parameters())
+
+
+def test_unit_correlation_is_the_mean_squared_pearson_correlation_off_the_diagonal():
+    u = torch.randn(64, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    u[:, 3] = 2 * u[:, 0] - u[:, 1] + 3  # correlated, shifted and scaled: Pearson sees through both
+    r = np.corrcoef(u.numpy(), rowvar=False)
+    expected = (np.square(r).sum() - 5) / 20
+    assert float(unit_correlation(u)) == pytest.approx(expected, rel=1e-6)  # the eps in the spread
+    independent = torch.stack([torch.tensor([1., -1, 1, -1]), torch.tensor([1., 1, -1, -1])], 1)
+    assert float(unit_correlation(independent)) == pytest.approx(0, abs=1e-12)  # orthogonal +-1 columns
+    assert float(unit_correlation(torch.cat([independent[:, :1], -independent[:, :1]], 1))) == pytest.approx(1)
+
+
+def test_unit_decorrelation_adds_its_weighted_term_and_reaches_the_extractor():
+    x = images()
+    losses = {}
+    for weight in (0.0, 2.0):
+        torch.manual_seed(0)
+        model = build_model(tiny(method={"unit_decorrelation": weight}))
+        model.setup(x)
+        torch.manual_seed(1)
+        losses[weight] = out = model(x)
+    assert set(losses[0.0]) == {"loss", "tokens"}
+    assert torch.equal(losses[2.0]["noise_loss"], losses[0.0]["loss"].detach())
+    expected = losses[0.0]["loss"] + 2.0 * unit_correlation(model.extractor(x))
+    assert torch.allclose(out["loss"], expected) and out["unit_correlation"] > 0
+    out["loss"].backward()
+    assert model.extractor.fc[-1].weight.grad.abs().sum() > 0
 
 
 def fitted(model, x):

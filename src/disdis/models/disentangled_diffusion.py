@@ -5,6 +5,7 @@
     c       = g(u)              (B, N, D)        one token MLP per unit
     c~      = c + lambda (mu_k*(c) - c)          Dynamic Gaussian Anchoring (after the first fit)
     loss    = | eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, c~) |_1
+              + w_decor * mean_{i != j} corr_batch(u_i, u_j)^2      (off unless unit_decorrelation > 0)
 
 with Skip Dropout inside the U-Net during training. EncDiff and the ablations are
 configurations of this one model: ``method.anchoring.enabled: false`` drops DyGA,
@@ -62,6 +63,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     extractor_init_train: ExtractorInitTrainConfig = field(default_factory=ExtractorInitTrainConfig)
     extractor_init_loss: AutoencoderLoss = field(default_factory=AutoencoderLoss)  # that autoencoder's loss
     cache_latents: bool = False  # the frozen first stage encodes each training image once (models/latent.py)
+    unit_decorrelation: float = 0.0  # > 0: the weight of the units' mean squared correlation over the batch
 
     dependency_kinds = {**OnFirstStage.dependency_kinds, "extractor": "autoencoder"}
     initialises = frozenset({"extractor"})
@@ -92,6 +94,8 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
         if self.unet.context_dim != self.units.token_dim:
             raise ConfigError(f"method.unet.context_dim: {self.unet.context_dim} differs from "
                               f"method.units.token_dim {self.units.token_dim}")
+        if self.unit_decorrelation < 0:
+            raise ConfigError(f"method.unit_decorrelation: expected >= 0, got {self.unit_decorrelation}")
 
     def needs(self) -> tuple[str, ...]:
         return (*super().needs(), *(("extractor",) if self.extractor_init == "autoencoder" else ()))
@@ -119,19 +123,34 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     def build(self, dependencies: dict) -> DisentangledDiffusion:
         first_stage = dependencies.get("first_stage") or build_first_stage(self.first_stage)
         model = DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring,
-                                      cache_latents=self.cache_latents)
+                                      cache_latents=self.cache_latents, unit_decorrelation=self.unit_decorrelation)
         if "extractor" in dependencies:  # the warm start: its weights, trained on from here
             model.extractor.load_state_dict(dependencies["extractor"].state_dict())
         return model
+
+
+def unit_correlation(units: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The mean over pairs i != j of the squared Pearson correlation of units i and j over the batch.
+
+    A DIP-VAE-like pull towards units that vary independently, for data whose factors do (a full
+    factor grid): the diffusion loss alone lets the units' correlations grow (docs/demo-study.md)."""
+    centred = units - units.mean(0)
+    scaled = centred / (centred.square().mean(0).sqrt() + eps)
+    corr = scaled.T @ scaled / len(units)
+    n = corr.shape[0]
+    off_diagonal = corr.square().sum() - corr.diagonal().square().sum()
+    return off_diagonal / (n * (n - 1))
 
 
 class DisentangledDiffusion(LatentSpace, Anchored, Method):
     capabilities = frozenset({"represent", "decode", "generate", "attention"})
 
     def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,
-                 diffusion: DiffusionConfig, anchoring: AnchoringConfig, cache_latents: bool = False):
+                 diffusion: DiffusionConfig, anchoring: AnchoringConfig, cache_latents: bool = False,
+                 unit_decorrelation: float = 0.0):
         super().__init__()
         self.cache_latents = cache_latents
+        self.unit_decorrelation = unit_decorrelation
         self.first_stage = first_stage.eval().requires_grad_(False)
         self.scaler = LatentScaler()
         self.extractor = FeatureExtractor(units)
@@ -155,9 +174,14 @@ class DisentangledDiffusion(LatentSpace, Anchored, Method):
         With ``condition_images`` the tokens come from those images instead (a diagnostic: how
         much the loss rises when the units describe another image)."""
         z0 = self.latents(images).float()  # the noise and the loss stay in float32 under autocast
-        tokens = self.unit_tokens(images if condition_images is None else condition_images)
+        units = self.extractor(images if condition_images is None else condition_images)
+        tokens = self.tokenizer(units)
         loss = self.noise_loss(self.unet, z0, self.anchor(tokens))
-        return {"loss": loss, "tokens": tokens.detach()}
+        if not self.unit_decorrelation:
+            return {"loss": loss, "tokens": tokens.detach()}
+        correlation = unit_correlation(units.float())
+        return {"loss": loss + self.unit_decorrelation * correlation, "tokens": tokens.detach(),
+                "noise_loss": loss.detach(), "unit_correlation": correlation.detach()}
 
     def upgrade_checkpoint(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Checkpoints written before the anchors were module state kept the fit as ``anchors/*``
