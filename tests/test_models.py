@@ -50,19 +50,37 @@ def test_unit_correlation_is_the_mean_squared_pearson_correlation_off_the_diagon
     assert float(unit_correlation(torch.cat([independent[:, :1], -independent[:, :1]], 1))) == pytest.approx(1)
 
 
+def test_unit_dependence_sees_a_rotation_of_independent_uniform_factors_that_correlation_misses():
+    levels = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+    factors = torch.cartesian_prod(levels, levels)  # a 3 x 3 grid: independent, uniform, not Gaussian
+    z = (factors - factors.mean(0)) / factors.std(0, unbiased=False)
+    squares = np.square(z.numpy())
+    expected = np.corrcoef(squares, rowvar=False)[0, 1] ** 2
+    assert float(unit_correlation(factors, power=2)) == pytest.approx(expected, abs=1e-12) and expected < 1e-20
+    angle = torch.tensor(np.radians(40.0))
+    rotation = torch.stack([torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])])
+    mixed = factors @ rotation
+    assert float(unit_correlation(mixed)) == pytest.approx(0, abs=1e-12)  # still uncorrelated
+    # rotated by t, the squares' covariance is c^2 s^2 (kurt_x + kurt_y - 6) with kurtosis 1.5 here
+    c2s2 = float(angle.cos() ** 2 * angle.sin() ** 2)
+    variance = np.var(np.square(z.numpy() @ rotation.numpy()), axis=0)
+    assert float(unit_correlation(mixed, power=2)) == pytest.approx((c2s2 * -3.0) ** 2 / variance.prod(), rel=1e-6)
+
+
 def test_unit_decorrelation_adds_its_weighted_term_and_reaches_the_extractor():
     x = images()
     losses = {}
     for weight in (0.0, 2.0):
         torch.manual_seed(0)
-        model = build_model(tiny(method={"unit_decorrelation": weight}))
+        model = build_model(tiny(method={"unit_decorrelation": weight, "unit_independence": weight / 2}))
         model.setup(x)
         torch.manual_seed(1)
         losses[weight] = out = model(x)
     assert set(losses[0.0]) == {"loss", "tokens"}
     assert torch.equal(losses[2.0]["noise_loss"], losses[0.0]["loss"].detach())
-    expected = losses[0.0]["loss"] + 2.0 * unit_correlation(model.extractor(x))
-    assert torch.allclose(out["loss"], expected) and out["unit_correlation"] > 0
+    units = model.extractor(x)
+    expected = losses[0.0]["loss"] + 2.0 * unit_correlation(units) + 1.0 * unit_correlation(units, power=2)
+    assert torch.allclose(out["loss"], expected) and out["unit_correlation"] > 0 and out["unit_dependence"] > 0
     out["loss"].backward()
     assert model.extractor.fc[-1].weight.grad.abs().sum() > 0
 

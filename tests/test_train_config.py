@@ -33,6 +33,7 @@ def test_released_hyperparameters():
     (["method.unet.context_dim=4"], "method.unet.context_dim: 4 differs from method.units.token_dim 8"),
     (["method.unet.context_tokens=3"], r"method.unet.context_tokens: expected 0 or method.units.num_units \(4\), got 3"),
     (["method.unit_decorrelation=-1"], "method.unit_decorrelation: expected >= 0, got -1"),
+    (["method.unit_independence=-0.5"], "method.unit_independence: expected >= 0, got -0.5"),
     (["method.unet.skip_dropout=1.5"], r"method.unet.skip_dropout: expected in \[0, 1\)"),
     (["data.path="], "data.path: required"),
     (["method.name=first_stage"], "unknown key 'method.anchoring' \\(known in this section: first_stage, name\\)"),

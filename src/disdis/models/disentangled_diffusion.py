@@ -6,6 +6,8 @@
     c~      = c + lambda (mu_k*(c) - c)          Dynamic Gaussian Anchoring (after the first fit)
     loss    = | eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, c~) |_1
               + w_decor * mean_{i != j} corr_batch(u_i, u_j)^2      (off unless unit_decorrelation > 0)
+              + w_indep * mean_{i != j} corr_batch(z_i^2, z_j^2)^2  (off unless unit_independence > 0;
+                                                         z: the units standardised over the batch)
 
 with Skip Dropout inside the U-Net during training. EncDiff and the ablations are
 configurations of this one model: ``method.anchoring.enabled: false`` drops DyGA,
@@ -64,6 +66,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     extractor_init_loss: AutoencoderLoss = field(default_factory=AutoencoderLoss)  # that autoencoder's loss
     cache_latents: bool = False  # the frozen first stage encodes each training image once (models/latent.py)
     unit_decorrelation: float = 0.0  # > 0: the weight of the units' mean squared correlation over the batch
+    unit_independence: float = 0.0  # > 0: the same of their standardised squares (sees rotated factors)
 
     dependency_kinds = {**OnFirstStage.dependency_kinds, "extractor": "autoencoder"}
     initialises = frozenset({"extractor"})
@@ -94,8 +97,9 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
         if self.unet.context_dim != self.units.token_dim:
             raise ConfigError(f"method.unet.context_dim: {self.unet.context_dim} differs from "
                               f"method.units.token_dim {self.units.token_dim}")
-        if self.unit_decorrelation < 0:
-            raise ConfigError(f"method.unit_decorrelation: expected >= 0, got {self.unit_decorrelation}")
+        for name in ("unit_decorrelation", "unit_independence"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"method.{name}: expected >= 0, got {getattr(self, name)}")
 
     def needs(self) -> tuple[str, ...]:
         return (*super().needs(), *(("extractor",) if self.extractor_init == "autoencoder" else ()))
@@ -123,19 +127,29 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     def build(self, dependencies: dict) -> DisentangledDiffusion:
         first_stage = dependencies.get("first_stage") or build_first_stage(self.first_stage)
         model = DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring,
-                                      cache_latents=self.cache_latents, unit_decorrelation=self.unit_decorrelation)
+                                      cache_latents=self.cache_latents, unit_decorrelation=self.unit_decorrelation,
+                                      unit_independence=self.unit_independence)
         if "extractor" in dependencies:  # the warm start: its weights, trained on from here
             model.extractor.load_state_dict(dependencies["extractor"].state_dict())
         return model
 
 
-def unit_correlation(units: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """The mean over pairs i != j of the squared Pearson correlation of units i and j over the batch.
+def standardised(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    centred = x - x.mean(0)
+    return centred / (centred.square().mean(0).sqrt() + eps)
 
-    A DIP-VAE-like pull towards units that vary independently, for data whose factors do (a full
-    factor grid): the diffusion loss alone lets the units' correlations grow (docs/demo-study.md)."""
-    centred = units - units.mean(0)
-    scaled = centred / (centred.square().mean(0).sqrt() + eps)
+
+def unit_correlation(units: torch.Tensor, power: int = 1) -> torch.Tensor:
+    """The mean over pairs i != j of the squared Pearson correlation over the batch of units i and j
+    (``power`` 1), or of their standardised squares (``power`` 2).
+
+    Both pull towards units that vary independently, for data whose factors do (a full factor grid).
+    The first is DIP-VAE-like; it cannot see two independent factors mixed by a rotation, whose
+    correlation stays 0. The second can, when the factors are not Gaussian (a grid's are uniform):
+    rotated, their squares correlate (ICA's principle; docs/demo-study.md)."""
+    scaled = standardised(units)
+    if power != 1:
+        scaled = standardised(scaled ** power)
     corr = scaled.T @ scaled / len(units)
     n = corr.shape[0]
     off_diagonal = corr.square().sum() - corr.diagonal().square().sum()
@@ -147,10 +161,11 @@ class DisentangledDiffusion(LatentSpace, Anchored, Method):
 
     def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,
                  diffusion: DiffusionConfig, anchoring: AnchoringConfig, cache_latents: bool = False,
-                 unit_decorrelation: float = 0.0):
+                 unit_decorrelation: float = 0.0, unit_independence: float = 0.0):
         super().__init__()
         self.cache_latents = cache_latents
         self.unit_decorrelation = unit_decorrelation
+        self.unit_independence = unit_independence
         self.first_stage = first_stage.eval().requires_grad_(False)
         self.scaler = LatentScaler()
         self.extractor = FeatureExtractor(units)
@@ -177,11 +192,14 @@ class DisentangledDiffusion(LatentSpace, Anchored, Method):
         units = self.extractor(images if condition_images is None else condition_images)
         tokens = self.tokenizer(units)
         loss = self.noise_loss(self.unet, z0, self.anchor(tokens))
-        if not self.unit_decorrelation:
+        terms = {name: (weight, unit_correlation(units.float(), power)) for name, weight, power in
+                 (("unit_correlation", self.unit_decorrelation, 1), ("unit_dependence", self.unit_independence, 2))
+                 if weight}
+        if not terms:
             return {"loss": loss, "tokens": tokens.detach()}
-        correlation = unit_correlation(units.float())
-        return {"loss": loss + self.unit_decorrelation * correlation, "tokens": tokens.detach(),
-                "noise_loss": loss.detach(), "unit_correlation": correlation.detach()}
+        total = loss + sum(weight * value for weight, value in terms.values())
+        return {"loss": total, "tokens": tokens.detach(), "noise_loss": loss.detach(),
+                **{name: value.detach() for name, (_, value) in terms.items()}}
 
     def upgrade_checkpoint(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Checkpoints written before the anchors were module state kept the fit as ``anchors/*``
