@@ -28,6 +28,13 @@ encodes every image of its data and prints two tables:
   explains most of it (``best cyclic``): a unit that carries one hue relative to another (on the
   demo grid, the object's hue as its step from the floor's) scores high there and near 0 for the
   factor it carries.
+
+A last table lists the pairs of units that hold two factors mixed by a rotation: for each pair, the
+standardised pair is rotated by every angle in 5-degree steps, and the pairs whose two best shares
+(each rotated unit's largest) gain at least 0.1 summed at their best angle are printed with their
+shares before and after and the correlation of the pair's standardised squares at both angles. Two
+independent non-Gaussian factors rotated into two units keep a correlation of 0 but their squares
+correlate (``method.unit_independence`` penalises that; docs/method.md).
 """
 
 from __future__ import annotations
@@ -106,6 +113,12 @@ def report(source: str, weights: str, folds: int) -> None:
         k, m = np.unravel_index(np.argmax(np.triu(pairs[j], 1)), pairs[j].shape)
         print(f"| {j} | {units[:, j].std():.3f} | {extra}" + " | ".join(f"{v:.2f}" for v in shares[j])
               + f" | {names[k]} x {names[m]} {pairs[j, k, m]:.2f} | {_best(cyclic[j], cyclic_names)} |")
+    mixed = rotated_pairs(standard, sizes)
+    print("\n| units | rotated by | their best shares | rotated | squares' correlation | rotated |\n" + "|---" * 6 + "|"
+          if mixed else "\nno pair of units gains 0.1 of share by a rotation")
+    for (i, j), angle, before, after, dependence in mixed:
+        print(f"| {i}, {j} | {angle} deg | " + " / ".join(_best(row, names) for row in before) + " | "
+              + " / ".join(_best(row, names) for row in after) + f" | {dependence[0]:+.2f} | {dependence[1]:+.2f} |")
 
 
 def _best(shares: np.ndarray, names: list[str]) -> str:
@@ -128,6 +141,31 @@ def cyclic_shares(units: np.ndarray, factors: np.ndarray, sizes, names) -> tuple
             shares.append(unit_factor_shares(table, sizes)[:, b])
             labels.append(f"{names[b]} {op} {names[a]}")
     return np.stack(shares, 1) if shares else np.zeros((units.shape[1], 0)), labels
+
+
+def rotated_pairs(standard: np.ndarray, sizes, gain: float = 0.1) -> list[tuple]:
+    """Pairs of (standardised) units whose two best shares rise by ``gain`` or more, summed, when the
+    pair is rotated: ((i, j), the best angle in degrees, shares before (2, factors), after, the
+    correlation of the pair's squares before and after), largest gain first."""
+    from disdis.metrics import unit_factor_shares
+
+    def rotated(pair: np.ndarray, degrees: int) -> np.ndarray:
+        t = np.radians(degrees)
+        return pair @ np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+
+    def squares_correlation(pair: np.ndarray) -> float:
+        return float(np.corrcoef(_standardised(pair) ** 2, rowvar=False)[0, 1])
+
+    found = []
+    for i, j in itertools.combinations(range(standard.shape[1]), 2):
+        pair = standard[:, [i, j]]
+        shares = {angle: unit_factor_shares(rotated(pair, angle), sizes) for angle in range(0, 180, 5)}
+        best = max(shares, key=lambda angle: shares[angle].max(1).sum())
+        rise = shares[best].max(1).sum() - shares[0].max(1).sum()
+        if rise >= gain:
+            found.append((rise, ((i, j), best, shares[0], shares[best],
+                                 (squares_correlation(pair), squares_correlation(rotated(pair, best))))))
+    return [entry for _, entry in sorted(found, key=lambda item: -item[0])]
 
 
 def _standardised(values: np.ndarray) -> np.ndarray:
