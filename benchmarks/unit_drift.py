@@ -139,6 +139,7 @@ def report(source: str, draws: int, step: float, adam: bool) -> None:
     images, sizes, names = grid_images(cfg)
     model.eval()
     model.unet.train()  # Skip Dropout (and dropout) act as in training
+    model.fill_latent_cache(images.split(243))  # the frozen encoder once, not in every gradient
     mean = loss_gradient(model, images, draws)
     scales = adam_scales(model, cfg, checkpoint) if adam else None
     before, delta, length = drift(model, images, sizes, mean, step, scales)
