@@ -32,6 +32,7 @@ from disdis.models.autoencoder import AutoencoderConfig, AutoencoderLoss, Extrac
 from disdis.models.first_stage import FirstStageTrainConfig
 from disdis.models.latent import LatentSpace, OnFirstStage
 from disdis.models.method import Method
+from disdis.models.unit_unmixing import UnitUnmixing
 from disdis.nn.first_stage import FirstStage, FirstStageConfig, LatentScaler, build_first_stage
 from disdis.nn.unet import UNet, UNetConfig
 from disdis.nn.units import FeatureExtractor, UnitsConfig, UnitTokenizer
@@ -67,6 +68,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     cache_latents: bool = False  # the frozen first stage encodes each training image once (models/latent.py)
     unit_decorrelation: float = 0.0  # > 0: the weight of the units' mean squared correlation over the batch
     unit_independence: float = 0.0  # > 0: the same of their standardised squares (sees rotated factors)
+    unmix_units: bool = False  # a fresh run first turns the extractor's units to maximise kurtosis (ICA)
 
     dependency_kinds = {**OnFirstStage.dependency_kinds, "extractor": "autoencoder"}
     initialises = frozenset({"extractor"})
@@ -128,7 +130,7 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
         first_stage = dependencies.get("first_stage") or build_first_stage(self.first_stage)
         model = DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring,
                                       cache_latents=self.cache_latents, unit_decorrelation=self.unit_decorrelation,
-                                      unit_independence=self.unit_independence)
+                                      unit_independence=self.unit_independence, unmix_units=self.unmix_units)
         if "extractor" in dependencies:  # the warm start: its weights, trained on from here
             model.extractor.load_state_dict(dependencies["extractor"].state_dict())
         return model
@@ -161,8 +163,9 @@ class DisentangledDiffusion(LatentSpace, Anchored, Method):
 
     def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,
                  diffusion: DiffusionConfig, anchoring: AnchoringConfig, cache_latents: bool = False,
-                 unit_decorrelation: float = 0.0, unit_independence: float = 0.0):
+                 unit_decorrelation: float = 0.0, unit_independence: float = 0.0, unmix_units: bool = False):
         super().__init__()
+        self.unmix_units = unmix_units
         self.cache_latents = cache_latents
         self.unit_decorrelation = unit_decorrelation
         self.unit_independence = unit_independence
@@ -179,9 +182,10 @@ class DisentangledDiffusion(LatentSpace, Anchored, Method):
 
     # ------------------------------------------------------------------ the method protocol
     def hooks(self) -> list[Hook]:
-        """The latent scale fixed on the first batch (and the latent cache when asked for); the DyGA
-        refits when anchoring is on."""
-        return [*self.latent_hooks(self.cache_latents), *self.anchor_hooks()]
+        """The units unmixed first when asked for; the latent scale fixed on the first batch (and the
+        latent cache when asked for); the DyGA refits when anchoring is on."""
+        unmixing = [UnitUnmixing(self.extractor)] if self.unmix_units else []
+        return [*unmixing, *self.latent_hooks(self.cache_latents), *self.anchor_hooks()]
 
     def forward(self, images: torch.Tensor, condition_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The training loss on images in [-1, 1]; also returns the un-anchored tokens (detached).

@@ -1,0 +1,66 @@
+"""The extractor's units unmixed once, at the start of a run (``method.unmix_units``; docs/method.md).
+
+A warm start can hand over two factors mixed by a rotation over two units (docs/demo-study.md,
+"Why seed 9 fails"); the diffusion stage keeps such a mix. Before the first step of a fresh run,
+:class:`UnitUnmixing` encodes the training images (all, or a fixed random subset of
+``max_images``) with the extractor in eval mode, finds the kurtosis-maximising linear map of the
+units (:func:`disdis.ica.kurtosis_rotation`), and folds it into the extractor's last layer, so the
+extractor itself outputs the unmixed units from then on (checkpoints hold the folded weights; a
+resumed run does not unmix again). Units whose spread is below ``min_spread`` of the largest (a
+variational warm start's switched-off units) are left as they are. Every rank encodes the same
+images and computes the same map (float64, no random draw). The run's ``logs/unmixing.json``
+records the map and the kurtosis before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import torch
+
+from disdis.ica import kurtosis_rotation
+from disdis.train import distributed
+from disdis.train.encode import encode_images
+from disdis.train.hooks import Hook, HookContext
+
+
+def fold_linear(layer: torch.nn.Linear, matrix: np.ndarray, offset: np.ndarray) -> None:
+    """Make ``layer`` output ``matrix @ layer(x) + offset``."""
+    with torch.no_grad():
+        m = torch.as_tensor(matrix, dtype=torch.float64)
+        weight, bias = layer.weight.double(), layer.bias.double()
+        layer.weight.copy_(m @ weight)
+        layer.bias.copy_(m @ bias + torch.as_tensor(offset, dtype=torch.float64))
+
+
+class UnitUnmixing(Hook):
+    name = "unit_unmixing"
+
+    def __init__(self, extractor: torch.nn.Module, max_images: int = 10000, min_spread: float = 0.1):
+        self.extractor = extractor
+        self.max_images = max_images
+        self.min_spread = min_spread
+
+    def start(self, ctx: HookContext, images: torch.Tensor) -> None:
+        count = min(self.max_images, len(ctx.dataset))
+        indices = np.sort(np.random.default_rng([ctx.cfg.seed, 2]).choice(len(ctx.dataset), count, replace=False))
+        was_training = self.extractor.training
+        self.extractor.eval()
+        units = encode_images(self.extractor, ctx.dataset, indices, ctx.cfg.batch_size, ctx.device,
+                              bf16=ctx.bf16, num_workers=ctx.cfg.num_workers, desc="units to unmix").double().numpy()
+        self.extractor.train(was_training)
+        spread = units.std(0)
+        fit = kurtosis_rotation(units, spread >= self.min_spread * spread.max())
+        fold_linear(self.extractor.fc[-1], fit.matrix, fit.offset)
+        if distributed.is_main():
+            print(f"units unmixed on {count} images: {int(fit.active.sum())} of {len(spread)} units turned, "
+                  f"{fit.rotations} rotations in {fit.sweeps} sweeps, summed |excess kurtosis| "
+                  f"{fit.kurtosis_before:.2f} -> {fit.kurtosis_after:.2f}", file=sys.stderr)
+            record = {"images": count, "active": fit.active.tolist(), "sweeps": fit.sweeps,
+                      "rotations": fit.rotations, "kurtosis_before": fit.kurtosis_before,
+                      "kurtosis_after": fit.kurtosis_after, "matrix": fit.matrix.tolist(), "offset": fit.offset.tolist()}
+            path = ctx.run_dir.log("unmixing").with_suffix(".json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=1))

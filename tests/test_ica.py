@@ -1,0 +1,100 @@
+"""Unmixing units by kurtosis (disdis.ica) and its fold into the extractor (models/unit_unmixing.py)."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from disdis.ica import excess_kurtosis, kurtosis_rotation
+from disdis.models import build_model
+from disdis.models.unit_unmixing import UnitUnmixing, fold_linear
+from disdis.run_config import run_config_from_dict
+from disdis.rundir import RunDir
+from disdis.train.config import TrainConfig
+from disdis.train.hooks import HookContext
+from train_standins import tiny_run_config
+
+
+def grid(values: int = 5, factors: int = 3) -> np.ndarray:
+    """Every combination of ``factors`` independent uniform factors of ``values`` levels, centred."""
+    levels = np.arange(values) - (values - 1) / 2
+    return np.array(list(itertools.product(levels, repeat=factors)), dtype=np.float64)
+
+
+def rotation(degrees: float, i: int, j: int, n: int = 3) -> np.ndarray:
+    """The n-d rotation by ``degrees`` in the plane of axes i and j."""
+    t, r = np.deg2rad(degrees), np.eye(n)
+    r[[i, i, j, j], [i, j, i, j]] = np.cos(t), -np.sin(t), np.sin(t), np.cos(t)
+    return r
+
+
+def test_excess_kurtosis_of_analytic_cases():
+    three = np.array([-1.0, 0.0, 1.0] * 5)[:, None]  # E z^4 = (2/3) / (2/3)^2 = 1.5: excess -1.5
+    assert excess_kurtosis(three)[0] == pytest.approx(-1.5)
+    uniform = np.linspace(-1, 1, 200001)[:, None]  # the continuous uniform: 9/5 - 3
+    assert excess_kurtosis(uniform)[0] == pytest.approx(-1.2, abs=1e-4)
+    gauss = np.random.default_rng(0).standard_normal((400000, 1))
+    assert abs(excess_kurtosis(gauss)[0]) < 0.03
+
+
+def test_kurtosis_rotation_recovers_independent_factors_mixed_by_rotations_and_scales():
+    sources = grid()  # 125 samples of three independent 5-level factors
+    mixing = rotation(-50, 1, 2) @ rotation(35, 0, 1)
+    # standardising takes the scales out (each mixed unit of equal-variance factors has the same spread)
+    units = (sources @ mixing.T) * np.array([2.0, 0.5, 3.0]) + np.array([1.0, -2.0, 0.3])
+    fit = kurtosis_rotation(units)
+    y = units @ fit.matrix.T + fit.offset
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(y.std(0), 1, atol=1e-12)
+    corr = np.abs(np.corrcoef(y.T, sources.T)[:3, 3:])  # each unmixed unit against each factor
+    assert np.all(corr.max(1) > 0.999) and sorted(corr.argmax(1)) == [0, 1, 2]
+    assert fit.kurtosis_after == pytest.approx(3 * 1.3, abs=1e-3)  # 5 levels -2..2: E z^4 / (E z^2)^2 = 6.8 / 2^2 = 1.7
+    assert fit.kurtosis_before < fit.kurtosis_after and fit.rotations >= 2
+
+
+def test_unmixed_factors_are_not_turned_and_inactive_units_pass_through():
+    sources = grid(3, 3) * np.array([1.0, 2.0, 0.5])
+    units = np.column_stack([sources, 0.01 * sources[:, 0] + 0.02 * sources[:, 1]])
+    fit = kurtosis_rotation(units, active=[True, True, True, False])
+    assert fit.rotations == 0 and fit.sweeps == 1
+    np.testing.assert_allclose(fit.matrix, np.diag([*(np.sqrt(1.5) / np.array([1.0, 2.0, 0.5])), 1.0]), atol=1e-12)
+    np.testing.assert_array_equal(fit.matrix[3], [0, 0, 0, 1]) and np.testing.assert_array_equal(fit.offset[3], 0)
+    with pytest.raises(ValueError, match=r"units \[1\] do not vary"):
+        kurtosis_rotation(np.column_stack([sources[:, 0], np.ones(len(sources))]))
+
+
+def test_fold_linear_makes_the_layer_output_the_map():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 3).double()
+    x = torch.randn(10, 6, dtype=torch.float64)
+    matrix, offset = np.random.default_rng(1).standard_normal((3, 3)), np.array([0.5, -1.0, 2.0])
+    expected = layer(x).detach().numpy() @ matrix.T + offset
+    fold_linear(layer, matrix, offset)
+    np.testing.assert_allclose(layer(x).detach().numpy(), expected, atol=1e-12)
+
+
+def test_the_hook_folds_the_unmixing_of_the_extractors_units_over_the_data(tmp_path):
+    cfg = run_config_from_dict(tiny_run_config("unused.npz", tmp_path, method={"unmix_units": True}))
+    torch.manual_seed(0)
+    model = build_model(cfg).double()
+    hook = next(h for h in model.hooks() if isinstance(h, UnitUnmixing))
+    images = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    ctx = HookContext(model=model, dataset=images, cfg=TrainConfig(batch_size=16), device=torch.device("cpu"),
+                      bf16=False, run_dir=RunDir(tmp_path), resume_step=None, steps_per_epoch=3)
+    model.extractor.eval()
+    before = model.extractor(images).detach().numpy()
+    model.train()
+    hook.start(ctx, images[:16])
+    assert model.extractor.training
+    model.extractor.eval()
+    after = model.extractor(images).detach().numpy()
+    record = json.loads((tmp_path / "logs/unmixing.json").read_text())
+    read = before.astype(np.float32).astype(np.float64)  # the hook reads the units in float32
+    fit = kurtosis_rotation(read, read.std(0) >= 0.1 * read.std(0).max())
+    np.testing.assert_allclose(record["matrix"], fit.matrix, atol=1e-9)
+    # the units' spread is ~1e-4 around means of ~0.2: float32's rounding of the means, scaled to a unit spread
+    np.testing.assert_allclose(after, before @ fit.matrix.T + fit.offset, atol=1e-3)
+    np.testing.assert_allclose(after.std(0), 1, atol=1e-3)
+    assert record["images"] == 40 and record["kurtosis_after"] >= record["kurtosis_before"]
