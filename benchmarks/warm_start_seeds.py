@@ -10,7 +10,10 @@ For each seed, the autoencoder that ``disdis demo train.seed=S key=value ...`` t
 row repeats; a finished seed is read, not trained again). Then one row per seed: each factor's
 best unit share at the end (from the training probe; >= 0.5 counts as captured) and FactorVAE /
 DCI / MIG of its units with the run's own protocol (the model weights, as the demo's
-``warm_start``), and a summary: in how many seeds every factor was captured. On the demo grid
+``warm_start``), and a summary: in how many seeds every factor was captured. A second table gives
+each factor's best unit share once the units are unmixed as ``method.unmix_units`` would unmix
+them at the start of the diffusion stage (:func:`disdis.ica.kurtosis_rotation` over every image
+of the grid, the extractor in eval mode). On the demo grid
 the hue phase and the hold are chaotic per seed, so an option is judged by this count over
 seeds, not by one run (docs/demo-study.md).
 """
@@ -75,6 +78,21 @@ def train_all(configs: dict[int, Path], jobs: int) -> None:
                 print(f"seed {seed}: done", flush=True)
 
 
+def unmixed_shares(run: Path) -> list[float]:
+    """Each factor's best unit share over the grid's images once the run's units are unmixed."""
+    import torch
+
+    from disdis.ica import kurtosis_rotation
+    from disdis.metrics import unit_factor_shares
+    from disdis.train.run import load_trained_model, open_training_data
+    cfg, model, _ = load_trained_model(run, "model")
+    data = open_training_data(cfg)
+    with torch.no_grad():
+        units = model.extractor(torch.stack([data[i][0] for i in range(len(data.dataset))])).double().numpy()
+    fit = kurtosis_rotation(units)
+    return unit_factor_shares(units @ fit.matrix.T + fit.offset, data.dataset.factor_sizes).max(0).tolist()
+
+
 def seed_row(run: Path, names: list[str] | None) -> tuple[list[str], list[float], list[float], float]:
     """(factor names, each factor's last best unit share, FactorVAE / DCI / MIG, training minutes)."""
     rows = read_csv_log(run / "logs" / "train.csv")
@@ -109,18 +127,27 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(args.jobs)
-    names, lines, complete = None, [], 0
+    names, lines, unmixed_lines, complete, unmixed_complete = None, [], [], 0, 0
     for seed, path in configs.items():
         names, shares, scores, minutes = seed_row(path.with_suffix(""), names)
         every = all(s >= CAPTURED for s in shares)
         complete += every
         lines.append(f"| {seed} | " + " | ".join(f"{s:.2f}" for s in shares)
                      + f" | {'yes' if every else 'no'} | {' / '.join(f'{v:.3f}' for v in scores)} | {minutes:.1f} |")
+        unmixed = unmixed_shares(path.with_suffix(""))
+        every = all(s >= CAPTURED for s in unmixed)
+        unmixed_complete += every
+        unmixed_lines.append(f"| {seed} | " + " | ".join(f"{s:.2f}" for s in unmixed) + f" | {'yes' if every else 'no'} |")
     print(f"\n{args.config} {' '.join(args.overrides)}\n")
     print("| seed | " + " | ".join(names) + " | every factor | FactorVAE / DCI / MIG | minutes |")
     print("|---|" + "---|" * (len(names) + 3))
     print("\n".join(lines))
     print(f"\nevery factor captured (a unit's share >= {CAPTURED}) in {complete} of {len(configs)} seeds")
+    print("\nthe same units unmixed (method.unmix_units; each factor's best unit share):\n")
+    print("| seed | " + " | ".join(names) + " | every factor |")
+    print("|---|" + "---|" * (len(names) + 1))
+    print("\n".join(unmixed_lines))
+    print(f"\nevery factor captured once unmixed in {unmixed_complete} of {len(configs)} seeds")
 
 
 if __name__ == "__main__":

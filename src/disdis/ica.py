@@ -42,18 +42,19 @@ def excess_kurtosis(x: np.ndarray) -> np.ndarray:
     return (z ** 4).mean(0) - 3.0
 
 
-def kurtosis_rotation(units: np.ndarray, active: np.ndarray | None = None, tol: float = 0.02,
+def kurtosis_rotation(units: np.ndarray, min_spread: float = 0.1, tol: float = 0.02,
                       max_sweeps: int = 10, step_degrees: float = 1.0) -> Unmixing:
-    """The linear map that standardises the ``active`` units (samples x N; all when None) and turns
-    them, pair by pair, to maximise their summed absolute excess kurtosis (module docstring).
+    """The linear map that standardises the active units (samples x N: those whose standard deviation
+    is at least ``min_spread`` times the largest) and turns them, pair by pair, to maximise their
+    summed absolute excess kurtosis (module docstring); the others pass through unchanged.
 
-    The units must vary: an active unit with no spread is a ValueError."""
+    Units that do not vary at all are a ValueError."""
     u = np.asarray(units, dtype=np.float64)
     n = u.shape[1]
-    active = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool)
     spread = u.std(0)
-    if np.any(spread[active] <= 0):
-        raise ValueError(f"units {np.flatnonzero(active & (spread <= 0)).tolist()} do not vary: nothing to unmix")
+    if not spread.max(initial=0.0) > 0:
+        raise ValueError("the units do not vary: nothing to unmix")
+    active = spread >= min_spread * spread.max()
     index = np.flatnonzero(active)
     # rows of ``a``: the active units as combinations of the centred units, each of unit variance
     a = np.zeros((len(index), n))

@@ -51,11 +51,10 @@ class UnitUnmixing(Hook):
         units = encode_images(self.extractor, ctx.dataset, indices, ctx.cfg.batch_size, ctx.device,
                               bf16=ctx.bf16, num_workers=ctx.cfg.num_workers, desc="units to unmix").double().numpy()
         self.extractor.train(was_training)
-        spread = units.std(0)
-        fit = kurtosis_rotation(units, spread >= self.min_spread * spread.max())
+        fit = kurtosis_rotation(units, self.min_spread)
         fold_linear(self.extractor.fc[-1], fit.matrix, fit.offset)
         if distributed.is_main():
-            print(f"units unmixed on {count} images: {int(fit.active.sum())} of {len(spread)} units turned, "
+            print(f"units unmixed on {count} images: {int(fit.active.sum())} of {len(fit.active)} units in the sweeps, "
                   f"{fit.rotations} rotations in {fit.sweeps} sweeps, summed |excess kurtosis| "
                   f"{fit.kurtosis_before:.2f} -> {fit.kurtosis_after:.2f}", file=sys.stderr)
             record = {"images": count, "active": fit.active.tolist(), "sweeps": fit.sweeps,
