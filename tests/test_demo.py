@@ -22,7 +22,9 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     out, data = tmp_path / "run", tmp_path / "grid.npz"
     args = ["demo", "--out", str(out), "--data", str(data), "--threads", "1", *TINY]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
+    assert "units unmixed on 729 images" in err  # the preset unmixes the warm start's units first
+    assert json.loads((out / "logs" / "unmixing.json").read_text())["images"] == 729
     assert "demo wall time" in printed and "FactorVAE" in printed and "reduced protocol" in printed
     assert "What each unit carries" in printed and "| 3 |" in printed  # the share table, one row per unit
     assert "captured in training (a unit's share >= 0.5; kimg of the diffusion training; minutes since the run began" in printed
@@ -47,7 +49,8 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     assert page.count("<img ") >= 8 and "What each unit carries" in page
     # run again with a longer schedule: the finished demo continues from its checkpoint
     assert main(args + ["train.total_kimg=0.192"]) == 0
-    assert "resuming from" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "units unmixed" not in err  # a resumed run keeps the folded units
     assert (out / "logs" / "train.csv").read_text().splitlines()[-1].startswith("6,")
 
 
