@@ -82,7 +82,7 @@ def test_the_hook_folds_the_unmixing_of_the_extractors_units_over_the_data(tmp_p
     model = build_model(cfg).double()
     hook = next(h for h in model.hooks() if isinstance(h, UnitUnmixing))
     images = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
-    ctx = HookContext(model=model, dataset=images, cfg=TrainConfig(batch_size=16), device=torch.device("cpu"),
+    ctx = HookContext(model=model, dataset=images, cfg=TrainConfig(batch_size=16, num_workers=0), device=torch.device("cpu"),
                       bf16=False, run_dir=RunDir(tmp_path), resume_step=None, steps_per_epoch=3)
     model.extractor.eval()
     before = model.extractor(images).detach().numpy()

@@ -29,7 +29,7 @@ class Unmixing:
 
     matrix: np.ndarray      # (N, N)
     offset: np.ndarray      # (N,)
-    active: np.ndarray      # (N,) bool: the units rotated; the others pass through unchanged
+    active: np.ndarray      # (N,) bool: the units standardised and swept; the others pass through unchanged
     sweeps: int             # Jacobi sweeps run (the last one turned no pair unless max_sweeps was reached)
     rotations: int          # pairs turned, over all sweeps
     kurtosis_before: float  # sum over the active units of |excess kurtosis|
@@ -63,7 +63,7 @@ def kurtosis_rotation(units: np.ndarray, min_spread: float = 0.1, tol: float = 0
     x = centred @ a.T
     angles = np.deg2rad(np.arange(0.0, 90.0, step_degrees))
     cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
-    before = float(np.abs(excess_kurtosis(x)).sum()) if len(index) else 0.0
+    before = float(np.abs(excess_kurtosis(x)).sum())  # the widest unit is always active
     sweeps = rotations = 0
     turned = True
     while turned and sweeps < max_sweeps:
@@ -87,5 +87,5 @@ def kurtosis_rotation(units: np.ndarray, min_spread: float = 0.1, tol: float = 0
     matrix[index] = a
     offset = np.zeros(n)
     offset[index] = -a @ u.mean(0)
-    after = float(np.abs(excess_kurtosis(x)).sum()) if len(index) else 0.0
+    after = float(np.abs(excess_kurtosis(x)).sum())
     return Unmixing(matrix, offset, active, sweeps, rotations, before, after)

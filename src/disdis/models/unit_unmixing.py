@@ -29,10 +29,9 @@ from disdis.train.hooks import Hook, HookContext
 def fold_linear(layer: torch.nn.Linear, matrix: np.ndarray, offset: np.ndarray) -> None:
     """Make ``layer`` output ``matrix @ layer(x) + offset``."""
     with torch.no_grad():
-        m = torch.as_tensor(matrix, dtype=torch.float64)
-        weight, bias = layer.weight.double(), layer.bias.double()
-        layer.weight.copy_(m @ weight)
-        layer.bias.copy_(m @ bias + torch.as_tensor(offset, dtype=torch.float64))
+        m = torch.as_tensor(matrix, dtype=torch.float64, device=layer.weight.device)
+        layer.weight.copy_(m @ layer.weight.double())
+        layer.bias.copy_(m @ layer.bias.double() + torch.as_tensor(offset, dtype=torch.float64, device=m.device))
 
 
 class UnitUnmixing(Hook):
@@ -48,8 +47,9 @@ class UnitUnmixing(Hook):
         indices = np.sort(np.random.default_rng([ctx.cfg.seed, 2]).choice(len(ctx.dataset), count, replace=False))
         was_training = self.extractor.training
         self.extractor.eval()
+        # in float32 even where training runs under bf16: the fourth moments need the precision
         units = encode_images(self.extractor, ctx.dataset, indices, ctx.cfg.batch_size, ctx.device,
-                              bf16=ctx.bf16, num_workers=ctx.cfg.num_workers, desc="units to unmix").double().numpy()
+                              num_workers=ctx.cfg.num_workers, desc="units to unmix").double().numpy()
         self.extractor.train(was_training)
         fit = kurtosis_rotation(units, self.min_spread)
         fold_linear(self.extractor.fc[-1], fit.matrix, fit.offset)
