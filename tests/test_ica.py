@@ -60,7 +60,8 @@ def test_unmixed_factors_are_not_turned_and_inactive_units_pass_through():
     fit = kurtosis_rotation(units)  # the last unit's spread is under 0.1 of the largest: inactive
     assert fit.rotations == 0 and fit.sweeps == 1
     np.testing.assert_allclose(fit.matrix, np.diag([*(np.sqrt(1.5) / np.array([1.0, 2.0, 0.5])), 1.0]), atol=1e-12)
-    np.testing.assert_array_equal(fit.matrix[3], [0, 0, 0, 1]) and np.testing.assert_array_equal(fit.offset[3], 0)
+    np.testing.assert_array_equal(fit.matrix[3], [0, 0, 0, 1])
+    assert fit.offset[3] == 0
     np.testing.assert_array_equal(fit.active, [True, True, True, False])
     with pytest.raises(ValueError, match="the units do not vary"):
         kurtosis_rotation(np.ones((5, 2)))

@@ -78,9 +78,10 @@ def kurtosis_rotation(units: np.ndarray, min_spread: float = 0.1, tol: float = 0
                     continue
                 c, s = np.cos(angles[best]), np.sin(angles[best])
                 a[i], a[j] = c * a[i] + s * a[j], -s * a[i] + c * a[j]
-                for k in (i, j):  # turned correlated units change their spread: standardise again
-                    a[k] /= (centred @ a[k]).std()
-                x[:, i], x[:, j] = centred @ a[i], centred @ a[j]
+                for k, turned_unit in ((i, first[best]), (j, second[best])):
+                    spread_k = turned_unit.std()  # turned correlated units change their spread: standardise again
+                    a[k] /= spread_k
+                    x[:, k] = turned_unit / spread_k
                 rotations += 1
                 turned = True
     matrix = np.eye(n)
