@@ -55,7 +55,7 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
 
 
 def test_the_target_counts_the_factors_the_evaluated_units_hold_at_the_end():
-    from disdis.report.markdown import target_lines
+    from disdis.report.markdown import target_lines, target_reached
 
     def result(fvae: float, dci: float, best: list) -> dict:
         shares = np.zeros((10, 6))
@@ -69,6 +69,11 @@ def test_the_target_counts_the_factors_the_evaluated_units_hold_at_the_end():
     assert target_lines(result(0.89, 0.7, [0.9] * 6))[1].endswith("not reached")
     held, target = target_lines({"metrics": result(0.95, 0.7, [0.9] * 6)["metrics"]})  # no factor grid
     assert "no share table" in held and target.endswith("not reached")
+    # the same verdicts as a bool (benchmarks/target_by_kimg.py counts the runs with it)
+    assert target_reached(result(0.95, 0.7, [0.9] * 6))
+    assert not target_reached(result(0.95, 0.7, [0.9] * 5 + [0.16]))
+    assert not target_reached(result(0.95, 0.59, [0.9] * 6))
+    assert not target_reached({"metrics": result(0.95, 0.7, [0.9] * 6)["metrics"]})
 
 
 def test_demo_data_is_cached(tmp_path, capsys):

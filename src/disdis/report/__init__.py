@@ -3,7 +3,7 @@ and comparisons (:mod:`.html`, ``disdis report``)."""
 
 from disdis.report.html import write_html_report
 from disdis.report.markdown import (REPRESENTATIONS, TARGET, WARM_START, Clock, capture_line, headline, report_summary,
-                                    shares_table, write_report)
+                                    shares_table, target_reached, write_report)
 
 __all__ = ["REPRESENTATIONS", "TARGET", "WARM_START", "Clock", "capture_line", "headline", "report_summary", "shares_table",
-           "write_html_report", "write_report"]
+           "target_reached", "write_html_report", "write_report"]
