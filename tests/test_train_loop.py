@@ -36,6 +36,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, source)
     run(cfg, tmp_path / "a", refit_source=source)
     # "interrupted" after 6 steps: the newest checkpoint (step 6) is lost, resume from step 4
     run(dataclasses.replace(cfg, total_kimg=6 * STEP_KIMG), tmp_path / "b", refit_source=source)
+    # a run's length changes none of its steps: the shorter run's step 4 is the longer one's
+    # (benchmarks/target_by_kimg.py reads a checkpoint at K kimg as the run of train.total_kimg=K)
+    early_a, _ = load_checkpoint(tmp_path / "a/checkpoints/ckpt-000000004.safetensors")
+    early_b, _ = load_checkpoint(tmp_path / "b/checkpoints/ckpt-000000004.safetensors")
+    assert sorted(early_a) == sorted(early_b) and all(torch.equal(early_a[k], early_b[k]) for k in early_a)
     (tmp_path / "b/checkpoints/ckpt-000000006.safetensors").unlink()
     run(cfg, tmp_path / "b", resume=True, seed=123, refit_source=source)  # a different global seed must not matter
     a, meta_a = load_checkpoint(tmp_path / "a/checkpoints/ckpt-000000012.safetensors")
