@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default ema)")
     args = parser.parse_args()
     reached: dict[float, list[bool]] = {}
-    print(f"| run | kimg | FactorVAE / DCI / MIG | best unit per factor | target |\n|---|---|---|---|---|")
+    print("| run | kimg | FactorVAE / DCI / MIG | best unit per factor | target |\n|---|---|---|---|---|")
     for run in args.runs:
         checkpoints = RunDir(run).list_checkpoints()
         if not checkpoints:
