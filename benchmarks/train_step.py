@@ -4,6 +4,7 @@ matrix-multiply rate.
     python benchmarks/train_step.py [--config configs/shapes3d.yaml configs/demo.yaml]
                                     [--set key=value ...] [--batch 32] [--steps 3] [--warmup 1]
                                     [--variants eager channels_last] [--compile] [--held] [--threads N]
+                                    [--vary key=value1,value2,...]
                                     [--stage run|extractor] [--at-kimg K] [--device cuda] [--bf16]
                                     [--breakdown]
 
@@ -20,7 +21,9 @@ Variants (each with the loop's fused AdamW): ``eager`` (default memory format),
 ``compiled`` (channels_last plus torch.compile of the extractor and
 the U-Net, or the autoencoder's decoder; compile time is in the "setup s" column). ``--device cuda --bf16`` runs the
 same step on a GPU under bf16 autocast (as the training loop does there); the reference
-rate is then a bf16 matmul. ``--held`` adds, for each variant, the step that holds the config's
+rate is then a bf16 matmul. ``--vary key=a,b`` times each config once per value of one more override
+(``--vary method.unet.num_heads=4,2``: the demo's U-Net with 4 and with 2 attention heads), in the
+same run, for ratios under one load. ``--held`` adds, for each variant, the step that holds the config's
 ``train.freeze_modules`` still (the demo holds its extractor for 32 kimg): on one process they
 leave the graph, so the step runs their forward and no backward. ``--set method.cache_latents=true``
 times the step whose frozen first stage is read from the latent cache (the demo's setting).
@@ -248,6 +251,8 @@ def main() -> None:
                         help="the config's own model (run), or the autoencoder of its extractor warm start (extractor)")
     parser.add_argument("--at-kimg", type=float, default=None,
                         help="--stage extractor: its loss schedule as at this many kimg (default: its total_kimg)")
+    parser.add_argument("--vary", default=None, metavar="key=value1,value2,...",
+                        help="time each config once per value of this override (first value: the baseline of the speed-ups)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU); the reference rate is a bf16 matmul")
@@ -261,6 +266,8 @@ def main() -> None:
         parser.error("--bf16 is for GPUs (the training loop uses bf16 autocast only on CUDA)")
     if args.breakdown and device.type != "cpu":
         parser.error("--breakdown profiles CPU time; run it without --device")
+    if args.vary is not None and ("=" not in args.vary or not args.vary.split("=", 1)[1]):
+        parser.error(f"--vary {args.vary}: expected key=value1,value2,...")
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = list(dict.fromkeys(args.variants + (["compiled"] if args.compile else [])))
@@ -274,26 +281,36 @@ def main() -> None:
         if args.stage == "extractor" else
         "encode (no_grad) + extractor + tokens + DyGA shift + U-Net + L1 noise loss + backward + AdamW + EMA"))
     print("step GFLOP/img = 3 x forward of the trained nets + forward of the frozen encoder (and of held modules)\n")
-    header = (f"{'config':<7} {'variant':<19} {'batch':>5} {'img/s':>8} {'s/step':>7} {'fwd GF/img':>10} "
+    varied = [[]]
+    if args.vary is not None:
+        key, values = args.vary.split("=", 1)
+        varied = [[f"{key}={value}"] for value in values.split(",")]
+    width = max([7, *(len(Path(name).stem) + 4 + len(v[0].rsplit(".", 1)[-1]) for name in args.config for v in varied if v)])
+    header = (f"{'config':<{width}} {'variant':<19} {'batch':>5} {'img/s':>8} {'s/step':>7} {'fwd GF/img':>10} "
               f"{'step GF/img':>11} {'GFLOP/s':>8} {'matmul':>7} {'% matmul':>8} {'setup s':>8}")
     print(header)
     print("-" * len(header))
     rows = []
-    for name in args.config:
-        for variant, held in [(v, h) for v in variants for h in (False, True)[:1 + args.held]]:
-            r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, args.set, held,
-                    args.stage, args.at_kimg, args.breakdown)
-            rows.append(r)
-            print(f"{r['config']:<7} {r['variant']:<19} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
-                  f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "
-                  f"{r['setup']:>8.1f}", flush=True)
-            for o in r["ops"]:
-                print(f"    {o['op']:<13} {o['ms']:>8.1f} ms/step {100 * o['share']:>4.0f}% of the time "
-                      f"{o['gflop']:>8.3f} GFLOP/step {o['pct']:>5.0f}% of matmul", flush=True)
-    base = {r["config"]: r["img_s"] for r in rows if r["variant"] == variants[0]}
-    if len(rows) > len(args.config):
-        print(f"\nspeed-up over '{variants[0]}': " + ", ".join(
-            f"{r['config']}/{r['variant']} x{r['img_s'] / base[r['config']]:.2f}" for r in rows if r["variant"] != variants[0]))
+    for name, more, variant, held in [(n, m, v, h) for n in args.config for m in varied for v in variants
+                                       for h in (False, True)[:1 + args.held]]:
+        r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, [*args.set, *more], held,
+                args.stage, args.at_kimg, args.breakdown)
+        r.update(file=name, held=held, config=" ".join([r["config"], *(m.rsplit(".", 1)[-1] for m in more)]))
+        rows.append(r)
+        print(f"{r['config']:<{width}} {r['variant']:<19} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
+              f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "
+              f"{r['setup']:>8.1f}", flush=True)
+        for o in r["ops"]:
+            print(f"    {o['op']:<13} {o['ms']:>8.1f} ms/step {100 * o['share']:>4.0f}% of the time "
+                  f"{o['gflop']:>8.3f} GFLOP/step {o['pct']:>5.0f}% of matmul", flush=True)
+    # each row against its config's first row, held or not as it is (the first variant, the first --vary value)
+    base = {}
+    for r in rows:
+        base.setdefault((r["file"], r["held"]), r)
+    others = [r for r in rows if base[(r["file"], r["held"])] is not r]
+    if others:
+        print("\nspeed-up over each config's first row (held against held): " + ", ".join(
+            f"{r['config']}/{r['variant']} x{r['img_s'] / base[(r['file'], r['held'])]['img_s']:.2f}" for r in others))
 
 
 if __name__ == "__main__":
