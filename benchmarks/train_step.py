@@ -281,21 +281,21 @@ def main() -> None:
         if args.stage == "extractor" else
         "encode (no_grad) + extractor + tokens + DyGA shift + U-Net + L1 noise loss + backward + AdamW + EMA"))
     print("step GFLOP/img = 3 x forward of the trained nets + forward of the frozen encoder (and of held modules)\n")
-    varied = [[]]
+    varied = [("", [])]  # (the rows' label suffix, the override) per --vary value
     if args.vary is not None:
         key, values = args.vary.split("=", 1)
-        varied = [[f"{key}={value}"] for value in values.split(",")]
-    width = max([7, *(len(Path(name).stem) + 4 + len(v[0].rsplit(".", 1)[-1]) for name in args.config for v in varied if v)])
+        varied = [(f" {key.rsplit('.', 1)[-1]}={value}", [f"{key}={value}"]) for value in values.split(",")]
+    width = max(7, *(len(Path(name).stem) + len("/ae") + len(suffix) for name in args.config for suffix, _ in varied))
     header = (f"{'config':<{width}} {'variant':<19} {'batch':>5} {'img/s':>8} {'s/step':>7} {'fwd GF/img':>10} "
               f"{'step GF/img':>11} {'GFLOP/s':>8} {'matmul':>7} {'% matmul':>8} {'setup s':>8}")
     print(header)
     print("-" * len(header))
     rows = []
-    for name, more, variant, held in [(n, m, v, h) for n in args.config for m in varied for v in variants
-                                       for h in (False, True)[:1 + args.held]]:
+    for name, (suffix, more), variant, held in [(n, m, v, h) for n in args.config for m in varied for v in variants
+                                                 for h in (False, True)[:1 + args.held]]:
         r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, [*args.set, *more], held,
                 args.stage, args.at_kimg, args.breakdown)
-        r.update(file=name, held=held, config=" ".join([r["config"], *(m.rsplit(".", 1)[-1] for m in more)]))
+        r.update(file=name, held=held, config=r["config"] + suffix)
         rows.append(r)
         print(f"{r['config']:<{width}} {r['variant']:<19} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
               f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "
