@@ -217,6 +217,23 @@ def test_encdiff_preset():
     assert (tokens < 0).any()  # no final activation
 
 
+def test_the_demo_uses_encdiffs_token_mlp_and_demo_encdiff_differs_only_in_the_method_switches():
+    """The demo's tokens come from EncDiff's ELU MLP with a linear last layer (the released ReLU MLP's
+    dead units flattened a shape unit's token: docs/demo-study.md); demo_encdiff is then the demo less
+    DyGA and Skip Dropout."""
+    import dataclasses
+
+    from disdis.run_config import load_run_config
+    demo = load_run_config("demo", ["data.path=unused"])
+    encdiff = load_run_config("demo_encdiff", ["data.path=unused"])
+    assert (demo.method.units.token_activation, demo.method.units.token_final_activation) == ("elu", False)
+    assert encdiff.method.units == demo.method.units and encdiff.train == demo.train
+    assert encdiff.method.unet == dataclasses.replace(demo.method.unet, skip_dropout=0.0)
+    assert not encdiff.method.anchoring.enabled and demo.method.anchoring.enabled
+    torch.manual_seed(0)
+    assert (build_model(demo).tokenizer(torch.randn(64, 10)) < 0).any()  # no final ReLU
+
+
 @pytest.mark.parametrize("scale", ["", "demo_"])
 def test_the_single_ablation_presets_differ_from_their_base_by_one_switch(scale):
     """dyga_only: the paper's model (or the demo's) without Skip Dropout; skip_dropout_only: without DyGA."""
