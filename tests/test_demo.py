@@ -20,7 +20,8 @@ TINY = ["method.first_stage_train.total_kimg=0.064", "method.first_stage_train.b
 
 def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     out, data = tmp_path / "run", tmp_path / "grid.npz"
-    args = ["demo", "--out", str(out), "--data", str(data), "--threads", "1", *TINY]
+    args = ["demo", "--out", str(out), "--data", str(data), "--threads", "1", *TINY,
+            "method.extractor_init_train.batch_size=16", "method.extractor_init_train.log_every_kimg=0.016"]  # a log before the hold
     assert main(args) == 0
     printed, err = capsys.readouterr()
     assert "units unmixed on 729 images" in err  # the preset unmixes the warm start's units first
@@ -47,11 +48,36 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     assert (out / "first_stage" / "config.yaml").is_file() and (out / "extractor" / "config.yaml").is_file()
     page = (out / "report.html").read_text()  # the HTML report, every figure embedded
     assert page.count("<img ") >= 8 and "What each unit carries" in page
+    check_hold_report(out)
     # run again with a longer schedule: the finished demo continues from its checkpoint
     assert main(args + ["train.total_kimg=0.192"]) == 0
     err = capsys.readouterr().err
     assert "resuming from" in err and "units unmixed" not in err  # a resumed run keeps the folded units
     assert (out / "logs" / "train.csv").read_text().splitlines()[-1].startswith("6,")
+
+
+def check_hold_report(run):
+    """benchmarks/hold_report.py on a demo folder: per factor, its best unit at the last log before the
+    hold (the probe's shares) and that unit's held flag and KL as the autoencoder's checkpoint stores them."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    from disdis.train import checkpoint as ckpt
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "hold_report.py"
+    spec = importlib.util.spec_from_file_location("hold_report", path)
+    hold_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hold_report)
+    about, factors = hold_report.hold_rows(run)
+    assert "hold at 0.032 kimg" in about and "shares before it at 0.016 kimg" in about
+    tensors, _ = ckpt.load_checkpoint(ckpt.list_checkpoints(run / "extractor" / "checkpoints")[-1])
+    with (run / "extractor" / "logs" / "shares.csv").open() as f:
+        before = [r for r in csv.DictReader(f) if float(r["kimg"]) == 0.016]
+    assert [f["factor"] for f in factors] == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
+    for f in factors:
+        shares = [float(r[f["factor"]]) for r in before]
+        assert f["share"] == max(shares) and shares.index(f["share"]) == f["unit"]
+        assert f["held"] == bool(tensors["model/held"][f["unit"]]) and f["kl"] == float(tensors["model/unit_kl"][f["unit"]])
 
 
 def test_the_target_counts_the_factors_the_evaluated_units_hold_at_the_end():

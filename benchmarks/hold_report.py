@@ -1,0 +1,84 @@
+"""Which factors did the warm start's hold keep? Each factor's unit before the hold, and whether it was held.
+
+    python benchmarks/hold_report.py RUN [RUN ...]
+
+RUN is a demo folder (its autoencoder in ``RUN/extractor``) or an autoencoder run trained with
+``hold_weight`` (docs/method.md, "Extractor warm start"). At ``gradient_ramp_kimg[0]`` the hold marks
+the units whose running KL exceeds ``hold_nats`` and pulls them to their values then; the rest start
+afresh. From the training probe's per-unit shares (``logs/shares.csv``) at its last log before the
+hold, and the units' KL and held mask stored in the last checkpoint, one row per factor: the unit
+that carried it best before the hold, that share, the unit's KL at the hold, whether it was held,
+and the factor's best share at the end. A factor in the code before the hold (share >= 0.5) whose
+unit sat under ``hold_nats`` is what the hold lets go (docs/demo-study.md, session of 2026-12-06,
+eighth: on the faster machine every warm start that ended without shape had let go of it so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from disdis.diagnostics import CAPTURED
+from disdis.run_config import load_run_config
+from disdis.train import checkpoint as ckpt
+
+
+def autoencoder_dir(run: Path) -> Path:
+    """The autoencoder's own folder: ``RUN/extractor`` of a demo, or RUN itself."""
+    return run / "extractor" if (run / "extractor" / "config.yaml").is_file() else run
+
+
+def shares_at(rows: list[dict], kimg: float) -> dict[int, dict[str, float]]:
+    """unit -> factor -> share, at the logged kimg."""
+    return {int(r["unit"]): {k: float(v) for k, v in r.items() if k not in ("step", "kimg", "unit")}
+            for r in rows if float(r["kimg"]) == kimg}
+
+
+def hold_rows(run: Path) -> tuple[str, list[dict]]:
+    """A line on the run's hold, and per factor: its best unit before the hold, that share, the unit's
+    KL at the hold, whether it was held, and the factor's best share at the end."""
+    folder = autoencoder_dir(run)
+    loss = load_run_config(folder / "config.yaml", check=False).method.loss
+    if not loss.hold_weight:
+        raise SystemExit(f"{folder}: an autoencoder without a hold (method.loss.hold_weight is 0)")
+    hold_kimg = loss.gradient_ramp_kimg[0]
+    with (folder / "logs" / "shares.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    logged = sorted({float(r["kimg"]) for r in rows})
+    before = [k for k in logged if k < hold_kimg]
+    if not before or logged[-1] <= hold_kimg:
+        raise SystemExit(f"{folder}: the probe logged no shares before and after the hold at {hold_kimg:g} kimg")
+    pre, end = shares_at(rows, before[-1]), shares_at(rows, logged[-1])
+    tensors, _ = ckpt.load_checkpoint(ckpt.list_checkpoints(folder / "checkpoints")[-1])
+    held, kl = tensors["model/held"].bool(), tensors["model/unit_kl"]
+    factors = []
+    for factor in next(iter(pre.values())):
+        unit = max(pre, key=lambda u: pre[u][factor])
+        factors.append(dict(factor=factor, unit=unit, share=pre[unit][factor], kl=float(kl[unit]),
+                            held=bool(held[unit]), end=max(s[factor] for s in end.values())))
+    return (f"hold at {hold_kimg:g} kimg (KL > {loss.hold_nats:g} nats), shares before it at {before[-1]:g} kimg, "
+            f"at the end at {logged[-1]:g}: {int(held.sum())} of {len(held)} units held"), factors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="demo folders or autoencoder runs")
+    args = parser.parse_args()
+    lost = []
+    for run in args.runs:
+        about, factors = hold_rows(run)
+        print(f"\n{run}: {about}\n\n| factor | its best unit before the hold | share | KL at the hold (nats) | "
+              "held | best share at the end |\n|---|---|---|---|---|---|")
+        for f in factors:
+            print(f"| {f['factor']} | {f['unit']} | {f['share']:.2f} | {f['kl']:.2f} | {'yes' if f['held'] else 'no'} | "
+                  f"{f['end']:.2f} |")
+            if f["share"] >= CAPTURED and not f["held"] and f["end"] < CAPTURED:
+                lost.append(f"{run}: {f['factor']}")
+    print(f"\nin the code before the hold (a share >= {CAPTURED}), its unit not held, not captured at the end: "
+          + (", ".join(lost) or "none"))
+
+
+if __name__ == "__main__":
+    main()
