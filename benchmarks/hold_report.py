@@ -16,41 +16,42 @@ eighth: on the faster machine every warm start that ended without shape had let 
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from disdis.diagnostics import CAPTURED
 from disdis.run_config import load_run_config
+from disdis.rundir import RunDir
 from disdis.train import checkpoint as ckpt
+from disdis.train.logger import read_csv_log
 
 
-def autoencoder_dir(run: Path) -> Path:
-    """The autoencoder's own folder: ``RUN/extractor`` of a demo, or RUN itself."""
-    return run / "extractor" if (run / "extractor" / "config.yaml").is_file() else run
+def autoencoder_run(run: Path) -> RunDir:
+    """The autoencoder's own run: ``RUN/extractor`` of a demo, or RUN itself."""
+    demo = RunDir(run).dependency("extractor")
+    return demo if demo.is_run() else RunDir(run)
 
 
 def shares_at(rows: list[dict], kimg: float) -> dict[int, dict[str, float]]:
     """unit -> factor -> share, at the logged kimg."""
-    return {int(r["unit"]): {k: float(v) for k, v in r.items() if k not in ("step", "kimg", "unit")}
-            for r in rows if float(r["kimg"]) == kimg}
+    return {int(r["unit"]): {k: v for k, v in r.items() if k not in ("step", "kimg", "unit")}
+            for r in rows if r["kimg"] == kimg}
 
 
 def hold_rows(run: Path) -> tuple[str, list[dict]]:
     """A line on the run's hold, and per factor: its best unit before the hold, that share, the unit's
     KL at the hold, whether it was held, and the factor's best share at the end."""
-    folder = autoencoder_dir(run)
-    loss = load_run_config(folder / "config.yaml", check=False).method.loss
+    ae = autoencoder_run(run)
+    loss = load_run_config(ae.config, check=False).method.loss
     if not loss.hold_weight:
-        raise SystemExit(f"{folder}: an autoencoder without a hold (method.loss.hold_weight is 0)")
+        raise SystemExit(f"{ae}: an autoencoder without a hold (method.loss.hold_weight is 0)")
     hold_kimg = loss.gradient_ramp_kimg[0]
-    with (folder / "logs" / "shares.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    logged = sorted({float(r["kimg"]) for r in rows})
+    rows = read_csv_log(ae.log("shares"))
+    logged = sorted({r["kimg"] for r in rows})
     before = [k for k in logged if k < hold_kimg]
     if not before or logged[-1] <= hold_kimg:
-        raise SystemExit(f"{folder}: the probe logged no shares before and after the hold at {hold_kimg:g} kimg")
+        raise SystemExit(f"{ae}: the probe logged no shares before and after the hold at {hold_kimg:g} kimg")
     pre, end = shares_at(rows, before[-1]), shares_at(rows, logged[-1])
-    tensors, _ = ckpt.load_checkpoint(ckpt.list_checkpoints(folder / "checkpoints")[-1])
+    tensors, _ = ckpt.load_checkpoint(ae.newest_checkpoint())
     held, kl = tensors["model/held"].bool(), tensors["model/unit_kl"]
     factors = []
     for factor in next(iter(pre.values())):

@@ -59,11 +59,11 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
 def check_hold_report(run):
     """benchmarks/hold_report.py on a demo folder: per factor, its best unit at the last log before the
     hold (the probe's shares) and that unit's held flag and KL as the autoencoder's checkpoint stores them."""
-    import csv
     import importlib.util
     from pathlib import Path
 
     from disdis.train import checkpoint as ckpt
+    from disdis.train.logger import read_csv_log
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "hold_report.py"
     spec = importlib.util.spec_from_file_location("hold_report", path)
     hold_report = importlib.util.module_from_spec(spec)
@@ -71,11 +71,10 @@ def check_hold_report(run):
     about, factors = hold_report.hold_rows(run)
     assert "hold at 0.032 kimg" in about and "shares before it at 0.016 kimg" in about
     tensors, _ = ckpt.load_checkpoint(ckpt.list_checkpoints(run / "extractor" / "checkpoints")[-1])
-    with (run / "extractor" / "logs" / "shares.csv").open() as f:
-        before = [r for r in csv.DictReader(f) if float(r["kimg"]) == 0.016]
+    before = [r for r in read_csv_log(run / "extractor" / "logs" / "shares.csv") if r["kimg"] == 0.016]
     assert [f["factor"] for f in factors] == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
     for f in factors:
-        shares = [float(r[f["factor"]]) for r in before]
+        shares = [r[f["factor"]] for r in before]
         assert f["share"] == max(shares) and shares.index(f["share"]) == f["unit"]
         assert f["held"] == bool(tensors["model/held"][f["unit"]]) and f["kl"] == float(tensors["model/unit_kl"][f["unit"]])
 
