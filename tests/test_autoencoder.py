@@ -282,6 +282,55 @@ def test_units_used_when_the_ramp_begins_are_held_to_a_frozen_copy(tmp_path, sha
     assert read_csv_log(tmp_path / "ae/logs/train.csv")[-1]["hold"] > 0
 
 
+def test_gather_units_holds_the_codes_leading_components_unmixed_in_the_first_units(tmp_path, shapes3d_grid_npz):
+    """gather_units k: at the hold the extractor encodes the training images (eval mode); the frozen
+    copy's first k units output the code's k leading principal components, centred, of unit variance,
+    uncorrelated, and spanning those components; its other layers are the extractor's; units 0 to k - 1
+    are held whatever their KL; the training's random stream is left as it was. A run resumed after
+    the hold ends as one that ran at once; k beyond the units, or without a hold, is refused."""
+    from types import SimpleNamespace
+
+    from disdis.models.autoencoder import LossSchedule
+    loss = {"beta": 2.0, "beta_end": 1.0, "gradient_ramp_kimg": [0.16, 0.48], "hold_weight": 3.0, "gather_units": 2}
+    torch.manual_seed(0)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(**loss))
+    images = torch.rand(48, 3, 16, 16) * 2 - 1
+    ctx = SimpleNamespace(cfg=SimpleNamespace(batch_size=16, seed=0, num_workers=0), resume_step=None,
+                          optimizer=None, dataset=torch.utils.data.TensorDataset(images), device=torch.device("cpu"))
+    model.unit_kl.copy_(torch.tensor([0.1, 0.1, 3.0, 3.0]))  # by KL, units 2 and 3 would be held
+    state = torch.random.get_rng_state()
+    LossSchedule(model)(ctx, 10)
+    assert torch.equal(torch.random.get_rng_state(), state) and model.training
+    assert model.held.tolist() == [True, True, False, False]
+    copy_, own = model.held_extractor.state_dict(), model.extractor.state_dict()
+    last = f"fc.{len(model.extractor.fc) - 1}."
+    assert all(torch.equal(copy_[k], own[k]) != k.startswith(last) for k in own)  # all but the last layer's
+    with torch.no_grad():
+        code = model.extractor.eval()(images).double()
+        gathered = model.held_extractor.eval()(images).double()[:, :2]
+    centred = code - code.mean(0)
+    top = centred @ torch.linalg.svd(centred, full_matrices=False)[2][:2].T  # the two leading components
+    assert torch.allclose(gathered.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(torch.cov(gathered.T, correction=0), torch.eye(2, dtype=torch.float64), atol=1e-4)
+    fit = torch.linalg.lstsq(gathered, top).solution  # the components, as a linear map of the gathered units
+    assert (gathered @ fit - top).norm() < 1e-4 * top.norm()
+    for bad, match in (({"hold_weight": 0.0, "beta_end": None}, "gather_units: needs loss.hold_weight"),
+                       ({"gather_units": -1}, "gather_units: expected a whole number")):
+        with pytest.raises(ConfigError, match=match):
+            AutoencoderLoss(**{**loss, **bad})
+    with pytest.raises(ConfigError, match="gather_units: 5 is more than the extractor's 4 units"):
+        Autoencoder(UnitsConfig(**UNITS, resolution=16), AutoencoderLoss(**{**loss, "gather_units": 5}))
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "ae", train={"total_kimg": 0.48, "checkpoint_every_kimg": 0.16})
+    cfg["method"] = {"name": "autoencoder", "units": UNITS, "loss": {**loss, "reopen": "all"}}
+    config = write_yaml(tmp_path / "ae.yaml", cfg)
+    assert main(["train", config]) == 0
+    assert main(["train", config, f"run_dir={tmp_path / 'split'}", "train.total_kimg=0.32"]) == 0  # held since 0.16
+    assert main(["train", "--resume", str(tmp_path / "split"), "train.total_kimg=0.48"]) == 0
+    whole, split = (load_checkpoint(list_checkpoints(tmp_path / run / "checkpoints")[-1])[0] for run in ("ae", "split"))
+    assert whole["model/held"].tolist() == [True, True, False, False]
+    assert all(torch.equal(whole[k], split[k]) for k in whole if k.startswith("model/"))
+
+
 @pytest.mark.parametrize("reopen, fresh", [("decoder", {"decoder"}), ("extractor", {"extractor", "log_variance"}),
                                             ("all", {"decoder", "extractor", "log_variance"})])
 def test_reopen_draws_the_named_modules_anew_when_the_hold_is_taken(reopen, fresh):

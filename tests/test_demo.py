@@ -58,7 +58,8 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
 
 def check_hold_report(run):
     """benchmarks/hold_report.py on a demo folder: per factor, its best unit at the last log before the
-    hold (the probe's shares) and that unit's held flag and KL as the autoencoder's checkpoint stores them."""
+    hold (the probe's shares), that unit's held flag and KL as the autoencoder's checkpoint stores them,
+    and the factor's best share at the first log after the hold."""
     import importlib.util
     from pathlib import Path
 
@@ -71,12 +72,15 @@ def check_hold_report(run):
     about, factors = hold_report.hold_rows(run)
     assert "hold at 0.032 kimg" in about and "shares before it at 0.016 kimg" in about
     tensors, _ = ckpt.load_checkpoint(ckpt.list_checkpoints(run / "extractor" / "checkpoints")[-1])
-    before = [r for r in read_csv_log(run / "extractor" / "logs" / "shares.csv") if r["kimg"] == 0.016]
+    rows = read_csv_log(run / "extractor" / "logs" / "shares.csv")
+    before = [r for r in rows if r["kimg"] == 0.016]
+    after = [r for r in rows if r["kimg"] == min(r["kimg"] for r in rows if r["kimg"] > 0.032)]
     assert [f["factor"] for f in factors] == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
     for f in factors:
         shares = [r[f["factor"]] for r in before]
         assert f["share"] == max(shares) and shares.index(f["share"]) == f["unit"]
         assert f["held"] == bool(tensors["model/held"][f["unit"]]) and f["kl"] == float(tensors["model/unit_kl"][f["unit"]])
+        assert f["after"] == max(r[f["factor"]] for r in after)
 
 
 def test_the_target_counts_the_factors_the_evaluated_units_hold_at_the_end():

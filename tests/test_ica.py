@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from disdis.ica import excess_kurtosis, kurtosis_rotation
+from disdis.ica import excess_kurtosis, gathered_components, kurtosis_rotation
 from disdis.models import build_model
 from disdis.models.unit_unmixing import UnitUnmixing, fold_linear
 from disdis.run_config import run_config_from_dict
@@ -65,6 +65,26 @@ def test_unmixed_factors_are_not_turned_and_inactive_units_pass_through():
     np.testing.assert_array_equal(fit.active, [True, True, True, False])
     with pytest.raises(ValueError, match="the units do not vary"):
         kurtosis_rotation(np.ones((5, 2)))
+
+
+def test_gathered_components_take_two_factors_spread_over_six_units_into_two():
+    """Two independent 5-level factors, each spread over several of six units (a rank-2 mix, plus
+    noise 100x smaller): the two leading components, standardised and turned, are the two factors,
+    one each; they are centred and of unit variance; more components than units is refused."""
+    sources = grid(5, 2)  # 25 samples
+    mixing = np.array([[1.0, 0.2], [0.9, -0.3], [0.1, 1.0], [-0.2, 0.8], [0.7, 0.7], [0.5, -0.6]])
+    noise = 0.01 * np.random.default_rng(0).standard_normal((len(sources), 6))
+    units = np.tile(sources @ mixing.T + noise, (4, 1)) + 3.0  # four copies: 100 samples
+    matrix, offset = gathered_components(units, 2)
+    assert matrix.shape == (2, 6) and offset.shape == (2,)
+    y = units @ matrix.T + offset
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(y.std(0), 1, atol=1e-9)
+    corr = np.abs(np.corrcoef(y.T, np.tile(sources, (4, 1)).T)[:2, 2:])
+    assert np.all(corr.max(1) > 0.999) and sorted(corr.argmax(1)) == [0, 1]
+    for count in (0, 7):
+        with pytest.raises(ValueError, match="count: expected 1 to 6"):
+            gathered_components(units, count)
 
 
 def test_fold_linear_makes_the_layer_output_the_map():

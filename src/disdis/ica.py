@@ -90,3 +90,22 @@ def kurtosis_rotation(units: np.ndarray, min_spread: float = 0.1, tol: float = 0
     offset[index] = -a @ u.mean(0)
     after = float(np.abs(excess_kurtosis(x)).sum())
     return Unmixing(matrix, offset, active, sweeps, rotations, before, after)
+
+
+def gathered_components(units: np.ndarray, count: int, min_spread: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """``(matrix, offset)``, (count, N) and (count,): ``y = matrix @ u + offset`` are the ``count``
+    leading principal components of the units (samples x N), standardised and turned to the largest
+    kurtosis (:func:`kurtosis_rotation`; a component whose spread is under ``min_spread`` of the
+    first's stays as it is).
+
+    A code that carries a few factors redundantly, each spread over several units, lies in a subspace
+    of few dimensions: its leading components span the factors, and the rotation turns each of them
+    to one factor where the factors are independent and non-Gaussian."""
+    u = np.asarray(units, dtype=np.float64)
+    if not 1 <= count <= u.shape[1]:
+        raise ValueError(f"count: expected 1 to {u.shape[1]} components, got {count}")
+    mean = u.mean(0)
+    axes = np.linalg.svd(u - mean, full_matrices=False)[2][:count]  # (count, N), orthonormal rows
+    unmixing = kurtosis_rotation((u - mean) @ axes.T, min_spread)
+    matrix = unmixing.matrix @ axes
+    return matrix, unmixing.offset - matrix @ mean

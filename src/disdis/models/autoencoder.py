@@ -53,6 +53,14 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
   squared distance of the marked units' means from the copy's is added per image. The hues,
   arriving with the pixels, must then take units of their own instead of taking over the
   geometry's (a diagnostic of why the factors spread; docs/demo-study.md).
+- ``gather_units = k > 0`` (with a hold) holds, instead of the units over ``hold_nats``, the code
+  gathered into k units: at the hold the extractor encodes the training images (all, or a fixed random
+  subset of 10000), the k leading principal components of the posterior means, standardised and turned
+  to the largest kurtosis (:func:`disdis.ica.gathered_components`), are folded into the frozen copy's
+  last layer, and units 0 to k - 1 are held to them. Free bits let a factor of little signal spread
+  over several units at the floor, each under ``hold_nats`` and each carrying it only in part; the
+  code's variance still lies in a few directions (on the demo grid about six, two for each of three
+  3-valued geometry factors), which the components take whole (docs/demo-study.md, session ninth).
 - ``reopen`` (with a hold): when the hold is taken, the ``extractor`` (and the log variance's
   layer), the ``decoder`` or ``all`` of them start afresh, as at initialisation, with fresh
   optimizer moments; the held units are then taught back by the hold's term alone. A decoder
@@ -87,17 +95,21 @@ import copy
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from disdis.errors import ConfigError
+from disdis.ica import gathered_components
 from disdis.models import MethodConfig, register
 from disdis.models.method import Method
+from disdis.models.unit_unmixing import fold_linear
 from disdis.models.vae import DatasetSize
 from disdis.models.vae_losses import gaussian_kl_units, reparameterize, total_correlation
 from disdis.nn.units import FeatureExtractor, UnitsConfig
 from disdis.nn.vae import DeconvDecoder
 from disdis.train.config import TrainConfig
+from disdis.train.encode import encode_images
 from disdis.train.hooks import Hook, HookContext
 
 
@@ -136,6 +148,7 @@ class AutoencoderLoss:
     free_nats_pooled: bool = False  # the floor on the code's summed KL (N free_nats), not on each unit's
     hold_weight: float = 0.0      # > 0: from gradient_ramp_kimg[0] on, the used units are pulled to their values then
     hold_nats: float = 1.0        # a unit is used when its running mean KL exceeds this
+    gather_units: int = 0         # > 0: hold the code's leading components, unmixed, in this many units instead
     reopen: Literal["", "extractor", "decoder", "all"] = ""  # at the hold, these modules start afresh
     hessian_weight: float = 0.0   # > 0: the weight of the decoder's Hessian penalty
     hessian_weight_end: Optional[float] = None  # the weight at gradient_ramp_kimg[1], linearly from hessian_weight
@@ -177,6 +190,10 @@ class AutoencoderLoss:
         if not (self.hessian_images >= 1 and self.hessian_step > 0):
             raise ConfigError(f"loss.hessian_images, loss.hessian_step: expected >= 1 and > 0, got "
                               f"{self.hessian_images!r}, {self.hessian_step!r}")
+        if not (isinstance(self.gather_units, int) and self.gather_units >= 0):
+            raise ConfigError(f"loss.gather_units: expected a whole number >= 0, got {self.gather_units!r}")
+        if self.gather_units and not self.hold_weight:
+            raise ConfigError("loss.gather_units: needs loss.hold_weight (it acts when the hold is taken)")
         if self.reopen and not self.hold_weight:
             raise ConfigError("loss.reopen: needs loss.hold_weight (it acts when the hold is taken)")
         if self.hold_weight and self.gradient_weight_end is None and self.beta_end is None:
@@ -252,6 +269,8 @@ class Autoencoder(Method):
             self.register_buffer(name, torch.tensor(float(getattr(loss, name))))
         if loss.tc_weight:  # the training set's size N (set when training opens the data)
             self.register_buffer("dataset_size", torch.ones((), dtype=torch.int64))
+        if loss.gather_units > units.num_units:
+            raise ConfigError(f"loss.gather_units: {loss.gather_units} is more than the extractor's {units.num_units} units")
         if loss.hold_weight:  # the units' running KL, which of them are held, and the copy they are held to
             self.register_buffer("unit_kl", torch.zeros(units.num_units))
             self.register_buffer("held", torch.zeros(units.num_units, dtype=torch.bool))
@@ -325,12 +344,21 @@ class Autoencoder(Method):
             held = self.held_extractor(images)
         return _sum_of_squares((mu - held)[:, self.held])
 
-    def hold_units(self) -> list[nn.Parameter]:
+    def hold_units(self, code: np.ndarray | None = None) -> list[nn.Parameter]:
         """Marks the units whose running KL exceeds hold_nats, freezes the extractor's copy, and
-        draws the ``reopen`` modules anew; returns the parameters drawn anew."""
-        self.held.copy_(self.unit_kl > self.loss.hold_nats)
+        draws the ``reopen`` modules anew; returns the parameters drawn anew. With ``gather_units``, the
+        posterior means ``code`` (images x N) of the training images give the components the copy's
+        first units output instead, and those units are the ones held."""
         self.hold_taken.fill_(True)
         self.held_extractor.load_state_dict(self.extractor.state_dict())
+        if self.loss.gather_units:
+            count = self.loss.gather_units
+            matrix, offset = gathered_components(code, count)
+            n = len(self.held)
+            fold_linear(self.held_extractor.fc[-1], np.pad(matrix, ((0, n - count), (0, 0))), np.pad(offset, (0, n - count)))
+            self.held.copy_(torch.arange(n) < count)
+        else:
+            self.held.copy_(self.unit_kl > self.loss.hold_nats)
         return self._reopen() if self.loss.reopen else []
 
     def _reopen(self) -> list[nn.Parameter]:
@@ -398,9 +426,23 @@ class LossSchedule(Hook):
             getattr(self.model, name).fill_(_linear(getattr(loss, name), getattr(loss, f"{name}_end"), kimg,
                                                     loss.gradient_ramp_kimg))
         if loss.hold_weight and kimg >= loss.gradient_ramp_kimg[0] and not self.model.hold_taken:
-            for parameter in self.model.hold_units():
+            for parameter in self.model.hold_units(self._code(ctx) if loss.gather_units else None):
                 if ctx.optimizer is not None:  # a module drawn anew starts its moments afresh too
                     ctx.optimizer.state.pop(parameter, None)
+
+    def _code(self, ctx: HookContext, max_images: int = 10000) -> np.ndarray:
+        """The extractor's units (posterior means, eval mode) on the training images, all or a fixed
+        random subset, in float64; the run's random stream is left as it was."""
+        count = min(max_images, len(ctx.dataset))
+        indices = np.sort(np.random.default_rng([ctx.cfg.seed, 3]).choice(len(ctx.dataset), count, replace=False))
+        extractor = self.model.extractor
+        was_training = extractor.training
+        extractor.eval()
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            code = encode_images(extractor, ctx.dataset, indices, ctx.cfg.batch_size, ctx.device,
+                                 num_workers=ctx.cfg.num_workers, desc="code to gather")
+        extractor.train(was_training)
+        return code.double().numpy()
 
 
 def _linear(first: float, last: float, kimg: float, window: tuple[float, float]) -> float:
