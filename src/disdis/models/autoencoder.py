@@ -109,7 +109,7 @@ from disdis.models.vae_losses import gaussian_kl_units, reparameterize, total_co
 from disdis.nn.units import FeatureExtractor, UnitsConfig
 from disdis.nn.vae import DeconvDecoder
 from disdis.train.config import TrainConfig
-from disdis.train.encode import encode_images
+from disdis.train.encode import encode_training_subset
 from disdis.train.hooks import Hook, HookContext
 
 
@@ -430,19 +430,11 @@ class LossSchedule(Hook):
                 if ctx.optimizer is not None:  # a module drawn anew starts its moments afresh too
                     ctx.optimizer.state.pop(parameter, None)
 
-    def _code(self, ctx: HookContext, max_images: int = 10000) -> np.ndarray:
+    def _code(self, ctx: HookContext) -> np.ndarray:
         """The extractor's units (posterior means, eval mode) on the training images, all or a fixed
-        random subset, in float64; the run's random stream is left as it was."""
-        count = min(max_images, len(ctx.dataset))
-        indices = np.sort(np.random.default_rng([ctx.cfg.seed, 3]).choice(len(ctx.dataset), count, replace=False))
-        extractor = self.model.extractor
-        was_training = extractor.training
-        extractor.eval()
+        random subset of 10000, in float64; the run's random stream is left as it was."""
         with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-            code = encode_images(extractor, ctx.dataset, indices, ctx.cfg.batch_size, ctx.device,
-                                 num_workers=ctx.cfg.num_workers, desc="code to gather")
-        extractor.train(was_training)
-        return code.double().numpy()
+            return encode_training_subset(self.model.extractor, ctx, 10000, 3, "code to gather").double().numpy()
 
 
 def _linear(first: float, last: float, kimg: float, window: tuple[float, float]) -> float:

@@ -22,7 +22,7 @@ import torch
 
 from disdis.ica import kurtosis_rotation
 from disdis.train import distributed
-from disdis.train.encode import encode_images
+from disdis.train.encode import encode_training_subset
 from disdis.train.hooks import Hook, HookContext
 
 
@@ -43,14 +43,9 @@ class UnitUnmixing(Hook):
         self.min_spread = min_spread
 
     def start(self, ctx: HookContext, images: torch.Tensor) -> None:
-        count = min(self.max_images, len(ctx.dataset))
-        indices = np.sort(np.random.default_rng([ctx.cfg.seed, 2]).choice(len(ctx.dataset), count, replace=False))
-        was_training = self.extractor.training
-        self.extractor.eval()
         # in float32 even where training runs under bf16: the fourth moments need the precision
-        units = encode_images(self.extractor, ctx.dataset, indices, ctx.cfg.batch_size, ctx.device,
-                              num_workers=ctx.cfg.num_workers, desc="units to unmix").double().numpy()
-        self.extractor.train(was_training)
+        units = encode_training_subset(self.extractor, ctx, self.max_images, 2, "units to unmix").double().numpy()
+        count = len(units)
         fit = kurtosis_rotation(units, self.min_spread)
         fold_linear(self.extractor.fc[-1], fit.matrix, fit.offset)
         if distributed.is_main():

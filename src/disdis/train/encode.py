@@ -42,3 +42,18 @@ def _empty_output(fn, dataset, indices, device) -> torch.Tensor:
     item = dataset[int(indices[0])]
     image = (item[0] if isinstance(item, (list, tuple)) else item)[None].to(device)
     return fn(image).float().cpu()[:0]
+
+
+def encode_training_subset(module: torch.nn.Module, ctx, max_images: int, stream: int, desc: str) -> torch.Tensor:
+    """``module`` in eval mode (its mode restored after) on the training images of a hook's context: all
+    of them, or a fixed random subset of ``max_images`` (from the run's seed and ``stream``, in index
+    order); float32 rows on the CPU, every rank the same."""
+    count = min(max_images, len(ctx.dataset))
+    indices = np.sort(np.random.default_rng([ctx.cfg.seed, stream]).choice(len(ctx.dataset), count, replace=False))
+    was_training = module.training
+    module.eval()
+    try:
+        return encode_images(module, ctx.dataset, indices, ctx.cfg.batch_size, ctx.device,
+                             num_workers=ctx.cfg.num_workers, desc=desc)
+    finally:
+        module.train(was_training)
