@@ -455,6 +455,30 @@ def test_edge_strength_loss_against_a_loop_over_pixels():
     assert torch.allclose(model(x.float())["loss"], expected / (2 * 3 * 16 * 16), rtol=1e-5)
 
 
+def test_saturated_edges_see_an_outline_whatever_its_contrast():
+    """gradient: saturated compares tanh(strength / gradient_scale) at each pixel: a square's outline
+    against its background is ~1 whether the two colours differ by 2 or by 0.5 (the magnitude: 2 and
+    0.5), a flat image is ~0; the loss adds w times its squared error, per value; a scale <= 0 is refused."""
+    torch.manual_seed(0)
+    loss = AutoencoderLoss(gradient_weight=5.0, gradient="saturated", gradient_scale=0.05)
+    model = Autoencoder(UnitsConfig(**UNITS, resolution=16), loss).eval()
+    strong, faint = torch.full((1, 3, 16, 16), -1.0), torch.full((1, 3, 16, 16), -1.0)
+    strong[:, 0, 4:9, 4:9], faint[:, 0, 4:9, 4:9] = 1.0, -0.5
+    outline = edge_strength(strong) > 0.1  # the pixels at the square's edges
+    assert torch.allclose(edge_strength(strong)[outline].max(), torch.tensor(2.0 * 2 ** 0.5), atol=1e-4)
+    for image in (strong, faint):
+        assert torch.tanh(edge_strength(image) / 0.05)[outline].min() > 0.99999
+        assert torch.tanh(edge_strength(image) / 0.05)[~outline].max() < 0.03
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        recon = model.decoder(model.extractor(x))
+        edges = (torch.tanh(edge_strength(recon) / 0.05) - torch.tanh(edge_strength(x) / 0.05)).square().sum()
+        expected = ((recon - x).square().sum() + 5.0 * edges) / (2 * 3 * 16 * 16)
+    assert torch.allclose(model(x)["loss"], expected, rtol=1e-5)
+    with pytest.raises(ConfigError, match="gradient_scale"):
+        AutoencoderLoss(gradient_weight=1.0, gradient="saturated", gradient_scale=0.0)
+
+
 def test_autoencoder_run_learns_and_is_evaluated(tmp_path, shapes3d_grid_npz):
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "ae", train={"total_kimg": 0.64, "log_every_kimg": 0.16})
     cfg["method"] = {"name": "autoencoder", "units": UNITS}

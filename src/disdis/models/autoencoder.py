@@ -28,10 +28,12 @@ warm start of a diffusion run's extractor (docs/method.md, "Extractor warm start
 - ``gradient_weight = w > 0`` adds w times the squared error of the image's finite differences
   along x and y (``gradient: signed``, a gradient-difference loss), or of each pixel's edge
   strength, the root of its channels' summed squared differences (``gradient: magnitude``, the
-  same whatever the colours on either side). On the demo grid the pixels give scale, shape and
-  orientation 0.3-0.6 % of their variance, the finite differences 1.4-1.8 % (main effect) and
-  32-44 % along the lines where each alone changes (``benchmarks/factor_signal.py --gradients``):
-  silhouettes are edges, and the hues' large areas have few.
+  same whatever the colours on either side), or of tanh(strength / ``gradient_scale``) (``gradient:
+  saturated``: whether an edge is there, nearly whatever the two colours' contrast, which the
+  magnitude still carries). On the demo grid the pixels give scale, shape and orientation 0.3-0.6 %
+  of their variance, the finite differences 1.4-1.8 % (main effect) and 32-44 % along the lines
+  where each alone changes (``benchmarks/factor_signal.py --gradients``): silhouettes are edges,
+  and the hues' large areas have few.
 - ``gradient_weight_end = w1`` with ``gradient_ramp_kimg = [a, b]`` moves that weight linearly from
   w to w1 between a and b kimg (held before and after): edges first, so the code takes in the
   geometry, then mostly pixels, so the hues of small areas (the object's) are not left out.
@@ -135,7 +137,8 @@ class AutoencoderLoss:
     """The terms the autoencoder adds to its squared error (module docstring); both off by default."""
     beta: float = 0.0             # > 0: variational, the weight of the KL per image
     gradient_weight: float = 0.0  # the weight of the finite differences' squared error
-    gradient: Literal["signed", "magnitude"] = "signed"  # of each difference, or of each pixel's edge strength
+    gradient: Literal["signed", "magnitude", "saturated"] = "signed"  # each difference, each pixel's edge strength,
+    gradient_scale: float = 0.1   # or that strength saturated, tanh(strength / gradient_scale): whether an edge is there
     capacity: float = 0.0         # > 0: the KL is held at C_t (nats), reaching this at capacity_kimg
     capacity_kimg: float = 0.0    # the length of C_t's linear rise
     beta_warmup_kimg: float = 0.0  # the length of the KL weight's linear rise from 0 to beta
@@ -190,6 +193,8 @@ class AutoencoderLoss:
         if not (self.hessian_images >= 1 and self.hessian_step > 0):
             raise ConfigError(f"loss.hessian_images, loss.hessian_step: expected >= 1 and > 0, got "
                               f"{self.hessian_images!r}, {self.hessian_step!r}")
+        if not self.gradient_scale > 0:
+            raise ConfigError(f"loss.gradient_scale: expected a number > 0, got {self.gradient_scale!r}")
         if not (isinstance(self.gather_units, int) and self.gather_units >= 0):
             raise ConfigError(f"loss.gather_units: expected a whole number >= 0, got {self.gather_units!r}")
         if self.gather_units and not self.hold_weight:
@@ -309,7 +314,8 @@ class Autoencoder(Method):
             tc = total_correlation(z, mu, logvar, int(self.dataset_size)) if self.loss.tc_weight else zero
         recon = self.decoder(z)
         return {"pixels": _sum_of_squares(recon - images),
-                "edges": _gradient_error(recon, images, self.loss.gradient) if self.loss.gradient_weight else zero,
+                "edges": (_gradient_error(recon, images, self.loss.gradient, self.loss.gradient_scale)
+                          if self.loss.gradient_weight else zero),
                 "kl_units": kl_units, "tc": tc,
                 "hold": self._hold(images, mu, kl_units) if self.loss.hold_weight else zero,
                 "hessian": self._hessian(z).expand_as(zero) if self.weight("hessian_weight") else zero}
@@ -450,13 +456,16 @@ def _sum_of_squares(x: torch.Tensor) -> torch.Tensor:
     return x.square().flatten(1).sum(1)
 
 
-def _gradient_error(recon: torch.Tensor, images: torch.Tensor, kind: str) -> torch.Tensor:
+def _gradient_error(recon: torch.Tensor, images: torch.Tensor, kind: str, scale: float) -> torch.Tensor:
     """(B,): the squared error of the finite differences along x and y (``signed``), or of each
     pixel's edge strength sqrt(sum over channels and both directions of the differences^2)
-    (``magnitude``: how strong an edge is there, whatever its colours)."""
+    (``magnitude``: how strong an edge is there, whatever its colours), or of tanh(strength / scale)
+    (``saturated``: whether an edge is there, nearly whatever the contrast of the colours on either side)."""
     if kind == "signed":
         return (_sum_of_squares(recon.diff(dim=-1) - images.diff(dim=-1))
                 + _sum_of_squares(recon.diff(dim=-2) - images.diff(dim=-2)))
+    if kind == "saturated":
+        return _sum_of_squares(torch.tanh(edge_strength(recon) / scale) - torch.tanh(edge_strength(images) / scale))
     return _sum_of_squares(edge_strength(recon) - edge_strength(images))
 
 
