@@ -315,7 +315,8 @@ def test_gather_units_holds_the_codes_leading_components_unmixed_in_the_first_un
     fit = torch.linalg.lstsq(gathered, top).solution  # the components, as a linear map of the gathered units
     assert (gathered @ fit - top).norm() < 1e-4 * top.norm()
     for bad, match in (({"hold_weight": 0.0, "beta_end": None}, "gather_units: needs loss.hold_weight"),
-                       ({"gather_units": -1}, "gather_units: expected a whole number")):
+                       ({"gather_units": -1}, "gather_units: expected a whole number"),
+                       ({"gather_units": True}, "gather_units: expected a whole number")):
         with pytest.raises(ConfigError, match=match):
             AutoencoderLoss(**{**loss, **bad})
     with pytest.raises(ConfigError, match="gather_units: 5 is more than the extractor's 4 units"):

@@ -195,7 +195,7 @@ class AutoencoderLoss:
                               f"{self.hessian_images!r}, {self.hessian_step!r}")
         if not self.gradient_scale > 0:
             raise ConfigError(f"loss.gradient_scale: expected a number > 0, got {self.gradient_scale!r}")
-        if not (isinstance(self.gather_units, int) and self.gather_units >= 0):
+        if isinstance(self.gather_units, bool) or not (isinstance(self.gather_units, int) and self.gather_units >= 0):
             raise ConfigError(f"loss.gather_units: expected a whole number >= 0, got {self.gather_units!r}")
         if self.gather_units and not self.hold_weight:
             raise ConfigError("loss.gather_units: needs loss.hold_weight (it acts when the hold is taken)")
