@@ -6,11 +6,13 @@ import numpy as np
 from PIL import Image
 
 from disdis.cli import main
+from train_standins import benchmark
 
 # the demo's own config, shrunk: a few training steps, tiny networks, small metric samples, 2 DDIM steps
 TINY = ["method.first_stage_train.total_kimg=0.064", "method.first_stage_train.batch_size=32", "method.first_stage.base_channels=8",
         "method.extractor_init_train.total_kimg=0.064", "method.extractor_init_train.batch_size=32",
-        "method.extractor_init_loss.gradient_ramp_kimg=[0.032,0.032]",  # the preset's hold and fresh start, midway
+        "method.extractor_init_loss.gradient_ramp_kimg=[0.032,0.032]",  # the preset's hold and fresh start, midway,
+        "method.extractor_init_loss.gather_units=2",  # gathering the code into 2 of the 4 units (the preset: 6 of 10)
         "train.total_kimg=0.128", "train.batch_size=32", "train.freeze_kimg=0.064", "method.anchoring.refit_every=0.064", "method.anchoring.refit_images=200",
         "method.units.num_units=4", "method.units.token_dim=8", "method.units.extractor_width=4", "method.units.fc_hidden=[16]",
         "method.units.mlp_hidden=[8]", "method.unet.context_dim=8", "method.unet.base_channels=8", "method.unet.channel_mult=[1,2]",
@@ -57,20 +59,15 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
 
 
 def check_hold_report(run):
-    """benchmarks/hold_report.py on a demo folder: per factor, its best unit at the last log before the
-    hold (the probe's shares), that unit's held flag and KL as the autoencoder's checkpoint stores them,
-    and the factor's best share at the first log after the hold."""
-    import importlib.util
-    from pathlib import Path
-
+    """benchmarks/hold_report.py on a demo folder (its hold gathered into 2 units): per factor, its best
+    unit at the last log before the hold (the probe's shares), that unit's KL as the autoencoder's
+    checkpoint stores it, no held flag (the gathered units are not the units before the hold), and the
+    factor's best share at the first log after the hold."""
     from disdis.train import checkpoint as ckpt
     from disdis.train.logger import read_csv_log
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "hold_report.py"
-    spec = importlib.util.spec_from_file_location("hold_report", path)
-    hold_report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hold_report)
-    about, factors = hold_report.hold_rows(run)
-    assert "hold at 0.032 kimg" in about and "shares before it at 0.016 kimg" in about
+    about, factors = benchmark("hold_report").hold_rows(run)
+    assert "hold at 0.032 kimg (the code gathered into 2 units)" in about and "shares before it at 0.016 kimg" in about
+    assert "2 of 4 units held" in about  # the gathered hold holds units 0 and 1, whatever their KL
     tensors, _ = ckpt.load_checkpoint(ckpt.list_checkpoints(run / "extractor" / "checkpoints")[-1])
     rows = read_csv_log(run / "extractor" / "logs" / "shares.csv")
     before = [r for r in rows if r["kimg"] == 0.016]
@@ -79,7 +76,7 @@ def check_hold_report(run):
     for f in factors:
         shares = [r[f["factor"]] for r in before]
         assert f["share"] == max(shares) and shares.index(f["share"]) == f["unit"]
-        assert f["held"] == bool(tensors["model/held"][f["unit"]]) and f["kl"] == float(tensors["model/unit_kl"][f["unit"]])
+        assert f["held"] is None and f["kl"] == float(tensors["model/unit_kl"][f["unit"]])
         assert f["after"] == max(r[f["factor"]] for r in after)
 
 

@@ -160,3 +160,14 @@ def write_yaml(path, data) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(data, f)
     return str(path)
+
+
+def benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
