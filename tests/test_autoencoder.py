@@ -9,7 +9,7 @@ from disdis.models.autoencoder import Autoencoder, AutoencoderLoss, edge_strengt
 from disdis.nn.units import UnitsConfig
 from disdis.train.checkpoint import list_checkpoints, load_checkpoint
 from disdis.train.logger import read_csv_log
-from train_standins import benchmark, tiny_run_config, write_yaml
+from train_standins import repo_script, tiny_run_config, write_yaml
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -280,7 +280,7 @@ def test_units_used_when_the_ramp_begins_are_held_to_a_frozen_copy(tmp_path, sha
     first = load_checkpoint(list_checkpoints(tmp_path / "ae/checkpoints")[0])[0]  # written at 0.16 kimg, the hold
     assert first["model/hold_taken"] and copy_weights and all(torch.equal(whole[k], first[k]) for k in copy_weights)
     assert read_csv_log(tmp_path / "ae/logs/train.csv")[-1]["hold"] > 0
-    about, factors = benchmark("hold_report").hold_rows(tmp_path / "ae")  # the KL's hold (the demo's test: a gathered one)
+    about, factors = repo_script("benchmarks/hold_report.py").hold_rows(tmp_path / "ae")  # the KL's hold (the demo's test: a gathered one)
     assert "hold at 0.16 kimg (KL > 0 nats), shares before it at 0.08 kimg, after it at 0.24" in about
     assert "4 of 4 units held" in about and all(f["held"] is True for f in factors)
 

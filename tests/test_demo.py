@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from disdis.cli import main
-from train_standins import benchmark
+from train_standins import repo_script
 
 # the demo's own config, shrunk: a few training steps, tiny networks, small metric samples, 2 DDIM steps
 TINY = ["method.first_stage_train.total_kimg=0.064", "method.first_stage_train.batch_size=32", "method.first_stage.base_channels=8",
@@ -65,7 +65,7 @@ def check_hold_report(run):
     factor's best share at the first log after the hold."""
     from disdis.train import checkpoint as ckpt
     from disdis.train.logger import read_csv_log
-    about, factors = benchmark("hold_report").hold_rows(run)
+    about, factors = repo_script("benchmarks/hold_report.py").hold_rows(run)
     assert "hold at 0.032 kimg (the code gathered into 2 units)" in about and "shares before it at 0.016 kimg" in about
     assert "2 of 4 units held" in about  # the gathered hold holds units 0 and 1, whatever their KL
     tensors, _ = ckpt.load_checkpoint(ckpt.list_checkpoints(run / "extractor" / "checkpoints")[-1])

@@ -13,7 +13,6 @@ across scikit-learn seeds (measured); there the tolerance is 0.03.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -21,20 +20,13 @@ import numpy as np
 import pytest
 
 import disdis.metrics as M
+from train_standins import repo_script
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = json.loads((ROOT / "tests/data/metrics/reference.json").read_text())
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("make_metric_reference",
-                                                  ROOT / "scripts/make_metric_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPT = _script()
+SCRIPT = repo_script("scripts/make_metric_reference.py")
 GRID = tuple(REFERENCE["grid"])
 SIZES = REFERENCE["sizes"]
 CASES = REFERENCE["cases"]

@@ -1,4 +1,5 @@
-"""Tiny stand-in models and data for the training-loop tests (no dependency on the real networks)."""
+"""Tiny stand-in models and data for the training-loop tests (no dependency on the real networks), and
+the tests' loader of the repository's scripts."""
 
 from __future__ import annotations
 
@@ -162,12 +163,12 @@ def write_yaml(path, data) -> str:
     return str(path)
 
 
-def benchmark(name: str):
-    """The module of ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+def repo_script(path: str):
+    """The module of the repository's script at ``path`` (e.g. ``benchmarks/hold_report.py``): the
+    benchmarks and scripts are files, not a package."""
     import importlib.util
     from pathlib import Path
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(Path(path).stem, Path(__file__).resolve().parent.parent / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
