@@ -18,8 +18,8 @@ demo's budget buys.
 
 Variants (each with the loop's fused AdamW): ``eager`` (default memory format),
 ``channels_last`` (modules and images channels-last, oneDNN's fast convolution layout),
-``compiled`` (channels_last plus torch.compile of the extractor and
-the U-Net, or the autoencoder's decoder; compile time is in the "setup s" column). ``--device cuda --bf16`` runs the
+``compiled`` (channels_last plus ``train.compile``: torch.compile of the method's networks, the
+extractor and the U-Net, or the autoencoder's extractor and decoder; compile time is in the "setup s" column). ``--device cuda --bf16`` runs the
 same step on a GPU under bf16 autocast (as the training loop does there); the reference
 rate is then a bf16 matmul. ``--vary key=a,b`` times each config once per value of one more override
 (``--vary method.unet.num_heads=4,2``: the demo's U-Net with 4 and with 2 attention heads), in the
@@ -142,10 +142,8 @@ class ModelStep:
                 self.model.anchor_state.load(self.model.fit_anchors(tokens, seed=0))
         if getattr(cfg.method, "cache_latents", False):  # the encoder runs once, here, as the LatentCache hook has it
             self.model.fill_latent_cache([self.images])
-        if variant == "compiled":
-            for name in ("extractor", "unet", "decoder"):
-                if hasattr(self.model, name):
-                    getattr(self.model, name).compile()
+        if variant == "compiled":  # as train.compile does
+            self.model.compile_networks()
         # held: every timed step holds train.freeze_modules still, as the demo's first 32 kimg do
         self.held += list(cfg.train.freeze_modules) if held else []
         self.step = TrainStep(self.model, train_cfg, device, freeze_steps=10 ** 9 if held else 0)

@@ -258,6 +258,7 @@ class ExtractorInitTrainConfig(TrainConfig):
 
 class Autoencoder(Method):
     capabilities = frozenset({"represent", "decode"})
+    networks = ("extractor", "decoder")
 
     def __init__(self, units: UnitsConfig, loss: AutoencoderLoss = AutoencoderLoss()):
         super().__init__()

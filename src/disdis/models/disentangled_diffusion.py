@@ -160,6 +160,7 @@ def unit_correlation(units: torch.Tensor, power: int = 1) -> torch.Tensor:
 
 class DisentangledDiffusion(LatentSpace, Anchored, Method):
     capabilities = frozenset({"represent", "decode", "generate", "attention"})
+    networks = ("extractor", "unet")
 
     def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,
                  diffusion: DiffusionConfig, anchoring: AnchoringConfig, cache_latents: bool = False,

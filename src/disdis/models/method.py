@@ -16,7 +16,9 @@ A method is one ``nn.Module`` subclassing :class:`Method` (docs/architecture.md)
   ``"decode"``: ``decode_units(units, seed=0, steps=None, noise=None)`` gives images from the
   scalar units, all from one noise (``noise``, or one drawn from ``seed``) where decoding uses any; ``"generate"``: it has ``sample(context, ...)``,
   ``invert(images, ...)``, ``interchange(...)`` and ``encode_units(images)`` (a diffusion method);
-  ``"attention"``: ``attention_maps(images, t)`` gives where each unit's token is attended.
+  ``"attention"``: ``attention_maps(images, t)`` gives where each unit's token is attended;
+* ``networks``: the submodules whose forward does the training step's arithmetic, the ones
+  ``train.compile`` hands to ``torch.compile`` (each in place: parameter names do not change).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from disdis.train.optim import default_param_groups
 
 class Method(nn.Module):
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    networks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,3 +69,9 @@ class Method(nn.Module):
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
+
+    def compile_networks(self) -> None:
+        """``torch.compile`` each of :attr:`networks` in place (``nn.Module.compile``): compiled on
+        their first call, again for each new mode they are called in (training, held, evaluation)."""
+        for name in self.networks:
+            getattr(self, name).compile()

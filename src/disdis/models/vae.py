@@ -92,6 +92,7 @@ class FactorVAEConfig(VAEConfig):
 class BetaVAE(Method):
     """beta-VAE, and the networks and ELBO terms the other two build on."""
     capabilities = frozenset({"represent", "decode"})
+    networks = ("encoder", "decoder")
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()

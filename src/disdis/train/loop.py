@@ -185,7 +185,8 @@ class TrainStep:
             hook.after_step(out)
         for hook, every in zip(self.hooks, self.intervals):
             if every and (step + 1) % every == 0:
-                hook(self.ctx, step + 1)
+                with between_steps():
+                    hook(self.ctx, step + 1)
         self.ema.update(self.model, self.cfg.batch_size)
         return StepOutput(out, loss_mean, stopping > 0, out_of_time > 0)
 
@@ -197,6 +198,13 @@ class TrainStep:
             for p in self.frozen:
                 p.requires_grad_(not holding)
         self.holding = holding
+
+
+def between_steps():
+    """The context of the work between steps (hooks, the probe): eager under ``train.compile``, whose
+    graphs are the step's; compiled, each other mode the networks run in (evaluation, no gradient,
+    a probe's forward hooks) would cost a compilation of its own."""
+    return torch.compiler.set_stance("force_eager")
 
 
 def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: str | Path | RunDir,
@@ -222,6 +230,10 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     model.to(device).train()
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
+    if cfg.compile:
+        if not getattr(model, "networks", ()):
+            raise ConfigError(f"train.compile: {type(model).__name__} names no networks to compile")
+        model.compile_networks()
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank, world_size=world)
     state = _load_latest(run.checkpoints) if resume else None
     resume_step = int(state.meta["step"]) if state is not None else None
@@ -237,8 +249,9 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
             probe.open(resume_step)
         if state is None:  # every rank sees the whole first global batch
             first = collate_images([dataset[int(i)] for i in sampler.global_batch(0)]).to(device)
-            for hook in hooks:
-                hook.start(ctx, first)
+            with between_steps():
+                for hook in hooks:
+                    hook.start(ctx, first)
         ddp = model
         if world > 1:
             ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -310,7 +323,8 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
                 row.update({k: float(v) / window_steps for k, v in totals.items()})
                 row.update({"img_per_s": window_steps * cfg.batch_size / elapsed, "sec_per_step": elapsed / window_steps})
                 if probe is not None:
-                    row.update(probe(stepper.model, done, row["kimg"]))
+                    with between_steps():
+                        row.update(probe(stepper.model, done, row["kimg"]))
                 if main:
                     logger.log(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
