@@ -15,7 +15,7 @@ from disdis.diagnostics import UnitProbe, probe_classes
 from disdis.nn.layers import TransformerBlock
 from disdis.train.checkpoint import list_checkpoints, load_checkpoint
 from disdis.train.logger import read_csv_log
-from train_standins import tiny_run_config, write_yaml
+from train_standins import repo_script, tiny_run_config, write_yaml
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -186,3 +186,15 @@ def test_run_logs_shares_and_trains_the_same_weights_with_or_without_probe(tmp_p
     a, _ = load_checkpoint(list_checkpoints(tmp_path / "probed" / "checkpoints")[-1])
     b, _ = load_checkpoint(list_checkpoints(tmp_path / "plain" / "checkpoints")[-1])
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_anchor_shift_within_value_spread_of_tokens_known_as_functions_of_the_factors():
+    script = repo_script("benchmarks/anchor_shift.py")
+    sizes = [3, 4]
+    values = torch.cartesian_prod(torch.arange(3.0), torch.arange(4.0))  # the grid's order: factor 0 slowest
+    tokens = torch.stack([values[:, 0], 2 * values[:, 0] ** 2], dim=1)  # a function of factor 0 alone
+    spread = script.rms(tokens - tokens.mean(0))
+    assert spread == pytest.approx(math.sqrt(((tokens - tokens.mean(0)) ** 2).sum(1).mean().item()))
+    assert script.within_value_spread(tokens, sizes, 0) == pytest.approx(0.0, abs=1e-6)
+    # each value of factor 1 holds every value of factor 0 once: its mean token is the grand mean
+    assert script.within_value_spread(tokens, sizes, 1) == pytest.approx(spread)
