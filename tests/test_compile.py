@@ -53,9 +53,10 @@ def test_compiled_networks_train_as_the_eager_ones(tmp_path, shapes3d_grid_npz, 
     assert compiled.keys() == eager.keys()  # compiled in place: no "_orig_mod." in the parameter names
 
 
-def test_compile_of_a_method_without_networks_is_refused(tmp_path, shapes3d_grid_npz, capsys):
+def test_compile_of_a_method_without_networks_is_refused_before_any_work(tmp_path, shapes3d_grid_npz, capsys):
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run", method={"name": "first_stage"},
                           first_stage={"kind": "vq", "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
                                        "codebook_size": 16}, train={"compile": True})
     assert main(["train", write_yaml(tmp_path / "fs.yaml", cfg)]) != 0
     assert "train.compile: FirstStageTraining names no networks to compile" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

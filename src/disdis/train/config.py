@@ -41,8 +41,8 @@ class TrainConfig:
     channels_last: bool = False               # 4-D weights and images channels-last: faster for the paper's networks
                                               # (benchmarks/train_step.py), slower for the demo's tiny ones on CPUs
     compile: bool = False                     # torch.compile the method's networks (Method.networks): the demo's step
-                                              # 1.2x on CPUs after about 2 min of compiling, which its 3-min stage
-                                              # does not earn back (benchmarks/train_step.py, docs/demo-study.md)
+                                              # 1.2x on CPUs after about 2 min of compiling (cached for later runs),
+                                              # which its 3-min stage does not earn back (docs/demo-study.md)
     num_workers: int = 4
 
     def steps(self, kimg: float) -> int:

@@ -200,6 +200,12 @@ class TrainStep:
         self.holding = holding
 
 
+def check_compile(model: nn.Module, cfg: TrainConfig) -> None:
+    """``train.compile`` asks for networks to compile: refused for a method that names none."""
+    if cfg.compile and not getattr(model, "networks", ()):
+        raise ConfigError(f"train.compile: {type(model).__name__} names no networks to compile")
+
+
 def between_steps():
     """The context of the work between steps (hooks, the probe): eager under ``train.compile``, whose
     graphs are the step's; compiled, each other mode the networks run in (evaluation, no gradient,
@@ -230,9 +236,8 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     model.to(device).train()
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
+    check_compile(model, cfg)
     if cfg.compile:
-        if not getattr(model, "networks", ()):
-            raise ConfigError(f"train.compile: {type(model).__name__} names no networks to compile")
         model.compile_networks()
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank, world_size=world)
     state = _load_latest(run.checkpoints) if resume else None
