@@ -56,7 +56,7 @@ def report(source: str, draws: int) -> None:
     from disdis.train.run import load_trained_model
     from unit_drift import grid_images  # benchmarks/, beside this script
     cfg, model, checkpoint = load_trained_model(source, "model")
-    if not hasattr(model, "anchor_state") or not hasattr(model, "unit_tokens"):
+    if not hasattr(model, "anchor_state") or not hasattr(model, "tokenizer"):
         raise SystemExit(f"{source}: not a run of the paper's method (no anchors to shift tokens to)")
     if not model.anchoring.enabled:
         raise SystemExit(f"{source}: its run has DyGA off (method.anchoring.enabled: false)")
@@ -64,7 +64,7 @@ def report(source: str, draws: int) -> None:
     model.eval()
     with torch.no_grad():
         units = model.extractor(images)
-        tokens = model.unit_tokens(images)
+        tokens = model.tokenizer(units)
         anchored = model.anchor(tokens)
     shares = unit_factor_shares(units.double().numpy(), sizes)
     components = [int(k) for k in model.anchor_state.anchors().num_components]

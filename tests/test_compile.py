@@ -13,24 +13,24 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 UNITS = {"num_units": 4, "token_dim": 8, "extractor_width": 4, "fc_hidden": [16], "mlp_hidden": [8, 8]}
 # the demo's two stages and a VAE: no Skip Dropout, whose masks, drawn inside the compiled U-Net, would
-# come from inductor's own generator; the autoencoder with every term of the demo's warm start
+# come from inductor's own generator; the autoencoder with every term of the demo's warm start. Each
+# method's whole "method" section, or (the paper's) updates of the tiny config's
 METHODS = {
     "disentangled_diffusion": {"unet": {"skip_dropout": 0.0}},
-    "autoencoder": {"method": {"name": "autoencoder", "units": UNITS, "loss": {
+    "autoencoder": {"name": "autoencoder", "units": UNITS, "loss": {
         "beta": 2.0, "tc_weight": 1.0, "free_nats": 0.5, "gradient": "magnitude", "gradient_weight": 1.0,
-        "hessian_weight": 0.02}}},
-    "beta_tcvae": {"method": {"name": "beta_tcvae", "resolution": 16, "latents": 4}},
+        "hessian_weight": 0.02}},
+    "beta_tcvae": {"name": "beta_tcvae", "resolution": 16, "latents": 4},
 }
 
 
 def _run(tmp_path, data, method: str, compile: bool) -> tuple[list[dict], dict]:
     name = "compiled" if compile else "eager"
-    sections = dict(METHODS[method])
-    cfg = tiny_run_config(data, tmp_path / name, train={"total_kimg": 0.064, "log_every_kimg": 0.016,
-                                                        "checkpoint_every_kimg": 0.064, "compile": compile},
-                          **{k: v for k, v in sections.items() if k != "method"})
-    if "method" in sections:
-        cfg["method"] = sections["method"]
+    train = {"total_kimg": 0.064, "log_every_kimg": 0.016, "checkpoint_every_kimg": 0.064, "compile": compile}
+    section = METHODS[method]
+    cfg = tiny_run_config(data, tmp_path / name, train=train, **({} if "name" in section else section))
+    if "name" in section:
+        cfg["method"] = section
     assert main(["train", write_yaml(tmp_path / f"{name}.yaml", cfg)]) == 0
     tensors, _ = load_checkpoint(list_checkpoints(tmp_path / name / "checkpoints")[-1])
     return read_csv_log(tmp_path / name / "logs/train.csv"), tensors
