@@ -111,7 +111,7 @@ def test_a_preset_holds_only_what_differs_from_its_base(tmp_path):
     assert (mpi.data.kind, mpi.method.anchoring.refit_images) == ("mpi3d", 100000)
     mine = write_yaml(tmp_path / "mine.yaml", {"base": "demo", "train": {"total_kimg": 4}})
     cfg = load_run_config(mine, ["data.path=x"])
-    assert cfg.train.total_kimg == 4 and cfg.train.batch_size == 64 and cfg.method.units.num_units == 10
+    assert cfg.train.total_kimg == 4 and cfg.train.batch_size == 128 and cfg.method.units.num_units == 10
     assert cfg.train.lr_scale == {"extractor": 0.1}  # a mapping value merges key by key; an empty one clears it
     cleared = write_yaml(tmp_path / "cleared.yaml", {"base": "demo", "train": {"lr_scale": {}, "group_eps": {"unet": 1e-6}}})
     cfg = load_run_config(cleared, ["data.path=x"])
