@@ -1,14 +1,19 @@
-"""Two processes with DDP on the CPU (gloo): both ranks end with the same weights and anchors."""
+"""Two processes with DDP on the CPU (gloo): both ranks end with the same weights and anchors; the
+benchmark of DDP processes against threads runs."""
 
 import os
+import re
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from train_standins import tiny_run_config
+from train_standins import tiny_run_config, write_yaml
 
 
 def _free_port() -> int:
@@ -56,3 +61,17 @@ def test_two_ranks_hold_the_same_weights_and_anchors(tmp_path, shapes3d_grid_npz
     assert sorted(p.name for p in (run / "fits").iterdir()) == ["fit-000000005.safetensors", "fit-000000010.safetensors"]
     from disdis.train.logger import read_csv_log
     assert [row["step"] for row in read_csv_log(run / "logs/train.csv")] == [5, 10]
+
+
+def test_ddp_step_benchmark_alternates_threads_and_processes(tmp_path, shapes3d_grid_npz):
+    """benchmarks/ddp_step.py: one process of 2 threads against 2 DDP processes of 1 thread, alternated,
+    each pair's ratio and their median, with the frozen modules held too."""
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run", train={"freeze_modules": ["extractor"], "freeze_kimg": 1})
+    config = write_yaml(tmp_path / "tiny.yaml", cfg)
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "ddp_step.py"
+    out = subprocess.run([sys.executable, str(script), "--config", str(config), "--batch", "4", "--steps", "1",
+                          "--warmup", "1", "--repeats", "2", "--held"],
+                         capture_output=True, text=True, check=True, timeout=600).stdout
+    assert len(re.findall(r"^(held )?pair \d .* x\d+\.\d\d$", out, re.M)) == 4
+    assert re.search(r"^median DDP / threads: x\d+\.\d\d$", out, re.M)
+    assert re.search(r"^held median DDP / threads: x\d+\.\d\d$", out, re.M)

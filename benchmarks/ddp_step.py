@@ -1,0 +1,111 @@
+"""Are the cores better used as processes than as threads? The training loop's step with N processes
+of one thread each (DDP over gloo, as ``torchrun --nproc_per_node N -m disdis train`` runs it) against
+one process of N threads, at the same global batch.
+
+    python benchmarks/ddp_step.py [--config configs/demo.yaml] [--set key=value ...] [--batch 128]
+                                  [--processes 2] [--steps 12] [--warmup 3] [--repeats 3] [--held]
+
+Both rows time ``benchmarks/train_step.py``'s model step (the loop's ``TrainStep`` on the model the
+config builds, eager, default memory format); the DDP row wraps the model as the loop does, each rank
+with batch / N images. ``--held`` also times both with the config's ``train.freeze_modules`` out of
+the graph (their parameters need no gradient from the start; note that the loop under DDP still
+computes the held modules' gradients, since DDP waits for every parameter it was built with). Each
+row: the median of rank 0's step times (the ranks wait for each other in the gradient all-reduce);
+images per second count the global batch. The two rows alternate ``--repeats`` times, each pair's
+ratio printed, and the median ratio last: on a shared machine the rate drifts by more than the
+difference between the rows within a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import time
+
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from train_step import ModelStep
+
+
+def time_step(args: argparse.Namespace, batch: int, held: bool) -> float:
+    """Median seconds of ``args.steps`` steps at ``batch`` images, after ``args.warmup``; DDP-wrapped
+    when a process group is up."""
+    from disdis.train import TrainStep, distributed
+    from disdis.train.ema import named_submodules
+    cpu = torch.device("cpu")
+    step = ModelStep(args.config, ["method.cache_latents=true", *args.set], batch, "eager", cpu, False)
+    cfg = step.step.cfg
+    if held:
+        for module in named_submodules(step.model, cfg.freeze_modules, "train.freeze_modules"):
+            module.requires_grad_(False)
+    wrapped = nn.parallel.DistributedDataParallel(step.model) if distributed.world_size() > 1 else step.model
+    step.step = TrainStep(step.model, cfg, cpu, ddp=wrapped)
+    for _ in range(args.warmup):
+        step()
+    distributed.barrier()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _rank(rank: int, world: int, port: int, args: argparse.Namespace, held: bool, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from disdis.train import distributed
+    distributed.init("cpu")
+    try:
+        seconds = time_step(args, args.batch // world, held)
+        if rank == 0:
+            results.put(seconds)
+    finally:
+        distributed.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/demo.yaml", help="run config file (default %(default)s)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides of the run config")
+    parser.add_argument("--batch", type=int, default=128, help="the global batch (default %(default)s)")
+    parser.add_argument("--processes", type=int, default=2, help="DDP processes of one thread each (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per row (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of rows, alternated (default %(default)s)")
+    parser.add_argument("--held", action="store_true", help="also time both with train.freeze_modules held")
+    args = parser.parse_args()
+    if args.processes < 2 or args.batch % args.processes:
+        parser.error(f"--processes {args.processes}: at least 2, dividing --batch {args.batch}")
+    print(f"one process of {args.processes} threads against {args.processes} processes of 1 thread (DDP, gloo), "
+          f"alternated; global batch {args.batch}")
+    print(f"{'row':<20} {'threads s/step':>14} {'img/s':>8} {'DDP s/step':>11} {'img/s':>8} {'DDP / threads':>14}")
+    results = mp.get_context("spawn").SimpleQueue()
+    for held in (False, True)[:1 + args.held]:
+        ratios = []
+        for repeat in range(args.repeats):
+            torch.set_num_threads(args.processes)
+            threads = time_step(args, args.batch, held)
+            mp.spawn(_rank, args=(args.processes, _free_port(), args, held, results), nprocs=args.processes, join=True)
+            ranks = results.get()
+            ratios.append(threads / ranks)
+            name = f"{'held ' if held else ''}pair {repeat + 1}"
+            print(f"{name:<20} {threads:>14.3f} {args.batch / threads:>8.1f} {ranks:>11.3f} {args.batch / ranks:>8.1f} "
+                  f"{'x':>9}{ratios[-1]:.2f}", flush=True)
+        print(f"{'held ' if held else ''}median DDP / threads: x{statistics.median(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()
