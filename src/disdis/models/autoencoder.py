@@ -110,6 +110,7 @@ from disdis.models.vae import DatasetSize
 from disdis.models.vae_losses import gaussian_kl_units, reparameterize, total_correlation
 from disdis.nn.units import FeatureExtractor, UnitsConfig
 from disdis.nn.vae import DeconvDecoder
+from disdis.train import distributed
 from disdis.train.config import TrainConfig
 from disdis.train.encode import encode_training_subset
 from disdis.train.hooks import Hook, HookContext
@@ -433,7 +434,12 @@ class LossSchedule(Hook):
             getattr(self.model, name).fill_(_linear(getattr(loss, name), getattr(loss, f"{name}_end"), kimg,
                                                     loss.gradient_ramp_kimg))
         if loss.hold_weight and kimg >= loss.gradient_ramp_kimg[0] and not self.model.hold_taken:
-            for parameter in self.model.hold_units(self._code(ctx) if loss.gather_units else None):
+            # under DDP every rank encodes the code and copies the extractor with rank 0's BatchNorm
+            # statistics, and takes rank 0's fresh draws (each rank's random stream is its own)
+            distributed.broadcast_buffers(self.model)
+            drawn = self.model.hold_units(self._code(ctx) if loss.gather_units else None)
+            distributed.broadcast_in_place(drawn)
+            for parameter in drawn:
                 if ctx.optimizer is not None:  # a module drawn anew starts its moments afresh too
                     ctx.optimizer.state.pop(parameter, None)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -84,10 +85,15 @@ def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
 
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy ``src``'s buffers (BatchNorm statistics, ...) to every rank, in place."""
+    broadcast_in_place(module.buffers(), src)
+
+
+def broadcast_in_place(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
+    """Copy ``src``'s values of ``tensors`` (parameters, buffers) to every rank, in place."""
     if not dist.is_initialized():
         return
-    for buf in module.buffers():
-        dist.broadcast(buf.data, src=src)
+    for tensor in tensors:
+        dist.broadcast(tensor.data, src=src)
 
 
 def broadcast_json(obj: object, src: int = 0) -> object:
