@@ -7,9 +7,8 @@ one process of N threads, at the same global batch.
 
 Both rows time ``benchmarks/train_step.py``'s model step (the loop's ``TrainStep`` on the model the
 config builds, eager, default memory format); the DDP row wraps the model as the loop does, each rank
-with batch / N images. ``--held`` also times both with the config's ``train.freeze_modules`` out of
-the graph (their parameters need no gradient from the start; note that the loop under DDP still
-computes the held modules' gradients, since DDP waits for every parameter it was built with). Each
+with batch / N images. ``--held`` also times both with the config's ``train.freeze_modules`` held, as
+the loop holds them: out of the graph, the DDP wrapper built around the other parameters. Each
 row: the median of rank 0's step times (the ranks wait for each other in the gradient all-reduce);
 images per second count the global batch. The two rows alternate ``--repeats`` times, each pair's
 ratio printed, and the median ratio last: on a shared machine the rate drifts by more than the
@@ -35,15 +34,11 @@ def time_step(args: argparse.Namespace, batch: int, held: bool) -> float:
     """Median seconds of ``args.steps`` steps at ``batch`` images, after ``args.warmup``; DDP-wrapped
     when a process group is up."""
     from disdis.train import TrainStep, distributed
-    from disdis.train.ema import named_submodules
     cpu = torch.device("cpu")
-    step = ModelStep(args.config, ["method.cache_latents=true", *args.set], batch, "eager", cpu, False)
-    cfg = step.step.cfg
-    if held:
-        for module in named_submodules(step.model, cfg.freeze_modules, "train.freeze_modules"):
-            module.requires_grad_(False)
-    wrapped = nn.parallel.DistributedDataParallel(step.model) if distributed.world_size() > 1 else step.model
-    step.step = TrainStep(step.model, cfg, cpu, ddp=wrapped)
+    step = ModelStep(args.config, ["method.cache_latents=true", *args.set], batch, "eager", cpu, False, held)
+    if distributed.world_size() > 1:  # the loop's DDP wrapper, built anew when the hold changes
+        step.step = TrainStep(step.model, step.step.cfg, cpu, wrap=nn.parallel.DistributedDataParallel,
+                              freeze_steps=step.step.freeze_steps)
     for _ in range(args.warmup):
         step()
     distributed.barrier()

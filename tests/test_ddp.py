@@ -47,7 +47,9 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, out_dir: str) -> N
 
 
 def test_two_ranks_hold_the_same_weights_and_anchors(tmp_path, shapes3d_grid_npz):
-    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run", train={"total_kimg": 0.16})  # 10 steps, 2 fits
+    """Also across a hold of the extractor (steps 0-4; the DDP wrapper built anew at its start and end)."""
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run", train={  # 10 steps, 2 fits
+        "total_kimg": 0.16, "freeze_modules": ["extractor"], "freeze_kimg": 0.08})
     mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     assert sorted(r0) == sorted(r1) and r0["buffer/anchor_state.fitted"] == 1

@@ -226,36 +226,43 @@ def test_frozen_modules_do_not_move_during_freeze_kimg(tmp_path, shapes3d_grid_n
 
 
 class _PassThrough(torch.nn.Module):
-    """Stands where DDP would: the step then computes the held modules' gradients and drops them."""
+    """Stands where DDP would (built by the step around the model); counts how often it is built and which
+    parameters needed a gradient then."""
+    built: list = []
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        _PassThrough.built.append(sum(p.requires_grad for p in model.parameters()))
 
     def forward(self, images):
         return self.model(images)
 
 
-def test_held_modules_leave_the_graph_and_train_exactly_as_when_their_gradients_are_dropped():
-    """On one process the held encoder stops requiring gradients for the first 3 steps; weights, EMA and
-    Adam moments after 6 steps equal, bit for bit, those of the DDP path that computes and drops them."""
+def test_held_modules_leave_the_graph_and_the_wrapper_is_built_again_when_the_hold_changes():
+    """The held encoder stops requiring gradients for the first 3 steps, on one process and under a
+    wrapper (DDP's place), which the step builds anew when the hold begins and when it ends, each time
+    around the parameters that then need a gradient; weights, EMA and Adam moments after 6 steps are
+    the same, bit for bit, either way."""
     from disdis.train.loop import TrainStep
     from train_standins import TwoGroupAutoencoder
     cfg = config(freeze_modules=["encoder"], freeze_kimg=3 * STEP_KIMG, seed=5)
     images = TinyImages(16).images
     runs = []
-    for wrap in (False, True):
+    _PassThrough.built = []
+    for wrap in (None, _PassThrough):
         torch.manual_seed(0)
         model = TwoGroupAutoencoder()
-        step = TrainStep(model, cfg, torch.device("cpu"), ddp=_PassThrough(model) if wrap else None, freeze_steps=3)
+        step = TrainStep(model, cfg, torch.device("cpu"), wrap=wrap, freeze_steps=3)
         start = {k: v.clone() for k, v in model.state_dict().items()}
         for i in range(6):
             step(images, i)
-            if not wrap and i < 3:
-                assert not any(p.requires_grad for p in model.encoder.parameters())
+            assert any(p.requires_grad for p in model.encoder.parameters()) == (i >= 3)
             assert torch.equal(model.encoder[1].weight, start["encoder.1.weight"]) == (i < 3)
         assert all(p.requires_grad for p in model.parameters())
         runs.append((model.state_dict(), step.ema.module.state_dict(), step.optimizer.state_dict()["state"]))
+    everything, held = len(list(model.parameters())), len(list(model.parameters())) - len(list(model.encoder.parameters()))
+    assert _PassThrough.built == [everything, held, everything]  # at the start, when holding, when released
     (weights, ema, moments), (weights_ref, ema_ref, moments_ref) = runs
     assert all(torch.equal(weights[k], weights_ref[k]) and torch.equal(ema[k], ema_ref[k]) for k in weights)
     assert all(torch.equal(moments[i][k], moments_ref[i][k]) for i in moments_ref for k in moments_ref[i])

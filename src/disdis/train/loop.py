@@ -25,11 +25,13 @@ resumed ends with the same weights as one that was never interrupted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,9 +140,11 @@ class TrainStep:
     the EMA update. ``benchmarks/train_step.py`` times exactly this.
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, *, ddp: nn.Module | None = None,
-                 hooks: list[Hook] = (), ctx: HookContext | None = None, freeze_steps: int = 0):
-        self.model, self.ddp, self.cfg, self.device = model, ddp or model, cfg, device
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, *,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None, hooks: list[Hook] = (),
+                 ctx: HookContext | None = None, freeze_steps: int = 0):
+        self.model, self.wrap, self.cfg, self.device = model, wrap, cfg, device
+        self.ddp = wrap(model) if wrap is not None else model
         self.bf16 = cfg.bf16 and device.type == "cuda"
         self.optimizer = make_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))
         self.ema = EMA(model, cfg.ema_halflife_kimg * 1000, warmup=cfg.ema_warmup, modules=cfg.ema_modules)
@@ -148,10 +152,6 @@ class TrainStep:
         self.frozen = [p for m in named_submodules(model, cfg.freeze_modules, "train.freeze_modules")
                        for p in m.parameters() if p.requires_grad]
         self.freeze_steps = freeze_steps
-        # on one process the frozen modules leave the graph while held (no backward through them: the
-        # demo's held step runs 1.12x faster); DDP waits for the gradient of every parameter it was
-        # built with, so there they are computed and dropped
-        self.detach_frozen = self.ddp is model
         self.holding = False
         self.hooks, self.ctx = list(hooks), ctx
         self.intervals = [hook.interval(ctx) for hook in self.hooks] if ctx is not None else [0] * len(self.hooks)
@@ -191,12 +191,16 @@ class TrainStep:
         return StepOutput(out, loss_mean, stopping > 0, out_of_time > 0)
 
     def hold(self, holding: bool) -> None:
-        """Hold the frozen modules still (``train.freeze_modules``) or release them. Held parameters get no
-        gradient; on one process they also stop requiring one, and the EMA, which averages only
-        parameters that do, leaves them as they are, which equals averaging a weight that does not move."""
-        if holding != self.holding and self.detach_frozen:
+        """Hold the frozen modules still (``train.freeze_modules``) or release them. Held parameters stop
+        requiring a gradient: they leave the graph (no backward through them: the demo's held step runs
+        1.12x faster), and the EMA, which averages only parameters that do, leaves them as they are,
+        which equals averaging a weight that does not move. DDP reduces the gradients of the parameters
+        that required one when it was built, so it is built again (``wrap``) whenever the hold changes."""
+        if holding != self.holding:
             for p in self.frozen:
                 p.requires_grad_(not holding)
+            if self.wrap is not None:
+                self.ddp = self.wrap(self.model)
         self.holding = holding
 
 
@@ -257,11 +261,12 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
             with between_steps():
                 for hook in hooks:
                     hook.start(ctx, first)
-        ddp = model
+        wrap = None
         if world > 1:
-            ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            wrap = functools.partial(nn.parallel.DistributedDataParallel,
+                                     device_ids=[device.index] if device.type == "cuda" else None)
         freeze = round(cfg.freeze_kimg * 1000 / cfg.batch_size) if cfg.freeze_modules else 0
-        stepper = TrainStep(model, cfg, device, ddp=ddp, hooks=hooks, ctx=ctx, freeze_steps=freeze)
+        stepper = TrainStep(model, cfg, device, wrap=wrap, hooks=hooks, ctx=ctx, freeze_steps=freeze)
         ctx.optimizer = stepper.optimizer
         start = _restore(state, stepper, cfg) if state is not None else 0
         seconds = float(state.meta.get("train_seconds", 0.0)) if state is not None else 0.0
