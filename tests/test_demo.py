@@ -113,3 +113,10 @@ def test_demo_data_is_cached(tmp_path, capsys):
     assert "data: cached" in capsys.readouterr().err
     make_demo_data(path, 32)  # another resolution renders again
     assert open_dataset(path).resolution == 32
+
+
+def test_demo_under_torchrun_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["demo", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "grid.npz")]) == 2
+    assert "the demo runs as one process; to train on several: torchrun --nproc_per_node N" in capsys.readouterr().err
+    assert not (tmp_path / "grid.npz").exists() and not (tmp_path / "run").exists()
