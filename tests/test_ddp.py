@@ -1,5 +1,6 @@
-"""Two processes with DDP on the CPU (gloo): both ranks end with the same weights and anchors; the
-benchmark of DDP processes against threads runs."""
+"""Two processes with DDP on the CPU (gloo): both ranks end with the same weights and anchors, across a
+hold of the extractor and across the warm start's hold and reopening; the benchmark of DDP processes
+against threads runs."""
 
 import os
 import re

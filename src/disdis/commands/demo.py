@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from disdis.data.demo_grid import DEMO_GRID, make_demo_data
+    from disdis.errors import ConfigError
     from disdis.evaluation import evaluate_run, protocol_overrides
     from disdis.figures import make_figures
     from disdis.metrics import format_table
@@ -47,7 +48,6 @@ def run(args: argparse.Namespace) -> int:
                                write_report)
     from disdis.run_config import load_run_config
     from disdis.rundir import RunDir
-    from disdis.errors import ConfigError
     from disdis.train.run import dependency_source, resume_run, start_run
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # measured slower than one process of 2 threads (README)
