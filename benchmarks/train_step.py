@@ -126,8 +126,10 @@ class ModelStep:
         self.held = []
         if stage == "extractor":  # its loss schedule (and hold) as at at_kimg
             step = round((cfg.train.total_kimg if at_kimg is None else at_kimg) * 1000 / batch)
-            # the data's size (the TC term's N) does not change the step's cost: the demo grid's 729
-            ctx = SimpleNamespace(cfg=train_cfg, optimizer=None, resume_step=step, dataset=range(729))
+            # the data's size (the TC term's N) does not change the step's cost: the demo grid's 729, as
+            # random images, which a hold that gathers the code encodes
+            data = torch.utils.data.TensorDataset(torch.rand(729, *self.images.shape[1:]) * 2 - 1)
+            ctx = SimpleNamespace(cfg=train_cfg, optimizer=None, resume_step=step, dataset=data, device=device)
             if hasattr(self.model, "unit_kl"):  # every unit in use at the hold: the held copy's cost is the same for any
                 self.model.unit_kl.fill_(float("inf"))
             for hook in self.model.hooks():

@@ -120,3 +120,12 @@ def test_demo_under_torchrun_is_refused_before_any_work(tmp_path, capsys, monkey
     assert main(["demo", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "grid.npz")]) == 2
     assert "the demo runs as one process; to train on several: torchrun --nproc_per_node N" in capsys.readouterr().err
     assert not (tmp_path / "grid.npz").exists() and not (tmp_path / "run").exists()
+
+
+def test_train_step_benchmark_times_the_warm_start_past_its_gathered_hold(one_torch_thread):
+    """benchmarks/train_step.py --stage extractor on the demo's config (tiny): the autoencoder's step as at
+    the end of its training, after the hold gathered the code of (random) images into its held copy."""
+    import torch
+    bench = repo_script("benchmarks/train_step.py")
+    row = bench.run("demo", "eager", 8, 1, 0, torch.device("cpu"), False, TINY, stage="extractor")
+    assert row["config"] == "demo/ae" and row["img_s"] > 0 and row["step"] > 0
