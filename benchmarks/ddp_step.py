@@ -4,10 +4,12 @@ one process of N threads, at the same global batch.
 
     python benchmarks/ddp_step.py [--config configs/demo.yaml] [--set key=value ...] [--batch 128]
                                   [--processes 2] [--steps 12] [--warmup 3] [--repeats 3] [--held]
+                                  [--stage run|extractor] [--at-kimg K]
 
 Both rows time ``benchmarks/train_step.py``'s model step (the loop's ``TrainStep`` on the model the
 config builds, eager, default memory format); the DDP row wraps the model as the loop does, each rank
-with batch / N images. ``--held`` also times both with the config's ``train.freeze_modules`` held, as
+with batch / N images. ``--stage extractor [--at-kimg K]`` times instead the autoencoder of the
+config's extractor warm start, its loss schedule as at K kimg (as ``train_step.py`` does). ``--held`` also times both with the config's ``train.freeze_modules`` held, as
 the loop holds them: out of the graph, the DDP wrapper built around the other parameters. Each
 row: the median of rank 0's step times (the ranks wait for each other in the gradient all-reduce);
 images per second count the global batch. The two rows alternate ``--repeats`` times, each pair's
@@ -35,7 +37,8 @@ def time_step(args: argparse.Namespace, batch: int, held: bool) -> float:
     when a process group is up."""
     from disdis.train import TrainStep, distributed
     cpu = torch.device("cpu")
-    step = ModelStep(args.config, ["method.cache_latents=true", *args.set], batch, "eager", cpu, False, held)
+    step = ModelStep(args.config, ["method.cache_latents=true", *args.set], batch, "eager", cpu, False, held,
+                     args.stage, args.at_kimg)
     if distributed.world_size() > 1:  # the loop's DDP wrapper, built anew when the hold changes
         step.step = TrainStep(step.model, step.step.cfg, cpu, wrap=nn.parallel.DistributedDataParallel,
                               freeze_steps=step.step.freeze_steps)
@@ -81,6 +84,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     parser.add_argument("--repeats", type=int, default=3, help="pairs of rows, alternated (default %(default)s)")
     parser.add_argument("--held", action="store_true", help="also time both with train.freeze_modules held")
+    parser.add_argument("--stage", choices=["run", "extractor"], default="run",
+                        help="the config's own model (run), or the autoencoder of its extractor warm start")
+    parser.add_argument("--at-kimg", type=float, default=None,
+                        help="--stage extractor: its loss schedule as at this many kimg (default: its total_kimg)")
     args = parser.parse_args()
     if args.processes < 2 or args.batch % args.processes:
         parser.error(f"--processes {args.processes}: at least 2, dividing --batch {args.batch}")
