@@ -9,8 +9,9 @@ one process of N threads, at the same global batch.
 Both rows time ``benchmarks/train_step.py``'s model step (the loop's ``TrainStep`` on the model the
 config builds, eager, default memory format); the DDP row wraps the model as the loop does, each rank
 with batch / N images. ``--stage extractor [--at-kimg K]`` times instead the autoencoder of the
-config's extractor warm start, its loss schedule as at K kimg (as ``train_step.py`` does). ``--held`` also times both with the config's ``train.freeze_modules`` held, as
-the loop holds them: out of the graph, the DDP wrapper built around the other parameters. Each
+config's extractor warm start, its loss schedule as at K kimg (as ``train_step.py`` does).
+``--held`` also times both with the config's ``train.freeze_modules`` held, as the loop holds them:
+out of the graph, the DDP wrapper built around the other parameters. Each
 row: the median of rank 0's step times (the ranks wait for each other in the gradient all-reduce);
 images per second count the global batch. The two rows alternate ``--repeats`` times, each pair's
 ratio printed, and the median ratio last: on a shared machine the rate drifts by more than the
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--at-kimg", type=float, default=None,
                         help="--stage extractor: its loss schedule as at this many kimg (default: its total_kimg)")
     args = parser.parse_args()
+    if args.at_kimg is not None and args.stage != "extractor":
+        parser.error("--at-kimg: only with --stage extractor")
     if args.processes < 2 or args.batch % args.processes:
         parser.error(f"--processes {args.processes}: at least 2, dividing --batch {args.batch}")
     print(f"one process of {args.processes} threads against {args.processes} processes of 1 thread (DDP, gloo), "
