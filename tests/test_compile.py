@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 UNITS = {"num_units": 4, "token_dim": 8, "extractor_width": 4, "fc_hidden": [16], "mlp_hidden": [8, 8]}
 # the demo's two stages and a VAE: no Skip Dropout, whose masks, drawn inside the compiled U-Net, would
 # come from inductor's own generator; the autoencoder with every term of the demo's warm start. Each
-# method's whole "method" section, or (the paper's) updates of the tiny config's
+# entry is a method's whole "method" section or, for the paper's, updates of the tiny config's sections
 METHODS = {
     "disentangled_diffusion": {"unet": {"skip_dropout": 0.0}},
     "autoencoder": {"name": "autoencoder", "units": UNITS, "loss": {
