@@ -181,24 +181,30 @@ def op_class(name: str) -> str:
     return "attention" if "scaled_dot_product" in op else "other"
 
 
-def breakdown(step: "ModelStep", steps: int, peak: float) -> list[dict]:
-    """Per class of op: ms per step (profiled self time), GFLOP per step (counted on one step), the rate;
-    then the whole step, and the step as it would be if "other" took no time (the most that fusing or
-    removing everything but the matrix arithmetic could reach)."""
+def op_times(step: "ModelStep", steps: int) -> dict[str, float]:
+    """Seconds per step of each op (its profiled self time, averaged over ``steps`` steps); together, the
+    profiled steps' time."""
     from torch.profiler import ProfilerActivity, profile
-    with FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
-        step()
-    flops = dict.fromkeys(OP_CLASSES, 0)
-    for op, count in counter.get_flop_counts()["Global"].items():
-        flops[op_class(str(op))] += count
     with profile(activities=[ProfilerActivity.CPU]):  # the profiler's first start-up is slow: not in the count
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
+    return {event.key: event.self_cpu_time_total / 1e6 / steps for event in prof.key_averages()}
+
+
+def breakdown(step: "ModelStep", steps: int, peak: float) -> list[dict]:
+    """Per class of op: ms per step (profiled self time), GFLOP per step (counted on one step), the rate;
+    then the whole step, and the step as it would be if "other" took no time (the most that fusing or
+    removing everything but the matrix arithmetic could reach)."""
+    with FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
+        step()
+    flops = dict.fromkeys(OP_CLASSES, 0)
+    for op, count in counter.get_flop_counts()["Global"].items():
+        flops[op_class(str(op))] += count
     seconds = dict.fromkeys(flops, 0.0)
-    for event in prof.key_averages():  # every event's self time: together, the profiled steps' time
-        seconds[op_class(event.key)] += event.self_cpu_time_total / 1e6 / steps
+    for op, sec in op_times(step, steps).items():
+        seconds[op_class(op)] += sec
     total, flop = sum(seconds.values()), sum(flops.values())
 
     def row(op: str, sec: float, count: int) -> dict:

@@ -68,16 +68,23 @@ def test_two_ranks_hold_the_same_weights_and_anchors(tmp_path, shapes3d_grid_npz
 
 def test_ddp_step_benchmark_alternates_threads_and_processes(tmp_path, shapes3d_grid_npz):
     """benchmarks/ddp_step.py: one process of 2 threads against 2 DDP processes of 1 thread, alternated,
-    each pair's ratio and their median, with the frozen modules held too."""
+    each pair's ratio and their median, with the frozen modules held too; ``--by-op`` then the ops where the
+    threads lose against one rank's share, held and not, with all ops together."""
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run", train={"freeze_modules": ["extractor"], "freeze_kimg": 1})
     config = write_yaml(tmp_path / "tiny.yaml", cfg)
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "ddp_step.py"
     out = subprocess.run([sys.executable, str(script), "--config", str(config), "--batch", "4", "--steps", "1",
-                          "--warmup", "1", "--repeats", "2", "--held"],
+                          "--warmup", "1", "--repeats", "2", "--held", "--by-op", "3"],
                          capture_output=True, text=True, check=True, timeout=600).stdout
     assert len(re.findall(r"^(held )?pair \d .* x\d+\.\d\d$", out, re.M)) == 4
     assert re.search(r"^median DDP / threads: x\d+\.\d\d$", out, re.M)
     assert re.search(r"^held median DDP / threads: x\d+\.\d\d$", out, re.M)
+    tables = out.split("per op, ms per step: 2 threads at batch 4 against one rank's share (1 thread, batch 2")[1:]
+    assert len(tables) == 2 and out.count("\nheld: per op") == 1
+    for table in tables:  # three ops, then all of them: their times and the ratio
+        rows = re.findall(r"^(\S.*?) +(\d+\.\d\d) +(\d+\.\d\d) +(\d+\.\d\d|inf)$", table, re.M)
+        assert len(rows) == 4 and rows[-1][0] == "all ops"
+        assert float(rows[-1][1]) >= max(float(row[1]) for row in rows[:3])
 
 
 def test_two_ranks_hold_the_same_autoencoder_across_its_hold_and_reopening(tmp_path, shapes3d_grid_npz):

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from disdis.cli import main
@@ -129,3 +130,17 @@ def test_train_step_benchmark_times_the_warm_start_past_its_gathered_hold(one_to
     bench = repo_script("benchmarks/train_step.py")
     row = bench.run("demo", "eager", 8, 1, 0, torch.device("cpu"), False, TINY, stage="extractor")
     assert row["config"] == "demo/ae" and row["img_s"] > 0 and row["step"] > 0
+
+
+def test_train_step_benchmark_breakdown_splits_the_step_by_class_of_op(one_torch_thread):
+    """benchmarks/train_step.py --breakdown on the demo's config (tiny): the profiled step's time split into
+    convolutions, matmuls, attention and everything else, which add up to the step; the step without the
+    rest is the step's time less "other"."""
+    import torch
+    bench = repo_script("benchmarks/train_step.py")
+    row = bench.run("demo", "eager", 8, 1, 0, torch.device("cpu"), False, TINY, by_op=True)
+    ops = {o["op"]: o for o in row["ops"]}
+    assert list(ops) == ["convolution", "matmul", "attention", "other", "step", "step - other"]
+    assert ops["step"]["ms"] == pytest.approx(sum(ops[c]["ms"] for c in bench.OP_CLASSES))
+    assert ops["step - other"]["ms"] == pytest.approx(ops["step"]["ms"] - ops["other"]["ms"])
+    assert all(ops[c]["ms"] > 0 and ops[c]["gflop"] > 0 for c in ("convolution", "matmul", "attention"))
