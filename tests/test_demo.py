@@ -1,6 +1,7 @@
 """`disdis demo` end to end on a tiny configuration (seconds): data, both stages, evaluation, report."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -144,3 +145,18 @@ def test_train_step_benchmark_breakdown_splits_the_step_by_class_of_op(one_torch
     assert ops["step"]["ms"] == pytest.approx(sum(ops[c]["ms"] for c in bench.OP_CLASSES))
     assert ops["step - other"]["ms"] == pytest.approx(ops["step"]["ms"] - ops["other"]["ms"])
     assert all(ops[c]["ms"] > 0 and ops[c]["gflop"] > 0 for c in ("convolution", "matmul", "attention"))
+
+
+def test_attention_threads_benchmark_times_the_shapes_the_model_runs(tmp_path):
+    """benchmarks/attention_threads.py on the demo's config (tiny): the attention shapes one forward pass
+    runs, read off the model (self-attention over the 8x8 map's 64 pixels, cross-attention to the 4 units'
+    tokens, each once per transformer), then per shape its times on 1 and 2 threads and one rank's share."""
+    import subprocess
+    import sys
+    bench = repo_script("benchmarks/attention_threads.py")
+    shapes = bench.attention_shapes("demo", TINY, 4)
+    assert set(shapes) == {(4, 2, 64, 64, 8), (4, 2, 64, 4, 8)} and len(set(shapes.values())) == 1
+    out = subprocess.run([sys.executable, str(bench.__file__), "--config", "demo", "--set", *TINY, "--batch", "4",
+                          "--calls", "2"], capture_output=True, text=True, check=True, timeout=300).stdout
+    rows = re.findall(r"^4, 2, 64, (64|4), 8 +(\d+)( +\d+\.\d{2,3}){6}$", out, re.M)
+    assert [row[0] for row in rows] == ["64", "4"] and {int(row[1]) for row in rows} == set(shapes.values())
