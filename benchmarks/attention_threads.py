@@ -4,12 +4,12 @@ backward, at each attention shape a config's model runs (read off one forward pa
     python benchmarks/attention_threads.py [--config configs/demo.yaml] [--set key=value ...]
                                            [--batch 128] [--threads 2] [--calls 30]
 
-Per shape (batch, heads, queries, keys, head width; self- or cross-attention; how often one forward
-pass runs it), the milliseconds of one forward + backward: on 1 thread; on N threads; and one rank's
-share on 1 thread (batch / N, the work each of N DDP processes does); then N threads against 1 (1/N:
-the threads split the work perfectly; 1.00: they gain nothing), N threads against the share (1.00:
-perfectly; N: nothing) and the system time per call on N threads (the kernel's threads waiting on each other shows up there, as futex
-calls). Inputs are laid out as the U-Net makes them (heads split off the channels of a (B, L, C)
+Per shape (batch, heads, queries, keys, head width; how often one forward pass runs it), the
+milliseconds of one forward + backward: on 1 thread; on N threads; and one rank's share on 1 thread
+(batch / N, the work each of N DDP processes does); then N threads against 1 (1/N: the threads split
+the work perfectly; 1.00: they gain nothing), N threads against the share (1.00: perfectly; N:
+nothing) and the system time per call on N threads (threads waiting on each other show up there, as
+futex calls). Inputs are laid out as the U-Net makes them (heads split off the channels of a (B, L, C)
 activation, a strided view), timed as medians over ``--calls`` calls.
 """
 
