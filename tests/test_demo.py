@@ -120,7 +120,9 @@ def test_demo_data_is_cached(tmp_path, capsys):
 def test_demo_under_torchrun_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["demo", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "grid.npz")]) == 2
-    assert "the demo runs as one process; to train on several: torchrun --nproc_per_node N" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the demo runs as one process; to train on several: torchrun --nproc_per_node N" in err
+    assert f"-m disdis train demo data.path={tmp_path / 'grid.npz'}" in err  # the data the demo was given
     assert not (tmp_path / "grid.npz").exists() and not (tmp_path / "run").exists()
 
 

@@ -48,11 +48,12 @@ def run(args: argparse.Namespace) -> int:
                                write_report)
     from disdis.run_config import load_run_config
     from disdis.rundir import RunDir
+    from disdis.train import distributed
     from disdis.train.run import dependency_source, resume_run, start_run
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # measured slower than one process of 2 threads (README)
+    if distributed.launched_world_size() > 1:  # measured slower than one process of 2 threads (README)
         raise ConfigError("the demo runs as one process; to train on several: torchrun --nproc_per_node N "
-                          "-m disdis train demo data.path=data/demo/shapes3d_grid.npz")
+                          f"-m disdis train demo data.path={args.data}")
     torch.set_num_threads(max(1, args.threads))
     clock = Clock()
     config = args.config or "demo"

@@ -25,9 +25,14 @@ def init(device_type: str) -> torch.device:
     _device = torch.device("cuda", local_rank()) if device_type == "cuda" else torch.device("cpu")
     if _device.type == "cuda":
         torch.cuda.set_device(_device)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if launched_world_size() > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if _device.type == "cuda" else "gloo")
     return _device
+
+
+def launched_world_size() -> int:
+    """The number of processes torchrun started (its WORLD_SIZE), whether or not the group is joined yet."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def shutdown() -> None:
