@@ -38,12 +38,14 @@ def test_tiny_run_learns_and_fills_its_folder(tmp_path, shapes3d_grid_npz, capsy
     assert RunDir(run).metrics == run / "metrics.json" and RunDir(run).fit(5) == run / "fits/fit-000000005.safetensors"
 
 
-@pytest.mark.parametrize("channels_last, cache_latents", [(False, False), (True, True)])
-def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes3d_grid_npz, channels_last, cache_latents):
+@pytest.mark.parametrize("channels_last, cache_latents, shards", [(False, False, 1), (True, True, 1), (False, True, 2)])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes3d_grid_npz, channels_last, cache_latents, shards):
     total = 0.32  # 20 steps of 16; a checkpoint every 5 steps
     config = write_yaml(tmp_path / "tiny.yaml", tiny_run_config(shapes3d_grid_npz, tmp_path / "killed",
-                                                                train={"total_kimg": total, "channels_last": channels_last},
-                                                                method={"cache_latents": cache_latents}))
+                                                                train={"total_kimg": total, "channels_last": channels_last,
+                                                                       "shards": shards},
+                                                                method={"cache_latents": cache_latents},
+                                                                unet={"dropout": 0.0 if shards > 1 else 0.1}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "disdis.cli", "train", config], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -21,6 +21,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 
+from disdis import draws
 from disdis.errors import ConfigError
 
 ModelFn = Callable[..., torch.Tensor]
@@ -108,7 +109,8 @@ class NoiseLoss:
 
     ``loss(model_fn, x0, cond)`` calls ``model_fn(x_t, t, cond)``, or ``model_fn(x_t, t)`` when
     ``cond`` is None, and returns the mean over all elements. ``t`` and ``noise`` may be given
-    (tests, variance-reduced schedules); otherwise they are drawn with ``generator``.
+    (tests, variance-reduced schedules); otherwise they are drawn with ``generator`` (by default the
+    thread's training generator, :func:`disdis.draws.generator`).
     """
 
     def __init__(self, schedule: NoiseSchedule, kind: Literal["l1", "l2"] = "l1"):
@@ -120,6 +122,7 @@ class NoiseLoss:
     def __call__(self, model_fn: ModelFn, x0: torch.Tensor, cond: torch.Tensor | None = None, *,
                  generator: torch.Generator | None = None, t: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None) -> torch.Tensor:
+        generator = generator if generator is not None else draws.generator()
         if t is None:
             t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device, generator=generator)
         if noise is None:

@@ -159,7 +159,9 @@ def unit_correlation(units: torch.Tensor, power: int = 1) -> torch.Tensor:
 
 
 class DisentangledDiffusion(LatentSpace, Anchored, Method):
-    capabilities = frozenset({"represent", "decode", "generate", "attention"})
+    # "shards": the training forward writes no state but BatchNorm's running statistics, and draws (the
+    # diffusion time and noise, Skip Dropout's masks) through disdis.draws
+    capabilities = frozenset({"represent", "decode", "generate", "attention", "shards"})
     networks = ("extractor", "unet")
 
     def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,

@@ -17,6 +17,9 @@ A method is one ``nn.Module`` subclassing :class:`Method` (docs/architecture.md)
   scalar units, all from one noise (``noise``, or one drawn from ``seed``) where decoding uses any; ``"generate"``: it has ``sample(context, ...)``,
   ``invert(images, ...)``, ``interchange(...)`` and ``encode_units(images)`` (a diffusion method);
   ``"attention"``: ``attention_maps(images, t)`` gives where each unit's token is attended;
+  ``"shards"``: its training forward may run on several threads at once (``train.shards``,
+  :mod:`disdis.train.shards`): it writes no state but running statistics and draws through
+  :mod:`disdis.draws`;
 * ``networks``: the submodules whose forward does the training step's arithmetic, the ones
   ``train.compile`` hands to ``torch.compile`` (each in place: parameter names do not change).
 """

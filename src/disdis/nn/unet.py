@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from disdis import draws
 from disdis.errors import ConfigError
 from disdis.nn.layers import (Downsample, ResBlock, SpatialTransformer, Upsample, group_norm,
                               timestep_embedding, zero_init)
@@ -101,7 +102,8 @@ class SkipDropout(nn.Module):
         if not self.training or self.p == 0.0:
             return h
         keep = 1.0 - self.p
-        mask = torch.empty(h.shape[0], h.shape[1], 1, 1, device=h.device, dtype=h.dtype).bernoulli_(keep)
+        mask = torch.empty(h.shape[0], h.shape[1], 1, 1, device=h.device, dtype=h.dtype).bernoulli_(
+            keep, generator=draws.generator())
         return h * (mask / keep)
 
     def extra_repr(self) -> str:

@@ -43,6 +43,8 @@ class TrainConfig:
     compile: bool = False                     # torch.compile the method's networks (Method.networks): the demo's step
                                               # 1.2x on CPUs after about 2 min of compiling (cached for later runs),
                                               # which its 3-min stage does not earn back (docs/demo-study.md)
+    shards: int = 1                           # the step's batch cut into this many shards, each on a thread of its
+                                              # own (CPU, one process; disdis.train.shards): the demo's step 1.1-1.2x
     num_workers: int = 4
 
     def steps(self, kimg: float) -> int:
@@ -67,6 +69,7 @@ class TrainConfig:
             (self.probe_images >= 0, "probe_images", "0 or more"),
             (self.freeze_kimg >= 0, "freeze_kimg", "0 or more"),
             (self.num_workers >= 0, "num_workers", "0 or more"),
+            (self.shards >= 1 and self.shards <= self.batch_size, "shards", "from 1 to batch_size"),
         ]
         for ok, key, expected in checks:
             if not ok:

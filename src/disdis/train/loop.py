@@ -13,9 +13,13 @@ Every schedule is counted in images (kimg = 1000 images) of the *global*
 batch, which is split evenly over the processes, so a run means the same on 1
 or 8 devices; the learning rate is never rescaled by the device count.
 
+On one process the step's batch may be cut into shards, each run on a thread of its own
+(``train.shards``, :mod:`disdis.train.shards`): on a CPU of few cores the cores do more that way.
+
 Exact resume. Every random draw of a step (diffusion times and noise, dropout,
 Skip Dropout masks) comes from the global torch generator, re-seeded at the
-start of each step from (seed, step, rank); the data order is a function of
+start of each step from (seed, step, rank), or with shards from each shard's generator, seeded
+from (seed, step, shard); the data order is a function of
 (seed, step) (:mod:`disdis.train.sampler`); hooks seed their own draws from
 (seed, step). The checkpoint therefore only needs the weights and buffers, the
 EMA, the optimizer moments, the hooks' state and the step: a run killed and
@@ -49,6 +53,7 @@ from disdis.train.hooks import Hook, HookContext
 from disdis.train.logger import CSVLogger, read_csv_log
 from disdis.train.optim import lr_factor, make_optimizer
 from disdis.train.sampler import StepBatchSampler, step_seed
+from disdis.train.shards import ShardedStep
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "TrainStep", "TrainingInterrupted", "train"]
 
@@ -135,7 +140,8 @@ class TrainStep:
     over the method's parameter groups, the EMA, and the hooks on their intervals.
 
     A step: seed the step's draws; forward under autocast; average the loss over ranks (with the
-    stop flag riding on that all-reduce: no extra collective); backward; the warm-up rate;
+    stop flag riding on that all-reduce: no extra collective); backward (with ``train.shards``, forward
+    and backward run on the shards' threads, and their summed gradients are set); the warm-up rate;
     frozen modules held; gradient clipping; AdamW; the hooks (``after_step``, then those due);
     the EMA update. ``benchmarks/train_step.py`` times exactly this.
     """
@@ -156,12 +162,18 @@ class TrainStep:
         self.hooks, self.ctx = list(hooks), ctx
         self.intervals = [hook.interval(ctx) for hook in self.hooks] if ctx is not None else [0] * len(self.hooks)
         self.rank = distributed.rank()
+        if cfg.shards > 1 and wrap is not None:
+            raise ConfigError("train.shards: one process only (under torchrun, set train.shards: 1)")
+        self.shards = ShardedStep(model, cfg.shards, cfg.seed) if cfg.shards > 1 else None
 
     def __call__(self, images: torch.Tensor, step: int, stop_flag: float = 0.0, time_flag: float = 0.0) -> StepOutput:
         torch.manual_seed(step_seed(self.cfg.seed, step, self.rank))
         self.hold(step < self.freeze_steps)
-        with _autocast(self.device, self.bf16):
-            out = self.ddp(images)
+        if self.shards is not None:  # forward and backward, on the shards' threads
+            out, grads = self.shards(images, step)
+        else:
+            with _autocast(self.device, self.bf16):
+                out = self.ddp(images)
         loss = out["loss"]
         flags = torch.tensor([stop_flag, time_flag], device=self.device)
         # the step's one host read: the rank-averaged loss and the stop flags together
@@ -171,7 +183,11 @@ class TrainStep:
             raise NonFiniteLossError(f"non-finite loss ({loss_mean}) at step {step} "
                                      f"({step * self.cfg.batch_size / 1000:g} kimg)")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.shards is not None:
+            for p, grad in grads:
+                p.grad = grad
+        else:
+            loss.backward()
         if self.cfg.lr_warmup_kimg:
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * lr_factor(self.cfg, step)
@@ -190,6 +206,11 @@ class TrainStep:
         self.ema.update(self.model, self.cfg.batch_size)
         return StepOutput(out, loss_mean, stopping > 0, out_of_time > 0)
 
+    def close(self) -> None:
+        """Stop the shards' threads and take their hooks off the model (a no-op without shards)."""
+        if self.shards is not None:
+            self.shards.close()
+
     def hold(self, holding: bool) -> None:
         """Hold the frozen modules still (``train.freeze_modules``) or release them. Held parameters stop
         requiring a gradient: they leave the graph (no backward through them: the demo's held step runs
@@ -204,10 +225,25 @@ class TrainStep:
         self.holding = holding
 
 
-def check_compile(model: nn.Module, cfg: TrainConfig) -> None:
-    """``train.compile`` asks for networks to compile: refused for a method that names none."""
+def check_step(model: nn.Module, cfg: TrainConfig) -> None:
+    """What ``train.compile`` and ``train.shards`` ask of the model and the run, checked before any work:
+    networks to compile; for shards, a method that declares them safe (the ``"shards"`` capability),
+    no dropout layer (it draws from torch's global generator), one process, the CPU, no compiling."""
+    name = type(model).__name__
     if cfg.compile and not getattr(model, "networks", ()):
-        raise ConfigError(f"train.compile: {type(model).__name__} names no networks to compile")
+        raise ConfigError(f"train.compile: {name} names no networks to compile")
+    if cfg.shards == 1:
+        return
+    dropout = next((n for n, m in model.named_modules() if isinstance(m, nn.Dropout) and m.p > 0), None)
+    problems = [(not getattr(model, "can", lambda _: False)("shards"),
+                 f"{name} does not declare its training forward safe to run on several threads"),
+                (dropout is not None, f"dropout {dropout!r} draws from torch's global generator"),
+                (resolve_device(cfg.device).type != "cpu", "the step's threads are for CPUs (train.device: cpu)"),
+                (cfg.compile, "not with train.compile"),
+                (distributed.launched_world_size() > 1, "one process only (under torchrun, set train.shards: 1)")]
+    for bad, why in problems:
+        if bad:
+            raise ConfigError(f"train.shards: {why}")
 
 
 def between_steps():
@@ -240,7 +276,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     model.to(device).train()
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
-    check_compile(model, cfg)
+    check_step(model, cfg)
     if cfg.compile:
         model.compile_networks()
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank=rank, world_size=world)
@@ -357,6 +393,7 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
         bar.close()
         del data
         stepper.hold(False)  # a run stopped while holding returns a model whose parameters all train
+        stepper.close()
     distributed.barrier()
     return TrainResult(step=done, checkpoint=last_ckpt, final_loss=loss_value)
 

@@ -16,7 +16,7 @@ from disdis.run_config import RunConfig, check_run_config, load_run_config
 from disdis.rundir import RunDir
 from disdis.train import checkpoint as ckpt
 from disdis.train import distributed
-from disdis.train.loop import TrainResult, check_compile, check_resumable, load_weights, resolve_device, train
+from disdis.train.loop import TrainResult, check_step, check_resumable, load_weights, resolve_device, train
 from disdis.train.sampler import check_batch_fits
 
 
@@ -170,7 +170,7 @@ def validate_run_config(cfg: RunConfig) -> None:
     from disdis.models import build_model
     check_run_config(cfg)
     with torch.device("meta"):
-        check_compile(build_model(cfg), cfg.train)
+        check_step(build_model(cfg), cfg.train)
     if cfg.data.path and Path(cfg.data.path).exists():  # the data of a run that makes it is checked when made
         check_batch_fits(cfg.train.batch_size, len(open_training_data(cfg)))
     for name in cfg.method.needs():  # and the runs it trains itself, with theirs
