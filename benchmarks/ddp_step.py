@@ -7,7 +7,8 @@ one process of N threads, at the same global batch.
                                   [--stage run|extractor] [--at-kimg K] [--by-op K]
 
 Both rows time ``benchmarks/train_step.py``'s model step (the loop's ``TrainStep`` on the model the
-config builds, eager, default memory format); the DDP row wraps the model as the loop does, each rank
+config builds, eager, default memory format, ``train.shards: 1``: threads as one process's torch threads,
+the batch not cut into shards); the DDP row wraps the model as the loop does, each rank
 with batch / N images. ``--stage extractor [--at-kimg K]`` times instead the autoencoder of the
 config's extractor warm start, its loss schedule as at K kimg (as ``train_step.py`` does).
 ``--held`` also times both with the config's ``train.freeze_modules`` held, as the loop holds them:
@@ -44,8 +45,9 @@ def warm_step(args: argparse.Namespace, batch: int, held: bool) -> ModelStep:
     """The model step at ``batch`` images after ``args.warmup`` steps; DDP-wrapped when a process group is up."""
     from disdis.train import TrainStep, distributed
     cpu = torch.device("cpu")
-    step = ModelStep(args.config, ["method.cache_latents=true", *args.set], batch, "eager", cpu, False, held,
-                     args.stage, args.at_kimg)
+    # threads as one process's torch threads (train.shards: 1), not as the batch's shards
+    step = ModelStep(args.config, ["method.cache_latents=true", "train.shards=1", *args.set], batch, "eager", cpu,
+                     False, held, args.stage, args.at_kimg)
     if distributed.world_size() > 1:  # the loop's DDP wrapper, built anew when the hold changes
         step.step = TrainStep(step.model, step.step.cfg, cpu, wrap=nn.parallel.DistributedDataParallel,
                               freeze_steps=step.step.freeze_steps)

@@ -12,7 +12,9 @@ Each config is a run config file; the model is the one the training loop builds 
 (``disdis.models.build_model``, untrained first stage, the anchor state fitted once on the
 model's own tokens of random images when anchoring is on, so the step pays the DyGA
 shift), and the step is the loop's own :class:`disdis.train.TrainStep`: forward with the
-loss, the loss all-reduce, backward, AdamW over the method's groups, hooks, the EMA update.
+loss, the loss all-reduce, backward, AdamW over the method's groups, hooks, the EMA update; with the
+config's ``train.shards`` (the demo's: 2) forward and backward run on the shards' threads, each with
+``--threads`` / shards torch threads (``--vary train.shards=1,2`` compares).
 ``configs/shapes3d.yaml`` is the paper's model at 64x64; ``configs/demo.yaml`` is what the
 demo's budget buys.
 
@@ -40,7 +42,7 @@ large fp32 matmul (2048^3, median of repeats) measured in the same process with
 the same threads, right before and after each row's timed steps. Timings are medians over ``--steps`` timed steps after
 ``--warmup`` untimed ones; on a shared machine they vary with its load.
 
-``--breakdown`` (CPU) then profiles ``--steps`` more steps of each row (torch.profiler, each aten op's
+``--breakdown`` (CPU; with ``--set train.shards=1``) then profiles ``--steps`` more steps of each row (torch.profiler, each aten op's
 self time) and counts the FLOPs of one whole step as it runs (backward included, so layers whose input
 needs no gradient count what they do), and prints per class of op (convolution, matmul, attention,
 everything else) its time per step, its FLOP rate and that rate as a share of the matmul's: where the
@@ -218,6 +220,9 @@ def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: to
         by_op: bool = False) -> dict:
     build_start = time.perf_counter()
     step = ModelStep(name, list(overrides), batch, variant, device, bf16, held, stage, at_kimg)
+    if by_op and step.step.shards is not None:  # the profiler and the FLOP counter see the calling thread only
+        raise SystemExit(f"{name}: --breakdown profiles the ops of the calling thread, and train.shards runs the "
+                         f"step on threads of its own; add --set train.shards=1")
     matmul_dtype = torch.bfloat16 if bf16 else torch.float32
     for _ in range(warmup):
         step()
