@@ -6,7 +6,7 @@ matrix-multiply rate.
                                     [--variants eager channels_last] [--compile] [--held] [--threads N]
                                     [--vary key=value1,value2,...]
                                     [--stage run|extractor] [--at-kimg K] [--device cuda] [--bf16]
-                                    [--breakdown]
+                                    [--breakdown] [--alternate R]
 
 Each config is a run config file; the model is the one the training loop builds from it
 (``disdis.models.build_model``, untrained first stage, the anchor state fitted once on the
@@ -41,6 +41,10 @@ encoder and of held modules. Achieved FLOP/s = step FLOPs / step time, shown bes
 large fp32 matmul (2048^3, median of repeats) measured in the same process with
 the same threads, right before and after each row's timed steps. Timings are medians over ``--steps`` timed steps after
 ``--warmup`` untimed ones; on a shared machine they vary with its load.
+
+``--alternate R`` builds every row first and then times them in R rounds, row after row, each row's
+median over all its rounds and the mean of the matmul rates taken beside them: on a machine whose
+load drifts within a minute, the rows' ratios are then measured under one load.
 
 ``--breakdown`` (CPU; with ``--set train.shards=1``) then profiles ``--steps`` more steps of each row (torch.profiler, each aten op's
 self time) and counts the FLOPs of one whole step as it runs (backward included, so layers whose input
@@ -215,33 +219,66 @@ def breakdown(step: "ModelStep", steps: int, peak: float) -> list[dict]:
             + [row("step", total, flop), row("step - other", total - seconds["other"], flop)])
 
 
-def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool,
-        overrides: list[str] = (), held: bool = False, stage: str = "run", at_kimg: float | None = None,
-        by_op: bool = False) -> dict:
+def prepare(name: str, variant: str, batch: int, warmup: int, device: torch.device, bf16: bool,
+            overrides: list[str] = (), held: bool = False, stage: str = "run", at_kimg: float | None = None,
+            by_op: bool = False) -> tuple[ModelStep, float]:
+    """A row's step after its warm-up steps, and the seconds both took (compilation happens here)."""
     build_start = time.perf_counter()
     step = ModelStep(name, list(overrides), batch, variant, device, bf16, held, stage, at_kimg)
     if by_op and step.step.shards is not None:  # the profiler and the FLOP counter see the calling thread only
         raise SystemExit(f"{name}: --breakdown profiles the ops of the calling thread, and train.shards runs the "
                          f"step on threads of its own; add --set train.shards=1")
-    matmul_dtype = torch.bfloat16 if bf16 else torch.float32
     for _ in range(warmup):
         step()
-    first = time.perf_counter() - build_start  # build + warm-up (compilation happens here)
-    # the matmul rate is taken right before and after the timed steps: on a shared machine the
-    # load drifts, and the ratio is only meaningful against a rate measured under the same load
-    peak_before = matmul_rate(device, matmul_dtype)
+    return step, time.perf_counter() - build_start
+
+
+def timed(step: ModelStep, steps: int, device: torch.device, dtype: torch.dtype) -> tuple[list[float], float]:
+    """The seconds of ``steps`` steps, and the matmul rate taken right before and after them (their mean):
+    on a shared machine the load drifts, and the ratio is only meaningful against a rate measured under
+    the same load."""
+    peak_before = matmul_rate(device, dtype)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = (peak_before + matmul_rate(device, matmul_dtype)) / 2
+    return times, (peak_before + matmul_rate(device, dtype)) / 2
+
+
+def result(name: str, variant: str, batch: int, step: ModelStep, times: list[float], peak: float, setup: float,
+           held: bool = False, stage: str = "run", by_op: bool = False, steps: int = 0) -> dict:
+    """A row of the table: the median step against the matmul rate (``--breakdown``: profiled per class of op)."""
     seconds = statistics.median(times)
     trained, step_flops = step.step_flops()
     return dict(config=Path(name).stem + ("/ae" if stage == "extractor" else ""), variant=variant + (", held" if held else ""), batch=batch, img_s=batch / seconds, s_step=seconds,
                 fwd=trained / batch, step=step_flops / batch, rate=step_flops / seconds,
-                peak=peak, pct=100 * step_flops / seconds / peak, setup=first,
+                peak=peak, pct=100 * step_flops / seconds / peak, setup=setup,
                 ops=breakdown(step, steps, peak) if by_op else [])
+
+
+def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool,
+        overrides: list[str] = (), held: bool = False, stage: str = "run", at_kimg: float | None = None,
+        by_op: bool = False) -> dict:
+    """One row: prepared, timed and reported on its own."""
+    step, setup = prepare(name, variant, batch, warmup, device, bf16, overrides, held, stage, at_kimg, by_op)
+    times, peak = timed(step, steps, device, torch.bfloat16 if bf16 else torch.float32)
+    return result(name, variant, batch, step, times, peak, setup, held, stage, by_op, steps)
+
+
+def alternated(specs: list[dict], rounds: int, steps: int, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """Every row of ``specs`` (``prepare``'s arguments) prepared first, then timed in ``rounds`` rounds of
+    ``steps`` steps each, row after row: each row's median over its rounds and the mean of its matmul rates,
+    so that the rows share the machine's drift."""
+    prepared = [prepare(**spec) for spec in specs]
+    times, peaks = [[] for _ in specs], [[] for _ in specs]
+    for _ in range(rounds):
+        for i, (step, _) in enumerate(prepared):
+            t, peak = timed(step, steps, device, dtype)
+            times[i] += t
+            peaks[i].append(peak)
+    return [result(spec["name"], spec["variant"], spec["batch"], step, t, statistics.mean(p), setup, spec["held"],
+                   spec["stage"]) for spec, (step, setup), t, p in zip(specs, prepared, times, peaks)]
 
 
 def main() -> None:
@@ -267,6 +304,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU); the reference rate is a bf16 matmul")
+    parser.add_argument("--alternate", type=int, default=0, metavar="R",
+                        help="build every row first, then time them in R rounds of --steps steps each, row after "
+                             "row (each row's median over its rounds): ratios under one drifting load")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile each row's step per class of op (convolution, matmul, attention, other)")
     args = parser.parse_args()
@@ -277,6 +317,10 @@ def main() -> None:
         parser.error("--bf16 is for GPUs (the training loop uses bf16 autocast only on CUDA)")
     if args.breakdown and device.type != "cpu":
         parser.error("--breakdown profiles CPU time; run it without --device")
+    if args.alternate and args.breakdown:
+        parser.error("--breakdown profiles each row on its own; run it without --alternate")
+    if args.alternate < 0:
+        parser.error(f"--alternate: expected a number of rounds, got {args.alternate}")
     if args.vary is not None and ("=" not in args.vary or not args.vary.split("=", 1)[1]):
         parser.error(f"--vary {args.vary}: expected key=value1,value2,...")
     if args.threads:
@@ -302,11 +346,16 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     rows = []
-    for name, (suffix, more), variant, held in [(n, m, v, h) for n in args.config for m in varied for v in variants
-                                                 for h in (False, True)[:1 + args.held]]:
-        r = run(name, variant, args.batch, args.steps, args.warmup, device, args.bf16, [*args.set, *more], held,
-                args.stage, args.at_kimg, args.breakdown)
-        r.update(file=name, held=held, config=r["config"] + suffix)
+    labelled = [(suffix, dict(name=name, variant=variant, batch=args.batch, warmup=args.warmup, device=device,
+                              bf16=args.bf16, overrides=[*args.set, *more], held=held, stage=args.stage,
+                              at_kimg=args.at_kimg, by_op=args.breakdown))
+                for name in args.config for (suffix, more) in varied for variant in variants
+                for held in (False, True)[:1 + args.held]]
+    specs = [spec for _, spec in labelled]
+    together = alternated(specs, args.alternate, args.steps, device, dtype) if args.alternate else None
+    for i, (suffix, spec) in enumerate(labelled):
+        r = together[i] if together else run(steps=args.steps, **spec)
+        r.update(file=spec["name"], held=spec["held"], config=r["config"] + suffix)
         rows.append(r)
         print(f"{r['config']:<{width}} {r['variant']:<19} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
               f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "

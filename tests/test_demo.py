@@ -135,6 +135,26 @@ def test_train_step_benchmark_times_the_warm_start_past_its_gathered_hold(one_to
     assert row["config"] == "demo/ae" and row["img_s"] > 0 and row["step"] > 0
 
 
+def test_train_step_benchmark_alternates_its_rows_round_by_round(one_torch_thread, monkeypatch):
+    """benchmarks/train_step.py --alternate R: every row built first, then timed row after row in R rounds,
+    each row's median over its rounds (here the demo's step without and with shards, tiny)."""
+    import sys
+    import torch
+    bench = repo_script("benchmarks/train_step.py")
+    cpu, order = torch.device("cpu"), []
+    timed = bench.timed
+    monkeypatch.setattr(bench, "timed", lambda step, *args: (order.append(step), timed(step, *args))[1])
+    specs = [dict(name="demo", variant="eager", batch=8, warmup=0, device=cpu, bf16=False, held=False, stage="run",
+                  at_kimg=None, overrides=[*TINY, f"train.shards={k}"]) for k in (1, 2)]
+    rows = bench.alternated(specs, 3, 2, cpu, torch.float32)
+    assert len(order) == 6 and order[0::2] == [order[0]] * 3 and order[1::2] == [order[1]] * 3 and order[0] is not order[1]
+    assert [r["config"] for r in rows] == ["demo", "demo"] and all(r["img_s"] > 0 and r["pct"] > 0 for r in rows)
+    assert order[1].step.shards is not None and order[0].step.shards is None
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--alternate", "2", "--breakdown"])
+    with pytest.raises(SystemExit):
+        bench.main()
+
+
 def test_train_step_benchmark_breakdown_splits_the_step_by_class_of_op(one_torch_thread):
     """benchmarks/train_step.py --breakdown on the demo's config (tiny): the profiled step's time split into
     convolutions, matmuls, attention and everything else, which add up to the step; the step without the
