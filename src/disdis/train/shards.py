@@ -4,7 +4,7 @@ On a CPU of few cores one process's torch threads share the step's many small op
 on the demo's 2 cores, the step on 2 threads takes 1.22-1.32x the time of one core alone on half
 the batch (docs/demo-study.md, "Where two threads lose"). With ``train.shards = N`` the step's
 batch is cut into N shards, and each runs its forward and backward on a thread of its own with
-1/N of the process's torch threads (torch releases the GIL inside every operation); the
+1/N of the process's torch threads, at least one (torch releases the GIL inside every operation); the
 gradients are summed in shard order. This is data parallelism as DDP does it over N processes,
 without the second process and its all-reduce.
 
