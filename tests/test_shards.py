@@ -27,10 +27,10 @@ class Shardable(Method):
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)).double()
         self.global_draw, self.fail = global_draw, fail
-        self.threads_seen: list[int] = []
+        self.threads_seen: list[tuple[int, int]] = []  # (thread, its torch threads) per forward
 
     def forward(self, x):
-        self.threads_seen.append(torch.get_num_threads())
+        self.threads_seen.append((threading.get_ident(), torch.get_num_threads()))
         if self.fail and len(x) and x[0, 0] == 0:
             raise RuntimeError("shard failed")
         noise = torch.randn(x.shape, dtype=x.dtype) if self.global_draw else \
@@ -99,17 +99,29 @@ def test_without_randomness_or_batch_statistics_the_shards_give_the_full_batch_g
         torch.testing.assert_close(g, f, rtol=1e-12, atol=1e-15)
 
 
-def test_each_shard_runs_on_its_share_of_the_threads_and_the_main_count_stays():
+@pytest.mark.parametrize("threads, shards, workers, each", [(2, 2, 2, 1), (1, 2, 1, 1), (4, 2, 2, 2)])
+def test_each_shard_runs_on_its_share_of_the_threads_and_the_main_count_stays(threads, shards, workers, each):
+    """Each shard on a thread of its own with its share of torch's threads; with fewer threads than shards
+    the shards take turns on the threads there are (the gradients the same as on a thread each)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
         model = Shardable()
-        sharded = ShardedStep(model, 2, seed=0)
-        sharded(_batch(), 0)
+        sharded = ShardedStep(model, shards, seed=0)
+        _, grads = sharded(_batch(), 0)
         sharded.close()
-        assert model.threads_seen == [1, 1] and torch.get_num_threads() == 2
+        assert len({ident for ident, _ in model.threads_seen}) == workers
+        assert [count for _, count in model.threads_seen] == [each] * shards and torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+    torch.manual_seed(0)
+    reference = Shardable()
+    reference.load_state_dict(model.state_dict())
+    sharded = ShardedStep(reference, shards, seed=0)  # on one thread per shard (or as many as there are)
+    _, expected = sharded(_batch(), 0)
+    sharded.close()
+    for (_, g), (_, e) in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
 
 
 def test_a_draw_from_the_global_generator_in_a_shard_is_an_error():

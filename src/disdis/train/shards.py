@@ -4,7 +4,8 @@ On a CPU of few cores one process's torch threads share the step's many small op
 on the demo's 2 cores, the step on 2 threads takes 1.22-1.32x the time of one core alone on half
 the batch (docs/demo-study.md, "Where two threads lose"). With ``train.shards = N`` the step's
 batch is cut into N shards, and each runs its forward and backward on a thread of its own with
-1/N of the process's torch threads, at least one (torch releases the GIL inside every operation); the
+1/N of the process's torch threads (torch releases the GIL inside every operation; with fewer
+threads than shards, the shards take turns on the threads there are, to the same result); the
 gradients are summed in shard order. This is data parallelism as DDP does it over N processes,
 without the second process and its all-reduce.
 
@@ -124,9 +125,12 @@ class ShardedStep:
     def __init__(self, model: nn.Module, count: int, seed: int):
         self.model, self.count, self.seed = model, count, seed
         threads = torch.get_num_threads()
-        self.pool = ThreadPoolExecutor(count, thread_name_prefix="disdis-shard")
-        ready = threading.Barrier(count)
-        list(self.pool.map(lambda _: _init_thread(max(1, threads // count), ready), range(count)))
+        # no more threads than the process has: with fewer, the shards queue (in order, so a shard only
+        # ever waits for earlier ones) and the step's result is the same
+        workers = min(count, threads)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="disdis-shard")
+        ready = threading.Barrier(workers)
+        list(self.pool.map(lambda _: _init_thread(threads // workers, ready), range(workers)))
         torch.set_num_threads(threads)  # the threads' set_num_threads changed the global count
         self.turns = _Turns(model, count)
         weakref.finalize(self, self.pool.shutdown, wait=False)
