@@ -237,7 +237,8 @@ def check_step(model: nn.Module, cfg: TrainConfig) -> None:
     dropout = next((n for n, m in model.named_modules() if isinstance(m, nn.Dropout) and m.p > 0), None)
     problems = [(not getattr(model, "can", lambda _: False)("shards"),
                  f"{name} does not declare its training forward safe to run on several threads"),
-                (dropout is not None, f"dropout {dropout!r} draws from torch's global generator"),
+                (dropout is not None, f"dropout {dropout!r} draws from torch's global generator, which threads "
+                                      f"cannot share reproducibly (set its rate to 0, or train.shards: 1)"),
                 (resolve_device(cfg.device).type != "cpu", "the step's threads are for CPUs (train.device: cpu)"),
                 (cfg.compile, "not with train.compile"),
                 (distributed.launched_world_size() > 1, "one process only (under torchrun, set train.shards: 1)")]
