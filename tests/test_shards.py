@@ -23,14 +23,16 @@ class Shardable(Method):
     capabilities = frozenset({"shards"})
     networks = ("encoder",)
 
-    def __init__(self, global_draw: bool = False, fail: bool = False):
+    def __init__(self, global_draw: bool = False, fail: bool = False, meet: threading.Barrier | None = None):
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)).double()
-        self.global_draw, self.fail = global_draw, fail
+        self.global_draw, self.fail, self.meet = global_draw, fail, meet
         self.threads_seen: list[tuple[int, int]] = []  # (thread, its torch threads) per forward
 
     def forward(self, x):
         self.threads_seen.append((threading.get_ident(), torch.get_num_threads()))
+        if self.meet is not None:  # the shards' forwards must be running at the same time to pass
+            self.meet.wait(timeout=30)
         if self.fail and len(x) and x[0, 0] == 0:
             raise RuntimeError("shard failed")
         noise = torch.randn(x.shape, dtype=x.dtype) if self.global_draw else \
@@ -106,12 +108,14 @@ def test_each_shard_runs_on_its_share_of_the_threads_and_the_main_count_stays(th
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model = Shardable()
+        model = Shardable(meet=threading.Barrier(shards) if workers == shards else None)
         sharded = ShardedStep(model, shards, seed=0)
         _, grads = sharded(_batch(), 0)
         sharded.close()
-        assert len({ident for ident, _ in model.threads_seen}) == workers
+        idents = {ident for ident, _ in model.threads_seen}
+        assert len(idents) == workers and threading.get_ident() not in idents
         assert [count for _, count in model.threads_seen] == [each] * shards and torch.get_num_threads() == threads
+        model.meet = None
     finally:
         torch.set_num_threads(before)
     torch.manual_seed(0)
