@@ -143,7 +143,7 @@ class ShardedStep:
         futures = [self.pool.submit(self._shard, i, chunk, params, len(images), step) for i, chunk in enumerate(chunks)]
         wait(futures)
         failed = [f.exception() for f in futures if f.exception() is not None]
-        if failed:  # the shard that failed first, not one that stopped waiting for it
+        if failed:  # a failing shard's own error, not that of a shard that stopped waiting for it
             raise next((e for e in failed if not isinstance(e, _Aborted)), failed[0])
         if not torch.equal(rng, torch.get_rng_state()):
             raise ShardError("train.shards: the model drew from torch's global generator inside a shard, where "
