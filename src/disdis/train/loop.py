@@ -55,6 +55,8 @@ from disdis.train.optim import lr_factor, make_optimizer
 from disdis.train.sampler import StepBatchSampler, step_seed
 from disdis.train.shards import ShardedStep
 
+ONE_PROCESS = "one process only (under torchrun, set train.shards: 1)"  # train.shards and DDP, refused together
+
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "TrainStep", "TrainingInterrupted", "train"]
 
 
@@ -163,7 +165,7 @@ class TrainStep:
         self.intervals = [hook.interval(ctx) for hook in self.hooks] if ctx is not None else [0] * len(self.hooks)
         self.rank = distributed.rank()
         if cfg.shards > 1 and wrap is not None:
-            raise ConfigError("train.shards: one process only (under torchrun, set train.shards: 1)")
+            raise ConfigError(f"train.shards: {ONE_PROCESS}")
         self.shards = ShardedStep(model, cfg.shards, cfg.seed) if cfg.shards > 1 else None
 
     def __call__(self, images: torch.Tensor, step: int, stop_flag: float = 0.0, time_flag: float = 0.0) -> StepOutput:
@@ -241,7 +243,7 @@ def check_step(model: nn.Module, cfg: TrainConfig) -> None:
                                       f"cannot share reproducibly (set its rate to 0, or train.shards: 1)"),
                 (resolve_device(cfg.device).type != "cpu", "the step's threads are for CPUs (train.device: cpu)"),
                 (cfg.compile, "not with train.compile"),
-                (distributed.launched_world_size() > 1, "one process only (under torchrun, set train.shards: 1)")]
+                (distributed.launched_world_size() > 1, ONE_PROCESS)]
     for bad, why in problems:
         if bad:
             raise ConfigError(f"train.shards: {why}")
