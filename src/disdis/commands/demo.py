@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from disdis.train import distributed
     from disdis.train.run import dependency_source, resume_run, start_run
 
-    if distributed.launched_world_size() > 1:  # measured slower than one process of 2 threads (README)
+    # measured slower than one process of 2 threads (docs/demo-results.md, "Batch 128")
+    if distributed.launched_world_size() > 1:
         raise ConfigError("the demo runs as one process; to train on several: torchrun --nproc_per_node N "
                           f"-m disdis train demo data.path={args.data}")
     torch.set_num_threads(max(1, args.threads))
