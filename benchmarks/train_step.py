@@ -46,13 +46,17 @@ the same threads, right before and after each row's timed steps. Timings are med
 median over all its rounds and the mean of the matmul rates taken beside them: on a machine whose
 load drifts within a minute, the rows' ratios are then measured under one load.
 
-``--breakdown`` (CPU; with ``--set train.shards=1``) then profiles ``--steps`` more steps of each row (torch.profiler, each aten op's
-self time) and counts the FLOPs of one whole step as it runs (backward included, so layers whose input
-needs no gradient count what they do), and prints per class of op (convolution, matmul, attention,
+``--breakdown`` (CPU) then profiles ``--steps`` more steps of each row (torch.profiler, each aten op's
+self time, on every thread) and counts the FLOPs of one whole step (backward included, so layers whose
+input needs no gradient count what they do), and prints per class of op (convolution, matmul, attention,
 everything else) its time per step, its FLOP rate and that rate as a share of the matmul's: where the
-step's time goes that does no matrix arithmetic. The profiled step is a little slower than the timed
-one (eager), or much slower (compiled: the profiler records each generated kernel); the shares
-are the point.
+step's time goes that does no matrix arithmetic. With ``train.shards`` the times are summed over the
+shards' threads ("thread-ms") and each rate is set against the matmul rate's share of one shard's
+threads; a timeline follows (medians over ``--steps`` more steps): the time before the shards start,
+each shard's forward and backward, how long the slowest ran after the first was done (the other
+core's wait), the gradients' sum after the last, and the rest of the step (the optimizer, hooks, EMA).
+The profiled step is a little slower than the timed one (eager), or much slower (compiled: the
+profiler records each generated kernel); the shares are the point.
 """
 
 from __future__ import annotations
@@ -188,46 +192,78 @@ def op_class(name: str) -> str:
 
 
 def op_times(step: "ModelStep", steps: int) -> dict[str, float]:
-    """Seconds per step of each op (its profiled self time, averaged over ``steps`` steps); together, the
-    profiled steps' time."""
+    """Seconds per step of each op (its profiled self time, averaged over ``steps`` steps, summed over the
+    threads that ran it: the shards' too); together, the profiled steps' time on all threads."""
+    from torch._C._profiler import _ExperimentalConfig
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]):  # the profiler's first start-up is slow: not in the count
+    every_thread = dict(activities=[ProfilerActivity.CPU], experimental_config=_ExperimentalConfig(profile_all_threads=True))
+    with profile(**every_thread):  # the profiler's first start-up is slow: not in the count
         step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(**every_thread) as prof:
         for _ in range(steps):
             step()
     return {event.key: event.self_cpu_time_total / 1e6 / steps for event in prof.key_averages()}
 
 
-def breakdown(step: "ModelStep", steps: int, peak: float) -> list[dict]:
-    """Per class of op: ms per step (profiled self time), GFLOP per step (counted on one step), the rate;
-    then the whole step, and the step as it would be if "other" took no time (the most that fusing or
-    removing everything but the matrix arithmetic could reach)."""
+def step_flop_counts(step: "ModelStep") -> dict:
+    """FLOPs per aten op of one whole step (backward included). A FLOP counter sees only its own thread:
+    with shards, the same forward and backward of the whole batch run here instead."""
     with FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as counter:
-        step()
+        if step.step.shards is None:
+            step()
+        else:
+            params = [p for p in step.model.parameters() if p.requires_grad]
+            torch.autograd.grad(step.model(step.images)["loss"], params, allow_unused=True)
+    return counter.get_flop_counts()["Global"]
+
+
+def breakdown(step: "ModelStep", steps: int, peak: float) -> list[dict]:
+    """Per class of op: ms per step (profiled self time; with shards, summed over the shards' threads),
+    GFLOP per step, the rate (with shards, against the matmul rate's share of one shard's threads); then
+    the whole step, and the step as it would be if "other" took no time (the most that fusing or removing
+    everything but the matrix arithmetic could reach)."""
     flops = dict.fromkeys(OP_CLASSES, 0)
-    for op, count in counter.get_flop_counts()["Global"].items():
+    for op, count in step_flop_counts(step).items():
         flops[op_class(str(op))] += count
     seconds = dict.fromkeys(flops, 0.0)
     for op, sec in op_times(step, steps).items():
         seconds[op_class(op)] += sec
     total, flop = sum(seconds.values()), sum(flops.values())
+    lane_peak = peak / (step.step.shards.workers if step.step.shards is not None else 1)
 
     def row(op: str, sec: float, count: int) -> dict:
-        return dict(op=op, ms=1e3 * sec, share=sec / total, gflop=count / 1e9, pct=100 * count / sec / peak if sec else 0.0)
+        return dict(op=op, ms=1e3 * sec, share=sec / total, gflop=count / 1e9,
+                    pct=100 * count / sec / lane_peak if sec else 0.0)
     return ([row(cls, seconds[cls], flops[cls]) for cls in OP_CLASSES]
             + [row("step", total, flop), row("step - other", total - seconds["other"], flop)])
 
 
+def shard_timeline(step: "ModelStep", steps: int) -> list[dict]:
+    """Where a sharded step's time goes, medians over ``steps`` steps (ms): before the shards start, until
+    the last has started, each shard's forward and backward, the wait for the slowest after the first is
+    done, the gradients' sum and the outputs' merge after the last, and the rest of the step (the
+    optimizer, the hooks, the EMA) after that."""
+    parts = []
+    for _ in range(steps):
+        began = time.perf_counter()
+        step()
+        ended = time.perf_counter()
+        start, spans, end = step.step.shards.timeline
+        firsts, lasts = [a for a, _ in spans], [b for _, b in spans]
+        parts.append({"before the shards": start - began, "until all have started": max(firsts) - start,
+                      **{f"shard {i}": b - a for i, (a, b) in enumerate(spans)},
+                      "the slowest, after the first": max(lasts) - min(lasts),
+                      "after the last (sum, merge)": end - max(lasts), "the rest of the step": ended - end,
+                      "step": ended - began})
+    return [dict(part=key, ms=1e3 * statistics.median(p[key] for p in parts)) for key in parts[0]]
+
+
 def prepare(name: str, variant: str, batch: int, warmup: int, device: torch.device, bf16: bool,
-            overrides: list[str] = (), held: bool = False, stage: str = "run", at_kimg: float | None = None,
-            by_op: bool = False) -> tuple[ModelStep, float]:
+            overrides: list[str] = (), held: bool = False, stage: str = "run",
+            at_kimg: float | None = None) -> tuple[ModelStep, float]:
     """A row's step after its warm-up steps, and the seconds both took (compilation happens here)."""
     build_start = time.perf_counter()
     step = ModelStep(name, list(overrides), batch, variant, device, bf16, held, stage, at_kimg)
-    if by_op and step.step.shards is not None:  # the profiler and the FLOP counter see the calling thread only
-        raise SystemExit(f"{name}: --breakdown profiles the ops of the calling thread, and train.shards runs the "
-                         f"step on threads of its own; add --set train.shards=1")
     for _ in range(warmup):
         step()
     return step, time.perf_counter() - build_start
@@ -254,14 +290,15 @@ def result(name: str, variant: str, batch: int, step: ModelStep, times: list[flo
     return dict(config=Path(name).stem + ("/ae" if stage == "extractor" else ""), variant=variant + (", held" if held else ""), batch=batch, img_s=batch / seconds, s_step=seconds,
                 fwd=trained / batch, step=step_flops / batch, rate=step_flops / seconds,
                 peak=peak, pct=100 * step_flops / seconds / peak, setup=setup,
-                ops=breakdown(step, steps, peak) if by_op else [])
+                ops=breakdown(step, steps, peak) if by_op else [],
+                timeline=shard_timeline(step, steps) if by_op and step.step.shards is not None else [])
 
 
 def run(name: str, variant: str, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool,
         overrides: list[str] = (), held: bool = False, stage: str = "run", at_kimg: float | None = None,
         by_op: bool = False) -> dict:
     """One row: prepared, timed and reported on its own."""
-    step, setup = prepare(name, variant, batch, warmup, device, bf16, overrides, held, stage, at_kimg, by_op)
+    step, setup = prepare(name, variant, batch, warmup, device, bf16, overrides, held, stage, at_kimg)
     times, peak = timed(step, steps, device, torch.bfloat16 if bf16 else torch.float32)
     return result(name, variant, batch, step, times, peak, setup, held, stage, by_op, steps)
 
@@ -348,21 +385,24 @@ def main() -> None:
     rows = []
     labelled = [(suffix, dict(name=name, variant=variant, batch=args.batch, warmup=args.warmup, device=device,
                               bf16=args.bf16, overrides=[*args.set, *more], held=held, stage=args.stage,
-                              at_kimg=args.at_kimg, by_op=args.breakdown))
+                              at_kimg=args.at_kimg))
                 for name in args.config for (suffix, more) in varied for variant in variants
                 for held in (False, True)[:1 + args.held]]
     specs = [spec for _, spec in labelled]
     together = alternated(specs, args.alternate, args.steps, device, dtype) if args.alternate else None
     for i, (suffix, spec) in enumerate(labelled):
-        r = together[i] if together else run(steps=args.steps, **spec)
+        r = together[i] if together else run(steps=args.steps, by_op=args.breakdown, **spec)
         r.update(file=spec["name"], held=spec["held"], config=r["config"] + suffix)
         rows.append(r)
         print(f"{r['config']:<{width}} {r['variant']:<19} {r['batch']:>5} {r['img_s']:>8.2f} {r['s_step']:>7.2f} "
               f"{r['fwd'] / 1e9:>10.3f} {r['step'] / 1e9:>11.3f} {r['rate'] / 1e9:>8.1f} {r['peak'] / 1e9:>7.1f} {r['pct']:>7.0f}% "
               f"{r['setup']:>8.1f}", flush=True)
+        per = "thread-ms/step" if r["timeline"] else "ms/step"  # with shards: summed over their threads
         for o in r["ops"]:
-            print(f"    {o['op']:<13} {o['ms']:>8.1f} ms/step {100 * o['share']:>4.0f}% of the time "
+            print(f"    {o['op']:<13} {o['ms']:>8.1f} {per} {100 * o['share']:>4.0f}% of the time "
                   f"{o['gflop']:>8.3f} GFLOP/step {o['pct']:>5.0f}% of matmul", flush=True)
+        for t in r["timeline"]:
+            print(f"    {t['part']:<29} {t['ms']:>8.1f} ms (median)", flush=True)
     # each row against its config's first row, held or not as it is (the first variant, the first --vary value)
     base = {}
     for r in rows:

@@ -158,17 +158,24 @@ def test_train_step_benchmark_alternates_its_rows_round_by_round(one_torch_threa
 def test_train_step_benchmark_breakdown_splits_the_step_by_class_of_op(one_torch_thread):
     """benchmarks/train_step.py --breakdown on the demo's config (tiny): the profiled step's time split into
     convolutions, matmuls, attention and everything else, which add up to the step; the step without the
-    rest is the step's time less "other"."""
+    rest is the step's time less "other". With shards the ops of the shards' threads are profiled too, the
+    FLOPs are those of the same step without shards, and a timeline of the sharded step follows."""
     import torch
     bench = repo_script("benchmarks/train_step.py")
-    with pytest.raises(SystemExit, match="add --set train.shards=1"):  # the demo's shards run on threads of their own
-        bench.run("demo", "eager", 8, 1, 0, torch.device("cpu"), False, TINY, by_op=True)
-    row = bench.run("demo", "eager", 8, 1, 0, torch.device("cpu"), False, [*TINY, "train.shards=1"], by_op=True)
-    ops = {o["op"]: o for o in row["ops"]}
-    assert list(ops) == ["convolution", "matmul", "attention", "other", "step", "step - other"]
-    assert ops["step"]["ms"] == pytest.approx(sum(ops[c]["ms"] for c in bench.OP_CLASSES))
-    assert ops["step - other"]["ms"] == pytest.approx(ops["step"]["ms"] - ops["other"]["ms"])
-    assert all(ops[c]["ms"] > 0 and ops[c]["gflop"] > 0 for c in ("convolution", "matmul", "attention"))
+    rows = {k: bench.run("demo", "eager", 8, 1, 0, torch.device("cpu"), False, [*TINY, f"train.shards={k}"], by_op=True)
+            for k in (1, 2)}
+    for row in rows.values():
+        ops = {o["op"]: o for o in row["ops"]}
+        assert list(ops) == ["convolution", "matmul", "attention", "other", "step", "step - other"]
+        assert ops["step"]["ms"] == pytest.approx(sum(ops[c]["ms"] for c in bench.OP_CLASSES))
+        assert ops["step - other"]["ms"] == pytest.approx(ops["step"]["ms"] - ops["other"]["ms"])
+        assert all(ops[c]["ms"] > 0 and ops[c]["gflop"] > 0 for c in ("convolution", "matmul", "attention"))
+    assert [o["gflop"] for o in rows[1]["ops"]] == [o["gflop"] for o in rows[2]["ops"]]
+    assert rows[1]["timeline"] == []
+    timeline = {t["part"]: t["ms"] for t in rows[2]["timeline"]}
+    assert list(timeline) == ["before the shards", "until all have started", "shard 0", "shard 1",
+                              "the slowest, after the first", "after the last (sum, merge)", "the rest of the step", "step"]
+    assert all(ms >= 0 for ms in timeline.values()) and timeline["step"] >= max(timeline["shard 0"], timeline["shard 1"]) > 0
 
 
 def test_attention_threads_benchmark_times_the_shapes_the_model_runs(tmp_path):

@@ -72,6 +72,8 @@ def test_sharded_gradients_are_the_shards_run_one_after_the_other():
         out, grads = sharded(images, step)
     finally:
         sharded.close()
+    start, spans, end = sharded.timeline  # where the step's time went, for benchmarks/train_step.py --breakdown
+    assert len(spans) == 2 and all(start <= a <= b <= end for a, b in spans)
     ref_grads = dict(reference.named_parameters())
     names = {id(p): n for n, p in model.named_parameters()}
     assert len(grads) == len(ref_grads)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -119,7 +120,8 @@ class ShardedStep:
     ``step(images, step) -> (out, grads)``: the merged output (:func:`merge_outputs`) and, for each
     parameter that requires a gradient, ``(parameter, gradient)``: the gradient of the batch's loss
     (the shards' losses weighted by their share of the batch), summed in shard order; ``None`` where
-    no shard has one.
+    no shard has one. ``timeline``: the last step's ``(start, [(shard start, shard end), ...], end)`` in
+    ``time.perf_counter`` seconds (``benchmarks/train_step.py --breakdown`` reads where the step waits).
     """
 
     def __init__(self, model: nn.Module, count: int, seed: int):
@@ -127,7 +129,8 @@ class ShardedStep:
         threads = torch.get_num_threads()
         # no more threads than the process has: with fewer, the shards queue (in order, so a shard only
         # ever waits for earlier ones) and the step's result is the same
-        workers = min(count, threads)
+        workers = self.workers = min(count, threads)
+        self.timeline: tuple[float, list[tuple[float, float]], float] | None = None
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="disdis-shard")
         ready = threading.Barrier(workers)
         list(self.pool.map(lambda _: _init_thread(threads // workers, ready), range(workers)))
@@ -136,6 +139,7 @@ class ShardedStep:
         weakref.finalize(self, self.pool.shutdown, wait=False)
 
     def __call__(self, images: torch.Tensor, step: int) -> tuple[dict, list[tuple[nn.Parameter, torch.Tensor | None]]]:
+        start = time.perf_counter()
         params = [p for p in self.model.parameters() if p.requires_grad]
         chunks = images.tensor_split(self.count)
         rng = torch.get_rng_state()
@@ -148,12 +152,15 @@ class ShardedStep:
         if not torch.equal(rng, torch.get_rng_state()):
             raise ShardError("train.shards: the model drew from torch's global generator inside a shard, where "
                              "the draws' order depends on the threads' timing; draw with disdis.draws.generator()")
-        outs, grads = zip(*(f.result() for f in futures))
+        outs, grads, spans = zip(*(f.result() for f in futures))
         present = ([g for g in per_shard if g is not None] for per_shard in zip(*grads))
         summed = [(p, functools.reduce(torch.add, found) if found else None) for p, found in zip(params, present)]
-        return merge_outputs(list(outs), [len(c) for c in chunks]), summed
+        merged = merge_outputs(list(outs), [len(c) for c in chunks])
+        self.timeline = (start, list(spans), time.perf_counter())
+        return merged, summed
 
     def _shard(self, index: int, images: torch.Tensor, params: list[torch.Tensor], total: int, step: int):
+        began = time.perf_counter()
         _local.shard = index
         try:
             generator = torch.Generator(images.device).manual_seed(step_seed(self.seed, step, SHARD_STREAM + index))
@@ -161,7 +168,7 @@ class ShardedStep:
                 out = self.model(images)
             loss = out["loss"] * (len(images) / total)
             grads = torch.autograd.grad(loss, params, allow_unused=True) if params else ()
-            return out, grads
+            return out, grads, (began, time.perf_counter())
         except BaseException:
             self.turns.abort()
             raise
