@@ -69,6 +69,8 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
     unit_decorrelation: float = 0.0  # > 0: the weight of the units' mean squared correlation over the batch
     unit_independence: float = 0.0  # > 0: the same of their standardised squares (sees rotated factors)
     unmix_units: bool = False  # a fresh run first turns the extractor's units to maximise kurtosis (ICA)
+    unmix_order: Literal["largest_gain", "cyclic"] = "largest_gain"  # the pairs' order (disdis.ica): cyclic
+    # sweeps left two hues mixed in a demo seed (docs/demo-study.md, session of 2026-12-07, seventh)
 
     dependency_kinds = {**OnFirstStage.dependency_kinds, "extractor": "autoencoder"}
     initialises = frozenset({"extractor"})
@@ -130,7 +132,8 @@ class DisentangledDiffusionConfig(OnFirstStage, MethodConfig):
         first_stage = dependencies.get("first_stage") or build_first_stage(self.first_stage)
         model = DisentangledDiffusion(first_stage, self.units, self.unet, self.diffusion, self.anchoring,
                                       cache_latents=self.cache_latents, unit_decorrelation=self.unit_decorrelation,
-                                      unit_independence=self.unit_independence, unmix_units=self.unmix_units)
+                                      unit_independence=self.unit_independence, unmix_units=self.unmix_units,
+                                      unmix_order=self.unmix_order)
         if "extractor" in dependencies:  # the warm start: its weights, trained on from here
             model.extractor.load_state_dict(dependencies["extractor"].state_dict())
         return model
@@ -166,9 +169,11 @@ class DisentangledDiffusion(LatentSpace, Anchored, Method):
 
     def __init__(self, first_stage: FirstStage, units: UnitsConfig, unet: UNetConfig,
                  diffusion: DiffusionConfig, anchoring: AnchoringConfig, cache_latents: bool = False,
-                 unit_decorrelation: float = 0.0, unit_independence: float = 0.0, unmix_units: bool = False):
+                 unit_decorrelation: float = 0.0, unit_independence: float = 0.0, unmix_units: bool = False,
+                 unmix_order: str = "largest_gain"):
         super().__init__()
         self.unmix_units = unmix_units
+        self.unmix_order = unmix_order
         self.cache_latents = cache_latents
         self.unit_decorrelation = unit_decorrelation
         self.unit_independence = unit_independence
@@ -187,7 +192,7 @@ class DisentangledDiffusion(LatentSpace, Anchored, Method):
     def hooks(self) -> list[Hook]:
         """The units unmixed first when asked for; the latent scale fixed on the first batch (and the
         latent cache when asked for); the DyGA refits when anchoring is on."""
-        unmixing = [UnitUnmixing(self.extractor)] if self.unmix_units else []
+        unmixing = [UnitUnmixing(self.extractor, order=self.unmix_order)] if self.unmix_units else []
         return [*unmixing, *self.latent_hooks(self.cache_latents), *self.anchor_hooks()]
 
     def forward(self, images: torch.Tensor, condition_images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

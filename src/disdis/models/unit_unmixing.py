@@ -1,15 +1,15 @@
 """The extractor's units unmixed once, at the start of a run (``method.unmix_units``; docs/method.md).
 
-A warm start can hand over two factors mixed by a rotation over two units (docs/demo-study.md,
-"Why seed 9 fails"); the diffusion stage keeps such a mix. Before the first step of a fresh run,
-:class:`UnitUnmixing` encodes the training images (all, or a fixed random subset of
-``max_images``) with the extractor in eval mode, finds the kurtosis-maximising linear map of the
-units (:func:`disdis.ica.kurtosis_rotation`), and folds it into the extractor's last layer, so the
-extractor itself outputs the unmixed units from then on (checkpoints hold the folded weights; a
-resumed run does not unmix again). Units whose spread is below ``min_spread`` of the largest (a
-variational warm start's switched-off units) are left as they are. Every rank encodes the same
-images and computes the same map (float64, no random draw). The run's ``logs/unmixing.json``
-records the map and the kurtosis before and after.
+A warm start can hand over two factors mixed by a rotation over two units (docs/demo-study.md, "Why
+seed 9 fails"); the diffusion stage keeps such a mix. Before the first step of a fresh run,
+:class:`UnitUnmixing` encodes the training images (all, or a fixed random subset of ``max_images``)
+with the extractor in eval mode, finds the kurtosis-maximising linear map of the units
+(:func:`disdis.ica.kurtosis_rotation`, the pairs in ``order``), and folds it into the extractor's
+last layer, so the extractor itself outputs the unmixed units from then on (checkpoints hold the
+folded weights; a resumed run does not unmix again). Units whose spread is below ``min_spread`` of
+the largest (a variational warm start's switched-off units) are left as they are. Every rank encodes
+the same images and computes the same map (float64, no random draw). The run's
+``logs/unmixing.json`` records the map and the kurtosis before and after.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ def fold_linear(layer: torch.nn.Linear, matrix: np.ndarray, offset: np.ndarray) 
 class UnitUnmixing(Hook):
     name = "unit_unmixing"
 
-    def __init__(self, extractor: torch.nn.Module, max_images: int = 10000, min_spread: float = 0.1):
+    def __init__(self, extractor: torch.nn.Module, max_images: int = 10000, min_spread: float = 0.1,
+                 order: str = "largest_gain"):
         self.extractor = extractor
+        self.order = order
         self.max_images = max_images
         self.min_spread = min_spread
 
@@ -46,13 +48,13 @@ class UnitUnmixing(Hook):
         # in float32 even where training runs under bf16: the fourth moments need the precision
         units = encode_training_subset(self.extractor, ctx, self.max_images, 2, "units to unmix").double().numpy()
         count = len(units)
-        fit = kurtosis_rotation(units, self.min_spread)
+        fit = kurtosis_rotation(units, self.min_spread, order=self.order)
         fold_linear(self.extractor.fc[-1], fit.matrix, fit.offset)
         if distributed.is_main():
-            print(f"units unmixed on {count} images: {int(fit.active.sum())} of {len(fit.active)} units in the sweeps, "
-                  f"{fit.rotations} rotations in {fit.sweeps} sweeps, summed |excess kurtosis| "
+            print(f"units unmixed on {count} images: {int(fit.active.sum())} of {len(fit.active)} units active, "
+                  f"{fit.rotations} rotations ({self.order}), summed |excess kurtosis| "
                   f"{fit.kurtosis_before:.2f} -> {fit.kurtosis_after:.2f}", file=sys.stderr)
-            record = {"images": count, "active": fit.active.tolist(), "sweeps": fit.sweeps,
+            record = {"images": count, "active": fit.active.tolist(), "order": self.order,
                       "rotations": fit.rotations, "kurtosis_before": fit.kurtosis_before,
                       "kurtosis_after": fit.kurtosis_after, "matrix": fit.matrix.tolist(), "offset": fit.offset.tolist()}
             path = ctx.run_dir.log("unmixing").with_suffix(".json")
