@@ -12,8 +12,8 @@ best unit share at the end (from the training probe; >= 0.5 counts as captured) 
 DCI / MIG of its units with the run's own protocol (the model weights, as the demo's
 ``warm_start``), and a summary: in how many seeds every factor was captured. A second table gives
 each factor's best unit share once the units are unmixed as ``method.unmix_units`` would unmix
-them at the start of the diffusion stage (:func:`disdis.ica.kurtosis_rotation` over every image
-of the grid, the extractor in eval mode). On the demo grid
+them at the start of the diffusion stage (:func:`disdis.ica.kurtosis_rotation` in the default
+``method.unmix_order`` over every image of the grid, the extractor in eval mode). On the demo grid
 the hue phase and the hold are chaotic per seed, so an option is judged by this count over
 seeds, not by one run (docs/demo-study.md).
 """
@@ -84,12 +84,13 @@ def unmixed_shares(run: Path) -> list[float]:
 
     from disdis.ica import kurtosis_rotation
     from disdis.metrics import unit_factor_shares
+    from disdis.models.disentangled_diffusion import DisentangledDiffusionConfig
     from disdis.train.run import load_trained_model, open_training_data
     cfg, model, _ = load_trained_model(run, "model")
     data = open_training_data(cfg)
     with torch.no_grad():
         units = model.extractor(torch.stack([data[i][0] for i in range(len(data.dataset))])).double().numpy()
-    fit = kurtosis_rotation(units)
+    fit = kurtosis_rotation(units, order=DisentangledDiffusionConfig.unmix_order)  # the diffusion stage's default
     return unit_factor_shares(units @ fit.matrix.T + fit.offset, data.dataset.factor_sizes).max(0).tolist()
 
 
