@@ -46,12 +46,17 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     assert protocols[0] == protocols[1] == protocols[2]  # the start is scored alike
     report = (out / "report.md").read_text()
     assert "tokens_pca" in report and "scalar" in report and "| warm_start |" in report and "What each unit carries" in report
+    record = json.loads((out / "logs" / "unmixing.json").read_text())
+    assert (f"unmixed before the first step (method.unmix_units, the pairs turned to the largest kurtosis): "
+            f"{record['rotations']} rotations (largest_gain) over {sum(record['active'])} of 4 units") in report
+    assert "(logs/unmixing.json has the map). warm_start scores the units before it." in report
     for name in ("reconstructions.png", "interchange.png", "factor_shares.png"):
         assert name in report
         Image.open(out / "figures" / name).verify()
     assert (out / "first_stage" / "config.yaml").is_file() and (out / "extractor" / "config.yaml").is_file()
     page = (out / "report.html").read_text()  # the HTML report, every figure embedded
     assert page.count("<img ") >= 8 and "What each unit carries" in page
+    assert f"<th>units unmixed first</th><td>{record['rotations']} rotations (largest_gain)" in page
     check_hold_report(out)
     # run again with a longer schedule: the finished demo continues from its checkpoint
     assert main(args + ["train.total_kimg=0.192"]) == 0
@@ -102,6 +107,23 @@ def test_the_target_counts_the_factors_the_evaluated_units_hold_at_the_end():
     assert not target_reached(result(0.95, 0.7, [0.9] * 5 + [0.16]))
     assert not target_reached(result(0.95, 0.59, [0.9] * 6))
     assert not target_reached({"metrics": result(0.95, 0.7, [0.9] * 6)["metrics"]})
+
+
+def test_the_reports_unmixing_line_reads_the_runs_record(tmp_path):
+    """Nothing without logs/unmixing.json; a record from before method.unmix_order (no "order") was
+    written by the cyclic sweeps; the warm start's sentence only where the report scores one."""
+    from disdis.report.markdown import unmixing_lines
+    assert unmixing_lines(tmp_path, warm_start=True) == []
+    (tmp_path / "logs").mkdir()
+    record = {"images": 729, "active": [True] * 9 + [False], "rotations": 4, "kurtosis_before": 9.9696,
+              "kurtosis_after": 10.0995, "matrix": [], "offset": []}
+    (tmp_path / "logs" / "unmixing.json").write_text(json.dumps(record))
+    line = unmixing_lines(tmp_path, warm_start=False)[0]
+    assert "largest kurtosis): 4 rotations (cyclic) over 9 of 10 units, summed |excess kurtosis| 9.97 -> 10.10 " \
+           "on 729 images (logs/unmixing.json has the map)." in line and "warm_start" not in line
+    (tmp_path / "logs" / "unmixing.json").write_text(json.dumps({**record, "order": "largest_gain"}))
+    line = unmixing_lines(tmp_path, warm_start=True)[0]
+    assert "4 rotations (largest_gain)" in line and line.endswith("warm_start scores the units before it.")
 
 
 def test_demo_data_is_cached(tmp_path, capsys):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from disdis.errors import DisdisError
+from disdis.report.markdown import unmixing_summary
 from disdis.rundir import RunDir
 
 CAPTIONS = {
@@ -122,6 +123,9 @@ def _run_section(run: RunDir, level: int) -> list[str]:
     facts = [("method", _method(run)), ("data", _data(run)),
              ("training", f"{status.get('state', 'new')}, step {status.get('step', '-')}"),
              ("evaluated", str((result.get("run") or {}).get("checkpoint", "not yet (disdis evaluate RUN)")))]
+    unmixed = unmixing_summary(run.path)
+    if unmixed is not None:
+        facts.append(("units unmixed first", unmixed))
     out = [f"<{h}>{html.escape(run.path.name)}</{h}>", "<table>",
            *(f"<tr><th>{k}</th><td>{html.escape(v)}</td></tr>" for k, v in facts), "</table>"]
     if protocol and not protocol.get("reference", True):
