@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from disdis.cli import main
@@ -37,19 +38,22 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     assert "target (tokens_pca: FactorVAE >= 0.9, DCI >= 0.6, every factor captured at the end): " in printed
     assert "warm_start: FactorVAE" in printed  # the autoencoder's units, before the diffusion training
     protocols = []
-    for name in ("metrics.json", "metrics_scalar.json", "metrics_warm_start.json"):
+    for name in ("metrics.json", "metrics_scalar.json", "metrics_warm_start.json", "metrics_unmixed_start.json"):
         result = json.loads((out / name).read_text())
         protocols.append(result["protocol"])
         assert set(result["metrics"]) == {"factor_vae", "dci", "mig"} and result["protocol"]["reference"] is False
         shares = np.asarray(result["unit_factor_shares"])  # units x factors, each row a split of the variance
         assert shares.shape[1] == 6 and np.all(shares >= 0) and np.all(shares.sum(1) <= 1 + 1e-3)
-    assert protocols[0] == protocols[1] == protocols[2]  # the start is scored alike
+    assert protocols[0] == protocols[1] == protocols[2] == protocols[3]  # the start is scored alike
+    assert "unmixed_start: FactorVAE" in printed  # the start as the unmixing turned it
+    check_unmixed_start(out)
     report = (out / "report.md").read_text()
     assert "tokens_pca" in report and "scalar" in report and "| warm_start |" in report and "What each unit carries" in report
     record = json.loads((out / "logs" / "unmixing.json").read_text())
     assert (f"unmixed before the first step (method.unmix_units, the pairs turned to the largest kurtosis): "
             f"{record['rotations']} rotations (largest_gain) over {sum(record['active'])} of 4 units") in report
-    assert "(logs/unmixing.json has the map). warm_start scores the units before it." in report
+    assert "(logs/unmixing.json has the map). warm_start scores the units before it, unmixed_start after it." in report
+    assert "| unmixed_start |" in report
     for name in ("reconstructions.png", "interchange.png", "factor_shares.png"):
         assert name in report
         Image.open(out / "figures" / name).verify()
@@ -63,6 +67,22 @@ def test_demo_end_to_end(tmp_path, capsys, one_torch_thread):
     err = capsys.readouterr().err
     assert "resuming from" in err and "units unmixed" not in err  # a resumed run keeps the folded units
     assert (out / "logs" / "train.csv").read_text().splitlines()[-1].startswith("6,")
+
+
+def check_unmixed_start(run):
+    """The unmixed start's share table is that of the warm start's units mapped by logs/unmixing.json's
+    map, computed here from the autoencoder's units."""
+    from disdis.evaluation import encode_dataset
+    from disdis.metrics import unit_factor_shares
+    from disdis.train.run import load_trained_model, open_training_data
+    record = json.loads((run / "logs" / "unmixing.json").read_text())
+    cfg, model, _ = load_trained_model(run / "extractor", "model")
+    data = open_training_data(cfg)
+    units = encode_dataset(model, data, 256, torch.device("cpu"))[0].astype(np.float64)
+    mapped = units @ np.asarray(record["matrix"]).T + np.asarray(record["offset"])
+    result = json.loads((run / "metrics_unmixed_start.json").read_text())
+    assert result["run"]["units_mapped"] is True
+    np.testing.assert_allclose(result["unit_factor_shares"], unit_factor_shares(mapped, data.dataset.factor_sizes), atol=1e-4)
 
 
 def check_hold_report(run):
@@ -123,7 +143,7 @@ def test_the_reports_unmixing_line_reads_the_runs_record(tmp_path):
            "on 729 images (logs/unmixing.json has the map)." in line and "warm_start" not in line
     (tmp_path / "logs" / "unmixing.json").write_text(json.dumps({**record, "order": "largest_gain"}))
     line = unmixing_lines(tmp_path, warm_start=True)[0]
-    assert "4 rotations (largest_gain)" in line and line.endswith("warm_start scores the units before it.")
+    assert "4 rotations (largest_gain)" in line and line.endswith("warm_start scores the units before it, unmixed_start after it.")
 
 
 def test_demo_data_is_cached(tmp_path, capsys):

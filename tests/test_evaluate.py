@@ -68,3 +68,18 @@ def test_protocol_overrides_carry_every_eval_setting():
     other = {"eval": config_to_dict(EvalConfig(num_train=9, representation="scalar"))}
     got = config_from_dict(EvalConfig, apply_overrides(other, protocol_overrides(wanted))["eval"], "eval")
     assert config_to_dict(got) == config_to_dict(wanted)
+
+
+def test_a_map_of_the_units_is_scored_on_scalars_only(tiny_run, tmp_path):
+    """``evaluate_run(unit_map=...)`` scores matrix @ u + offset: a permutation of the units permutes
+    the share table's rows; with tokens_pca it is refused before any encoding."""
+    from disdis.errors import ConfigError
+    from disdis.evaluation import evaluate_run
+    protocol = ["eval.representation=scalar", "eval.num_train=200", "eval.num_test=100", "eval.metrics=[dci]"]
+    plain, _ = evaluate_run(tiny_run, protocol, out=tmp_path / "plain.json")
+    flip = np.eye(4)[[3, 2, 1, 0]]
+    mapped, _ = evaluate_run(tiny_run, protocol, out=tmp_path / "mapped.json", unit_map=(flip, np.zeros(4)))
+    np.testing.assert_allclose(mapped["unit_factor_shares"], plain["unit_factor_shares"][::-1], atol=1e-4)
+    assert mapped["run"]["units_mapped"] is True and "units_mapped" not in plain["run"]
+    with pytest.raises(ConfigError, match="a map of the units applies to eval.representation=scalar"):
+        evaluate_run(tiny_run, ["eval.representation=tokens_pca"], out=tmp_path / "x.json", unit_map=(flip, np.zeros(4)))

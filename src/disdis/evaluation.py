@@ -21,8 +21,10 @@ def protocol_overrides(eval_cfg) -> list[str]:
 
 
 def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = (), weights: str = "ema",
-                 out: str | Path | None = None, n_jobs: int = 2) -> tuple[dict, Path]:
-    """Metrics of a run's representation; returns (result dict, path of metrics.json) (rank 0 writes it)."""
+                 out: str | Path | None = None, n_jobs: int = 2, unit_map=None) -> tuple[dict, Path]:
+    """Metrics of a run's representation; returns (result dict, path of metrics.json) (rank 0 writes it).
+    ``unit_map``: ``(matrix, offset)``, the scalar units scored as ``matrix @ u + offset`` (the demo's
+    warm start as the units' unmixing turned it)."""
     import json
 
     import numpy as np
@@ -45,6 +47,8 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
     device = distributed.init(resolve_device(cfg.train.device).type)
     model.to(device)
     data = open_training_data(cfg)
+    if unit_map is not None and cfg.eval.representation != "scalar":
+        raise ConfigError("evaluate: a map of the units applies to eval.representation=scalar")
     if cfg.eval.representation == "tokens_pca" and "tokens" not in model.representation(data[0][0][None].to(device)):
         raise ConfigError(f"eval.representation: tokens_pca needs tokens, and a '{cfg.method.name}' run's units "
                           "are scalars (use eval.representation=scalar)")
@@ -61,6 +65,8 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
     out = Path(out) if out else RunDir.of(checkpoint).metrics
     if not distributed.is_main():
         return {}, out
+    if unit_map is not None:
+        units = units.astype(np.float64) @ np.asarray(unit_map[0]).T + np.asarray(unit_map[1])
     codes = reduce_units_by_pca(tokens) if cfg.eval.representation == "tokens_pca" else units
     dataset = data.dataset
     if dataset.has_factor_grid:
@@ -80,6 +86,8 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
             result["protocol"]["fid_images"] = cfg.eval.fid_images
     result["run"] = {"checkpoint": str(checkpoint), "weights": weights, "representation": cfg.eval.representation,
                      "num_images": int(len(codes))}
+    if unit_map is not None:
+        result["run"]["units_mapped"] = True
     write_text_atomic(out, json.dumps(result, indent=2))
     return result, out
 

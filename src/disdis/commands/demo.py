@@ -12,6 +12,7 @@ table, reconstructions and a latent-interchange grid.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -44,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from disdis.evaluation import evaluate_run, protocol_overrides
     from disdis.figures import make_figures
     from disdis.metrics import format_table
-    from disdis.report import (REPRESENTATIONS, WARM_START, Clock, report_summary, shares_table, write_html_report,
-                               write_report)
+    from disdis.report import (REPRESENTATIONS, UNMIXED_START, WARM_START, Clock, report_summary, shares_table,
+                               write_html_report, write_report)
     from disdis.run_config import load_run_config
     from disdis.rundir import RunDir
     from disdis.train import distributed
@@ -76,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
                                        out=out / ("metrics.json" if rep == REPRESENTATIONS[0] else f"metrics_{rep}.json"))
     start = dependency_source(cfg, "extractor") if "extractor" in cfg.method.needs() else None
     if start is not None and RunDir.of(start).list_checkpoints():  # what the diffusion training started from, scored alike
-        results[WARM_START], _ = evaluate_run(start, [*protocol_overrides(cfg.eval), "eval.representation=scalar"],
-                                              weights="model", out=out / f"metrics_{WARM_START}.json")
+        scalar = [*protocol_overrides(cfg.eval), "eval.representation=scalar"]
+        results[WARM_START], _ = evaluate_run(start, scalar, weights="model", out=out / f"metrics_{WARM_START}.json")
+        unmixing = RunDir(out).log("unmixing").with_suffix(".json")
+        if unmixing.is_file():  # the same units as the unmixing turned them: the diffusion training's start
+            record = json.loads(unmixing.read_text())
+            results[UNMIXED_START], _ = evaluate_run(start, scalar, weights="model", out=out / f"metrics_{UNMIXED_START}.json",
+                                                     unit_map=(record["matrix"], record["offset"]))
     clock.lap("evaluation")
     _phase("4/4 figures and report")
     figures = make_figures(out)

@@ -11,6 +11,7 @@ from disdis.rundir import RunDir
 
 REPRESENTATIONS = ("tokens_pca", "scalar")  # the paper's protocol first (docs/method.md)
 WARM_START = "warm_start"  # the units of the autoencoder that started the extractor, before the diffusion training
+UNMIXED_START = "unmixed_start"  # the same units as the unmixing (method.unmix_units) turned them: the training's start
 TARGET = {"factor_vae": 0.9, "dci": 0.6}      # the demo's goal: FactorVAE >= 0.9, DCI disentanglement >= 0.6
 
 
@@ -139,7 +140,7 @@ def unmixing_lines(run_dir: Path, warm_start: bool) -> list[str]:
         return []
     return [f"The extractor's units were unmixed before the first step (method.unmix_units, the pairs turned "
             f"to the largest kurtosis): {summary} (logs/unmixing.json has the map)."
-            + (f" {WARM_START} scores the units before it." if warm_start else ""), ""]
+            + (f" {WARM_START} scores the units before it, {UNMIXED_START} after it." if warm_start else ""), ""]
 
 
 def capture_curve(run_dir: Path) -> list[str]:
@@ -167,7 +168,10 @@ def write_report(path: Path, cfg, results: dict, grid: Path, recon: Path, clock:
         "scalar: the feature extractor's raw outputs."
         + (f" {WARM_START}: the units of the autoencoder whose extractor the diffusion training started from "
            "(scored alike; the difference from scalar is what the diffusion training did to them)."
-           if WARM_START in results else ""), "",
+           if WARM_START in results else "")
+        + (f" {UNMIXED_START}: those units as the unmixing turned them, the units the diffusion training started from"
+           f" (the difference from {WARM_START} is the unmixing's, from scalar the diffusion training's)."
+           if UNMIXED_START in results else ""), "",
         f"Data: the synthetic Shapes3D-like grid ({grid_names}; Shapes3D class indices), "
         f"{cfg.data.resolution}x{cfg.data.resolution}.", "",
         *unmixing_lines(path.parent, WARM_START in results),
