@@ -16,11 +16,11 @@ in one of two orders:
 - ``cyclic``: Jacobi sweeps over the pairs in a fixed order, until a sweep turns none;
 - ``largest_gain``: always the pair whose turn raises K the most, until none raises it by ``tol``.
 
-A cyclic sweep can lock in a small early turn: in a demo seed's units it first turned a unit of
-orientation 32 degrees into one holding two hues mixed at 45 degrees (a gain of 0.06), after which
-the hues' own turn (a gain of 1.33) was gone: K 9.97 -> 10.10 with the hues still mixed, against
-11.35 and each hue in a unit of its own by the largest gain first (docs/demo-study.md, session of
-2026-12-07, seventh). The units are standardised first and each turned pair again (the units need
+A cyclic sweep can lock in small early turns: in a demo seed's units it first turned two units of
+orientation into one holding two hues mixed at 45 degrees (by 10 and 48 degrees, gains of 0.035 and
+0.043), after which the hues' own turn (a gain of 1.33) was gone: K 9.97 -> 10.10 with the hues still
+mixed, against 11.35 and each hue in a unit of its own by the largest gain first (docs/demo-study.md,
+session of 2026-12-07, seventh). The units are standardised first and each turned pair again (the units need
 not be uncorrelated), so the map it returns is a general linear one, ``y = A u + c``.
 """
 
