@@ -131,18 +131,18 @@ def test_the_target_counts_the_factors_the_evaluated_units_hold_at_the_end():
 
 def test_the_reports_unmixing_line_reads_the_runs_record(tmp_path):
     """Nothing without logs/unmixing.json; a record from before method.unmix_order (no "order") was
-    written by the cyclic sweeps; the warm start's sentence only where the report scores one."""
+    written by the cyclic sweeps; the sentence on the starts only where the report scores them."""
     from disdis.report.markdown import unmixing_lines
-    assert unmixing_lines(tmp_path, warm_start=True) == []
+    assert unmixing_lines(tmp_path, starts_scored=True) == []
     (tmp_path / "logs").mkdir()
     record = {"images": 729, "active": [True] * 9 + [False], "rotations": 4, "kurtosis_before": 9.9696,
               "kurtosis_after": 10.0995, "matrix": [], "offset": []}
     (tmp_path / "logs" / "unmixing.json").write_text(json.dumps(record))
-    line = unmixing_lines(tmp_path, warm_start=False)[0]
+    line = unmixing_lines(tmp_path, starts_scored=False)[0]
     assert "largest kurtosis): 4 rotations (cyclic) over 9 of 10 units, summed |excess kurtosis| 9.97 -> 10.10 " \
            "on 729 images (logs/unmixing.json has the map)." in line and "warm_start" not in line
     (tmp_path / "logs" / "unmixing.json").write_text(json.dumps({**record, "order": "largest_gain"}))
-    line = unmixing_lines(tmp_path, warm_start=True)[0]
+    line = unmixing_lines(tmp_path, starts_scored=True)[0]
     assert "4 rotations (largest_gain)" in line and line.endswith("warm_start scores the units before it, unmixed_start after it.")
 
 

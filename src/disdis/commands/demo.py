@@ -12,7 +12,6 @@ table, reconstructions and a latent-interchange grid.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -45,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from disdis.evaluation import evaluate_run, protocol_overrides
     from disdis.figures import make_figures
     from disdis.metrics import format_table
+    from disdis.models.unit_unmixing import read_record
     from disdis.report import (REPRESENTATIONS, UNMIXED_START, WARM_START, Clock, report_summary, shares_table,
                                write_html_report, write_report)
     from disdis.run_config import load_run_config
@@ -79,9 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if start is not None and RunDir.of(start).list_checkpoints():  # what the diffusion training started from, scored alike
         scalar = [*protocol_overrides(cfg.eval), "eval.representation=scalar"]
         results[WARM_START], _ = evaluate_run(start, scalar, weights="model", out=out / f"metrics_{WARM_START}.json")
-        unmixing = RunDir(out).log("unmixing").with_suffix(".json")
-        if unmixing.is_file():  # the same units as the unmixing turned them: the diffusion training's start
-            record = json.loads(unmixing.read_text())
+        record = read_record(out)
+        if record is not None:  # the same units as the unmixing turned them: the diffusion training's start
             results[UNMIXED_START], _ = evaluate_run(start, scalar, weights="model", out=out / f"metrics_{UNMIXED_START}.json",
                                                      unit_map=(record["matrix"], record["offset"]))
     clock.lap("evaluation")

@@ -16,14 +16,27 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from disdis.ica import kurtosis_rotation
+from disdis.rundir import RunDir
 from disdis.train import distributed
 from disdis.train.encode import encode_training_subset
 from disdis.train.hooks import Hook, HookContext
+
+
+def record_path(run_dir) -> Path:
+    """``logs/unmixing.json`` of a run (a folder or a RunDir): the map and what the unmixing did."""
+    return RunDir.of(run_dir).log("unmixing").with_suffix(".json")
+
+
+def read_record(run_dir) -> dict | None:
+    """The run's unmixing record (:func:`record_path`); None for a run that did not unmix."""
+    path = record_path(run_dir)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def fold_linear(layer: torch.nn.Linear, matrix: np.ndarray, offset: np.ndarray) -> None:
@@ -57,6 +70,6 @@ class UnitUnmixing(Hook):
             record = {"images": count, "active": fit.active.tolist(), "order": self.order,
                       "rotations": fit.rotations, "kurtosis_before": fit.kurtosis_before,
                       "kurtosis_after": fit.kurtosis_after, "matrix": fit.matrix.tolist(), "offset": fit.offset.tolist()}
-            path = ctx.run_dir.log("unmixing").with_suffix(".json")
+            path = record_path(ctx.run_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1))

@@ -121,26 +121,25 @@ def shares_table(result: dict, factor_names: list[str]) -> list[str]:
 def unmixing_summary(run_dir: Path) -> str | None:
     """What the units' unmixing before the first step did (``method.unmix_units``), from
     logs/unmixing.json; None for a run that did not unmix."""
-    import json
-    path = RunDir.of(run_dir).log("unmixing").with_suffix(".json")
-    if not path.is_file():
+    from disdis.models.unit_unmixing import read_record
+    record = read_record(run_dir)
+    if record is None:
         return None
-    record = json.loads(path.read_text())
     order = record.get("order", "cyclic")  # runs before method.unmix_order had only the cyclic sweeps
     return (f"{record['rotations']} rotations ({order}) over {sum(record['active'])} of {len(record['active'])} "
             f"units, summed |excess kurtosis| {record['kurtosis_before']:.2f} -> {record['kurtosis_after']:.2f} "
             f"on {record['images']} images")
 
 
-def unmixing_lines(run_dir: Path, warm_start: bool) -> list[str]:
-    """Markdown: :func:`unmixing_summary` as a sentence; ``warm_start``: the report scores the warm
-    start's units, which are the units before the unmixing."""
+def unmixing_lines(run_dir: Path, starts_scored: bool) -> list[str]:
+    """Markdown: :func:`unmixing_summary` as a sentence; ``starts_scored``: the report scores the units
+    before the unmixing (the warm start) and after it."""
     summary = unmixing_summary(run_dir)
     if summary is None:
         return []
     return [f"The extractor's units were unmixed before the first step (method.unmix_units, the pairs turned "
             f"to the largest kurtosis): {summary} (logs/unmixing.json has the map)."
-            + (f" {WARM_START} scores the units before it, {UNMIXED_START} after it." if warm_start else ""), ""]
+            + (f" {WARM_START} scores the units before it, {UNMIXED_START} after it." if starts_scored else ""), ""]
 
 
 def capture_curve(run_dir: Path) -> list[str]:
@@ -174,7 +173,7 @@ def write_report(path: Path, cfg, results: dict, grid: Path, recon: Path, clock:
            if UNMIXED_START in results else ""), "",
         f"Data: the synthetic Shapes3D-like grid ({grid_names}; Shapes3D class indices), "
         f"{cfg.data.resolution}x{cfg.data.resolution}.", "",
-        *unmixing_lines(path.parent, WARM_START in results),
+        *unmixing_lines(path.parent, UNMIXED_START in results),
         "Full metric table (tokens_pca):", "", "```", format_table(results[REPRESENTATIONS[0]]), "```", "",
         *shares_table(results[REPRESENTATIONS[0]], list(DEMO_GRID)), "",
         *capture_curve(path.parent),
