@@ -108,7 +108,7 @@ def check_hold_report(run):
 
 
 def test_the_target_counts_the_factors_the_evaluated_units_hold_at_the_end():
-    from disdis.report.markdown import target_lines, target_reached
+    from disdis.report.markdown import shares_table, target_lines, target_reached
 
     def result(fvae: float, dci: float, best: list) -> dict:
         shares = np.zeros((10, 6))
@@ -119,6 +119,9 @@ def test_the_target_counts_the_factors_the_evaluated_units_hold_at_the_end():
     assert held.endswith(": every factor captured") and target.endswith(": reached")
     held, target = target_lines(result(0.95, 0.7, [0.9] * 5 + [0.16]))  # scores met, orientation lost
     assert held.endswith("5 of 6 factors captured; not orientation (best unit 0.16)") and target.endswith("not reached")
+    spread = {**result(0.95, 0.7, [0.9] * 5 + [0.16]), "direction_shares": [0.95] * 5 + [0.71]}
+    assert target_lines(spread)[0].endswith("not orientation (best unit 0.16, best direction 0.71)")
+    assert shares_table(spread, list("abcdef"))[-1] == "| any direction (a mix of units) | " + "0.95 | " * 5 + "0.71 |"
     assert target_lines(result(0.89, 0.7, [0.9] * 6))[1].endswith("not reached")
     held, target = target_lines({"metrics": result(0.95, 0.7, [0.9] * 6)["metrics"]})  # no factor grid
     assert "no share table" in held and target.endswith("not reached")

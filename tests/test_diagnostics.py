@@ -74,6 +74,8 @@ def test_share_table_of_known_units(tmp_path):
     p.close()
     assert row["share_a"] == pytest.approx(1.0) and row["share_b"] == pytest.approx(1.0)
     assert row["share_c"] == pytest.approx(0.0, abs=1e-12) and row["factors_captured"] == 2
+    assert row["direction_a"] == pytest.approx(1.0) and row["direction_b"] == pytest.approx(1.0)
+    assert row["direction_c"] == pytest.approx(0.0, abs=1e-12)
     table = read_csv_log(tmp_path / "logs" / "shares.csv")
     assert [r["unit"] for r in table] == [0, 1, 2, 3]
     mixed = table[2]  # a and b each explain half of the standardised sum
@@ -90,7 +92,7 @@ def test_share_table_of_known_units(tmp_path):
 def test_figure_redrawn_at_most_every_redraw_seconds_and_completed_at_close(tmp_path, monkeypatch):
     import disdis.figures
     drawn = []
-    monkeypatch.setattr(disdis.figures, "plot_factor_shares", lambda rows, names, path: drawn.append(len(rows)))
+    monkeypatch.setattr(disdis.figures, "plot_factor_shares", lambda rows, names, path, **kw: drawn.append(len(rows)))
     p, model = probe(tmp_path, redraw_seconds=math.inf)
     for step in (1, 2, 3):
         p(model, step, step / 10)
@@ -178,7 +180,7 @@ def test_run_logs_shares_and_trains_the_same_weights_with_or_without_probe(tmp_p
                  "train.probe_images=0"]) == 0
     rows = read_csv_log(tmp_path / "probed" / "logs" / "train.csv")
     factors = ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
-    assert all(0 <= r[f"share_{f}"] <= 1 for r in rows for f in factors)
+    assert all(0 <= r[f"share_{f}"] <= r[f"direction_{f}"] + 1e-9 <= 1 + 1e-9 for r in rows for f in factors)
     assert all(0 < r["units_top_pc"] <= 1 and "attn0_entropy" in r and "attn0_selectivity" in r for r in rows)
     assert "share_scale" not in read_csv_log(tmp_path / "plain" / "logs" / "train.csv")[0]
     assert len(read_csv_log(tmp_path / "probed" / "logs" / "shares.csv")) == 2 * 4  # 2 logs x 4 units

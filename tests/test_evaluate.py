@@ -80,6 +80,9 @@ def test_a_map_of_the_units_is_scored_on_scalars_only(tiny_run, tmp_path):
     flip = np.eye(4)[[3, 2, 1, 0]]
     mapped, _ = evaluate_run(tiny_run, protocol, out=tmp_path / "mapped.json", unit_map=(flip, np.zeros(4)))
     np.testing.assert_allclose(mapped["unit_factor_shares"], plain["unit_factor_shares"][::-1], atol=1e-4)
+    # what any direction of the units holds does not depend on their order; never less than a unit's share
+    np.testing.assert_allclose(mapped["direction_shares"], plain["direction_shares"], atol=1e-4)
+    assert np.all(np.array(plain["direction_shares"]) >= np.max(plain["unit_factor_shares"], axis=0) - 1e-4)
     assert mapped["run"]["units_mapped"] is True and "units_mapped" not in plain["run"]
     with pytest.raises(ConfigError, match="a map of the units applies to eval.representation=scalar"):
         evaluate_run(tiny_run, ["eval.representation=tokens_pca"], out=tmp_path / "x.json", unit_map=(flip, np.zeros(4)))

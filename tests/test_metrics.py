@@ -330,6 +330,34 @@ def test_unit_pair_shares_analytic_cases():
     assert np.isclose(pairs[3, 0, 2], means.var() / codes[:, 3].var(), atol=1e-12)
 
 
+def test_direction_shares_finds_a_factor_spread_over_units():
+    """Two factors mixed over two units (each unit half of each) have unit shares 0.5 and direction
+    shares 1; against a float64 search over the directions of a random two-unit code; never below the
+    best unit's share, and unchanged by an invertible linear map of the units."""
+    from disdis.factor_grid import canonical_factors
+    from disdis.metrics import direction_shares, unit_factor_shares
+
+    sizes = [3, 4, 2]
+    f = canonical_factors(sizes).astype(float)
+    a, b = (f[:, 0] - 1) / np.std(f[:, 0]), (f[:, 1] - 1.5) / np.std(f[:, 1])
+    mixed = np.stack([a + b, a - b], axis=1)
+    np.testing.assert_allclose(unit_factor_shares(mixed, sizes)[:, :2], 0.5, atol=1e-12)
+    np.testing.assert_allclose(direction_shares(mixed, sizes), [1, 1, 0], atol=1e-12)
+
+    rng = np.random.default_rng(0)
+    noisy = np.stack([np.sin(f[:, 0]) + f[:, 2] + rng.normal(size=len(f)), f[:, 1] ** 2 - f[:, 0] + rng.normal(size=len(f))], 1)
+    angles = np.linspace(0, np.pi, 20001)
+    projected = noisy @ np.stack([np.cos(angles), np.sin(angles)])  # (images, angles)
+    searched = unit_factor_shares(projected, sizes).max(axis=0)
+    shares = direction_shares(noisy, sizes)
+    np.testing.assert_allclose(shares, searched, atol=1e-6)
+    assert np.all(shares >= unit_factor_shares(noisy, sizes).max(axis=0) - 1e-12)
+    np.testing.assert_allclose(direction_shares(noisy @ [[2.0, 1.0], [-0.5, 3.0]] + 7, sizes), shares, atol=1e-10)
+    # a repeated unit and a constant one add no direction; a constant code holds nothing
+    np.testing.assert_allclose(direction_shares(np.c_[noisy, noisy[:, :1], np.ones(len(f))], sizes), shares, atol=1e-10)
+    np.testing.assert_array_equal(direction_shares(np.zeros((len(f), 3)), sizes), [0, 0, 0])
+
+
 def test_suite_scores_are_the_same_on_every_run_even_with_tied_codes():
     """Two codes that copy one factor tie at every split; the trees pick one at random. The suite
     seeds that choice (apart from the sampling stream), so DCI and downstream repeat exactly."""

@@ -9,6 +9,9 @@ encodes the units with the live model in eval mode and measures
   that the factor explains (eta^2, :func:`disdis.metrics.unit_factor_shares`);
   logged as each factor's best unit, ``share_<factor>``, and written whole to
   ``logs/shares.csv``;
+* ``direction_<factor>``: the largest share of the factor over every linear combination of the
+  units (:func:`disdis.metrics.direction_shares`): far above ``share_<factor>`` when the units hold
+  the factor spread over several of them, as low when they do not hold it;
 * ``units_top_pc``: the share of the units' total variance on their first
   principal direction (near 1 when the units have collapsed onto one signal);
 * for every cross-attention layer i (a :class:`~disdis.nn.layers.Attention`
@@ -28,7 +31,8 @@ encodes the units with the live model in eval mode and measures
   a clean test of reading a factor only where the units are known to hold it.
 
 It also redraws ``figures/factor_shares.png``: each factor's best share
-against kimg, so a user sees when each factor is captured; at most every
+against kimg (and, dotted, its best direction's, from ``logs/train.csv``), so a user sees when each
+factor is captured; at most every
 ``redraw_seconds`` while training (a drawing costs about 0.4 s, a probe's
 measurements about 0.8 s at the demo's size) and once more when the probe closes. The probe's draws
 come from its own seed inside ``torch.random.fork_rng``, so training draws the
@@ -48,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from disdis.metrics import unit_factor_shares
+from disdis.metrics import direction_shares, unit_factor_shares
 from disdis.nn.layers import TransformerBlock
 from disdis.rundir import RunDir
 from disdis.train.logger import CSVLogger, read_csv_log
@@ -138,6 +142,7 @@ class UnitProbe:
         row = {f"share_{name}": float(v) for name, v in zip(self.factor_names, best)}
         row["factors_captured"] = int((best >= CAPTURED).sum())
         row["units_top_pc"] = top
+        row.update({f"direction_{name}": float(v) for name, v in zip(self.factor_names, direction_shares(units, self.sizes))})
         return row
 
     def _conditioning_stats(self, model: nn.Module, device: torch.device) -> dict[str, float]:
@@ -174,8 +179,10 @@ class UnitProbe:
     def _draw(self) -> None:
         from disdis.figures import plot_factor_shares
         rows = read_csv_log(self.table_log.path)
+        train_log = self.run_dir.log("train")  # the loop writes each probe's row after the probe returns
         if rows:
-            plot_factor_shares(rows, self.factor_names, self.figure)
+            plot_factor_shares(rows, self.factor_names, self.figure,
+                               directions=read_csv_log(train_log) if train_log.is_file() else ())
         self.drawn_at, self.stale = time.monotonic(), False
 
 

@@ -32,7 +32,8 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
     from disdis.config import apply_overrides, config_from_dict, config_to_dict
     from disdis.errors import ConfigError
     from disdis.io import write_text_atomic
-    from disdis.metrics import Protocol, evaluate_representation, reduce_units_by_pca, tad, unit_factor_shares
+    from disdis.metrics import (Protocol, direction_shares, evaluate_representation, reduce_units_by_pca, tad,
+                                unit_factor_shares)
     from disdis.run_config import EvalConfig
     from disdis.train import distributed
     from disdis.train.loop import resolve_device
@@ -73,6 +74,7 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
         result = evaluate_representation(codes, dataset.factor_sizes, dataset.factor_names,
                                          protocol=Protocol.of(cfg.eval, n_jobs=n_jobs))
         result["unit_factor_shares"] = unit_factor_shares(codes, dataset.factor_sizes).round(4).tolist()
+        result["direction_shares"] = direction_shares(codes, dataset.factor_sizes).round(4).tolist()
     else:  # CelebA: attributes, no factor grid
         labels = dataset.labels(np.arange(len(dataset)))
         result = {"metrics": {"tad": tad(codes, labels)}, "seconds": {},

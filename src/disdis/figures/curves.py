@@ -11,9 +11,11 @@ from disdis.io import atomic_path
 
 
 def plot_factor_shares(rows: Sequence[dict], factor_names: Sequence[str], path: str | Path,
-                       captured: float = 0.5) -> Path:
+                       captured: float = 0.5, directions: Sequence[dict] = ()) -> Path:
     """Each factor's best unit share (eta^2) against kimg, from the rows of ``logs/shares.csv``
-    (one row per (step, unit) with a column per factor); a dashed line marks ``captured``."""
+    (one row per (step, unit) with a column per factor); a dashed line marks ``captured``. With
+    ``directions`` (the rows of ``logs/train.csv``), each factor's best direction's share
+    (``direction_<factor>``, a linear mix of the units) dotted in the factor's colour."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -24,12 +26,17 @@ def plot_factor_shares(rows: Sequence[dict], factor_names: Sequence[str], path: 
     for name in factor_names:
         values = np.array([r[name] for r in rows])
         best = [values[kimg == t].max() for t in times]
-        ax.plot(times, best, marker="o", markersize=3, label=name)
+        line, = ax.plot(times, best, marker="o", markersize=3, label=name)
+        logged = [r for r in directions if f"direction_{name}" in r]
+        if logged:
+            ax.plot([r["kimg"] for r in logged], [r[f"direction_{name}"] for r in logged], linestyle=":",
+                    linewidth=1.2, color=line.get_color())
     ax.axhline(captured, color="grey", linestyle="--", linewidth=1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("training images (kimg)")
     ax.set_ylabel("best unit's share of the factor (eta^2)")
-    ax.set_title("When each factor is captured (dashed: captured at 0.5)")
+    ax.set_title("When each factor is captured (dashed: captured at 0.5"
+                 + ("; dotted: the best direction, a mix of units)" if directions else ")"))
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
     fig.tight_layout()

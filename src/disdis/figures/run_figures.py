@@ -82,8 +82,10 @@ def file_figures(run: RunDir, wanted: list[str], explicit: bool) -> dict[str, Pa
     made = {}
     for name in wanted:
         if name == "shares" and result.get("unit_factor_shares") and names:
-            shares = result["unit_factor_shares"]
-            made[name] = plot_matrix(shares, run.figure("shares"), [f"unit {k}" for k in range(len(shares))], names,
+            shares, labels = result["unit_factor_shares"], [f"unit {k}" for k in range(len(result["unit_factor_shares"]))]
+            if result.get("direction_shares"):  # the last row: what the units hold, spread or not
+                shares, labels = [*shares, result["direction_shares"]], [*labels, "any direction (a mix)"]
+            made[name] = plot_matrix(shares, run.figure("shares"), labels, names,
                                      "What each unit carries: share of each factor's variance (eta^2)", "share")
         elif name == "importance" and (result.get("matrices") or {}).get("dci_importance") and names:
             importance = result["matrices"]["dci_importance"]
@@ -94,7 +96,8 @@ def file_figures(run: RunDir, wanted: list[str], explicit: bool) -> dict[str, Pa
             made[name] = plot_training_curves(read_csv_log(run.log("train")), run.figure("curves"))
             if run.log("shares").is_file() and names:
                 made["factor_shares"] = plot_factor_shares(read_csv_log(run.log("shares")), names,
-                                                           run.figure("factor_shares"))
+                                                           run.figure("factor_shares"),
+                                                           directions=read_csv_log(run.log("train")))
         elif explicit:
             raise DisdisError(f"--which {name}: {run} has no {'metrics.json' if name != 'curves' else 'train log'} "
                               "to draw it from (evaluate or train it first)")

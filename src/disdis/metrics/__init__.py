@@ -19,13 +19,13 @@ from disdis.metrics.modularity import modularity, modularity_explicitness
 from disdis.metrics.pca import reduce_units_by_pca
 from disdis.metrics.sampling import index_of, sample_codes, sample_factors
 from disdis.metrics.sap import sap, sap_score_matrix
-from disdis.metrics.shares import unit_factor_shares, unit_pair_shares
+from disdis.metrics.shares import direction_shares, unit_factor_shares, unit_pair_shares
 from disdis.metrics.suite import Protocol, evaluate_representation, format_table
 from disdis.metrics.tad import tad
 
 __all__ = [
     "Protocol", "beta_vae", "dci", "dci_completeness", "dci_disentanglement",
-    "downstream_efficiency", "entropy", "evaluate_representation", "factor_vae", "frechet_distance",
+    "direction_shares", "downstream_efficiency", "entropy", "evaluate_representation", "factor_vae", "frechet_distance",
     "format_table", "histogram_discretize", "importance_matrix", "index_of", "mig",
     "modularity", "modularity_explicitness", "mutual_information", "reduce_units_by_pca",
     "sample_codes", "sample_factors", "sap", "sap_score_matrix", "tad", "unit_factor_shares", "unit_pair_shares",

@@ -79,8 +79,10 @@ def target_lines(result: dict) -> list[str]:
     elif not missing:
         held = "every factor captured"
     else:
-        held = f"{len(names) - len(missing)} of {len(names)} factors captured; not " + \
-            ", ".join(f"{name} (best unit {share:.2f})" for name, share in missing.items())
+        direction = dict(zip(names, result.get("direction_shares") or []))
+        held = f"{len(names) - len(missing)} of {len(names)} factors captured; not " + ", ".join(
+            f"{name} (best unit {share:.2f}" + (f", best direction {direction[name]:.2f}" if name in direction else "") + ")"
+            for name, share in missing.items())
     reached = target_reached(result)
     return [f"at the end ({rep}, the share table; a unit's share >= {CAPTURED}): {held}",
             f"target ({rep}: FactorVAE >= {TARGET['factor_vae']}, DCI >= {TARGET['dci']}, every factor captured "
@@ -115,6 +117,8 @@ def shares_table(result: dict, factor_names: list[str]) -> list[str]:
              "|---" * (len(factor_names) + 1) + "|"]
     for unit, row in enumerate(shares):
         lines.append(f"| {unit} | " + " | ".join(f"**{v:.2f}**" if v >= 0.5 else f"{v:.2f}" for v in row) + " |")
+    if result.get("direction_shares"):  # a factor far above its best unit here is held, but spread over units
+        lines.append("| any direction (a mix of units) | " + " | ".join(f"{v:.2f}" for v in result["direction_shares"]) + " |")
     return lines
 
 
