@@ -145,20 +145,22 @@ def test_the_report_renders_in_a_real_browser(evaluated_run, tmp_path):
     assert Image.open(tmp_path / "report.png").size[0] == 1280
 
 
-def test_factor_shares_draws_the_best_direction_dotted(tmp_path):
-    """With the train log's ``direction_<factor>`` columns each factor gets a second, dotted line."""
+def test_factor_shares_draws_the_best_direction_dotted(tmp_path, monkeypatch):
+    """With the train log's ``direction_<factor>`` columns each factor gets a second, dotted line, and
+    the title says so; a log from before those columns draws none and says nothing of them."""
     from matplotlib import pyplot as plt
 
     from disdis.figures.curves import plot_factor_shares
     rows = [{"kimg": k, "unit": u, "a": 0.1 * k, "b": 0.2} for k in (1.0, 2.0) for u in (0, 1)]
     drawn = []
     real_close = plt.close
-    plt.close = lambda fig: (drawn.append([line.get_linestyle() for line in fig.axes[0].lines]), real_close(fig))
-    try:
-        plot_factor_shares(rows, ["a", "b"], tmp_path / "plain.png")
-        plot_factor_shares(rows, ["a", "b"], tmp_path / "dotted.png",
-                           directions=[{"kimg": k, "direction_a": 0.5, "direction_b": 0.9} for k in (1.0, 2.0)])
-    finally:
-        plt.close = real_close
-    assert drawn[0].count(":") == 0 and drawn[1].count(":") == 2
+    monkeypatch.setattr(plt, "close", lambda fig: (drawn.append(
+        ([line.get_linestyle() for line in fig.axes[0].lines], fig.axes[0].get_title())), real_close(fig)))
+    plot_factor_shares(rows, ["a", "b"], tmp_path / "plain.png")
+    plot_factor_shares(rows, ["a", "b"], tmp_path / "dotted.png",
+                       directions=[{"kimg": k, "direction_a": 0.5, "direction_b": 0.9} for k in (1.0, 2.0)])
+    plot_factor_shares(rows, ["a", "b"], tmp_path / "old.png", directions=[{"kimg": 1.0, "loss": 0.3}])
+    (plain, plain_title), (dotted, dotted_title), (old, old_title) = drawn
+    assert plain.count(":") == 0 and dotted.count(":") == 2 and old.count(":") == 0
+    assert "dotted" in dotted_title and "dotted" not in plain_title and old_title == plain_title
     assert Image.open(tmp_path / "dotted.png").size[0] >= 512

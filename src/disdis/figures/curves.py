@@ -23,20 +23,22 @@ def plot_factor_shares(rows: Sequence[dict], factor_names: Sequence[str], path: 
     kimg = np.array([r["kimg"] for r in rows])
     times = np.unique(kimg)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)  # 800 x 450 px
+    dotted = False
     for name in factor_names:
         values = np.array([r[name] for r in rows])
         best = [values[kimg == t].max() for t in times]
         line, = ax.plot(times, best, marker="o", markersize=3, label=name)
-        logged = [r for r in directions if f"direction_{name}" in r]
+        logged = [r for r in directions if f"direction_{name}" in r]  # runs before it was logged have none
         if logged:
             ax.plot([r["kimg"] for r in logged], [r[f"direction_{name}"] for r in logged], linestyle=":",
                     linewidth=1.2, color=line.get_color())
+            dotted = True
     ax.axhline(captured, color="grey", linestyle="--", linewidth=1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("training images (kimg)")
     ax.set_ylabel("best unit's share of the factor (eta^2)")
     ax.set_title("When each factor is captured (dashed: captured at 0.5"
-                 + ("; dotted: the best direction, a mix of units)" if directions else ")"))
+                 + ("; dotted: the best direction, a mix of units)" if dotted else ")"))
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
     fig.tight_layout()

@@ -82,7 +82,8 @@ def file_figures(run: RunDir, wanted: list[str], explicit: bool) -> dict[str, Pa
     made = {}
     for name in wanted:
         if name == "shares" and result.get("unit_factor_shares") and names:
-            shares, labels = result["unit_factor_shares"], [f"unit {k}" for k in range(len(result["unit_factor_shares"]))]
+            shares = result["unit_factor_shares"]
+            labels = [f"unit {k}" for k in range(len(shares))]
             if result.get("direction_shares"):  # the last row: what the units hold, spread or not
                 shares, labels = [*shares, result["direction_shares"]], [*labels, "any direction (a mix)"]
             made[name] = plot_matrix(shares, run.figure("shares"), labels, names,
