@@ -236,3 +236,23 @@ def test_attention_threads_benchmark_times_the_shapes_the_model_runs(tmp_path):
                           "--calls", "2"], capture_output=True, text=True, check=True, timeout=300).stdout
     rows = re.findall(r"^4, 2, 64, (64|4), 8 +(\d+)( +\d+\.\d{2,3}){6}$", out, re.M)
     assert [row[0] for row in rows] == ["64", "4"] and {int(row[1]) for row in rows} == set(shapes.values())
+
+
+def test_core_contention_benchmark_times_each_workload_alone_and_beside_a_partner():
+    """benchmarks/core_contention.py on the demo's config (tiny): the step (and a memory-bound copy) timed
+    alone, beside a thread of the same process (its own passes and the partner's) and beside a process,
+    with the slowdowns against alone; bad counts are refused before any work."""
+    import subprocess
+    import sys
+    script = repo_script("benchmarks/core_contention.py").__file__
+    out = subprocess.run([sys.executable, script, "--config", "demo", "--set", *TINY, "method.cache_latents=true",
+                          "--batch", "4", "--held", "--workloads", "copy", "step", "--rounds", "1", "--passes", "2"],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    rows = re.findall(r"^(copy|step, batch 4, held) +((?:\d+\.\d +){4})((?:\d+\.\d\dx *){3})$", out, re.M)
+    assert [row[0] for row in rows] == ["copy", "step, batch 4, held"]
+    for _, times, slowdowns in rows:
+        alone, thread, partner, process = map(float, times.split())
+        assert alone > 0 and [float(s) for s in slowdowns.replace("x", " ").split()] == pytest.approx(
+            [thread / alone, partner / alone, process / alone], rel=0.1)  # from the printed, rounded times
+    bad = subprocess.run([sys.executable, script, "--passes", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--passes" in bad.stderr.splitlines()[-1]
