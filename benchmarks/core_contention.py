@@ -34,6 +34,8 @@ import time
 
 import torch
 
+from disdis.errors import DisdisError
+
 COPY_BYTES = 256 << 20
 
 
@@ -47,9 +49,12 @@ def workload(name: str, args: argparse.Namespace):
         buffer = torch.ones(COPY_BYTES // 4)
         return lambda: buffer.mul_(1.0)
     from train_step import prepare
-    overrides = [*args.set, "train.shards=1"]
-    step, _ = prepare(args.config, "eager", args.batch, 2, torch.device("cpu"), False, overrides, held=args.held)
+    step, _ = prepare(args.config, "eager", args.batch, 2, torch.device("cpu"), False, step_overrides(args), held=args.held)
     return step
+
+
+def step_overrides(args: argparse.Namespace) -> list[str]:
+    return [*args.set, "train.shards=1"]  # one shard's work, on one thread
 
 
 def _partner_thread(run, stop: threading.Event, times: list[float]) -> None:
@@ -84,12 +89,14 @@ def timed(run, passes: int) -> list[float]:
 def contention(name: str, args: argparse.Namespace) -> dict[str, float]:
     """Median seconds per pass of ``name`` alone, beside a thread (this thread's and the partner's
     passes), beside a process."""
+    run, other = workload(name, args), workload(name, args)  # the thread partner's own copy of the work
     ctx = mp.get_context("spawn")  # the partner builds its own workload: nothing shared but the machine
     ready, go, stop = ctx.Event(), ctx.Event(), ctx.Event()
     partner = ctx.Process(target=_partner_process, args=(name, args, ready, go, stop), daemon=True)
     partner.start()
-    run, other = workload(name, args), workload(name, args)  # the thread partner's own copy of the work
-    ready.wait()
+    while not ready.wait(1.0):
+        if not partner.is_alive():
+            raise SystemExit(f"core_contention: the partner process for {name!r} stopped (exit code {partner.exitcode})")
     cells = {"alone": [], "thread": [], "partner": [], "process": []}
     try:
         for _ in range(args.rounds):
@@ -125,6 +132,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.passes < 1 or args.rounds < 1 or args.batch < 1:
         parser.error("--passes, --rounds and --batch: 1 or more")
+    if "step" in args.workloads:  # the config and overrides checked before any work
+        from disdis.run_config import load_run_config
+        try:
+            load_run_config(args.config, ["data.path=unused", *step_overrides(args)])
+        except DisdisError as err:
+            parser.error(str(err))
     print(f"torch {torch.__version__}; one thread per workload; medians of {args.rounds} x {args.passes} passes")
     header = (f"{'workload':<28} {'alone ms':>9} {'thread ms':>10} {'partner ms':>11} {'process ms':>11} "
               f"{'slowdown thread':>16} {'partner':>8} {'process':>8}")

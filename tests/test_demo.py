@@ -241,7 +241,7 @@ def test_attention_threads_benchmark_times_the_shapes_the_model_runs(tmp_path):
 def test_core_contention_benchmark_times_each_workload_alone_and_beside_a_partner():
     """benchmarks/core_contention.py on the demo's config (tiny): the step (and a memory-bound copy) timed
     alone, beside a thread of the same process (its own passes and the partner's) and beside a process,
-    with the slowdowns against alone; bad counts are refused before any work."""
+    with the slowdowns against alone; bad counts and a config that does not load are refused before any work."""
     import subprocess
     import sys
     script = repo_script("benchmarks/core_contention.py").__file__
@@ -254,5 +254,6 @@ def test_core_contention_benchmark_times_each_workload_alone_and_beside_a_partne
         alone, thread, partner, process = map(float, times.split())
         assert alone > 0 and [float(s) for s in slowdowns.replace("x", " ").split()] == pytest.approx(
             [thread / alone, partner / alone, process / alone], rel=0.1)  # from the printed, rounded times
-    bad = subprocess.run([sys.executable, script, "--passes", "0"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--passes" in bad.stderr.splitlines()[-1]
+    for args, said in ((["--passes", "0"], "--passes"), (["--config", "nope.yaml"], "nope.yaml: no such config file")):
+        bad = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and said in bad.stderr.splitlines()[-1] and not bad.stdout
