@@ -63,19 +63,28 @@ def main() -> int:
         p.error("give run_dir=DIR among the overrides")
     run_dir = Path(run[0])
     disdis = Path(sys.executable).with_name("disdis")
+    log = run_dir.with_name(run_dir.name + ".log")
     proc = subprocess.Popen([str(disdis), "train", args.config, *args.overrides], stdout=subprocess.DEVNULL,
-                            stderr=open(run_dir.with_name(run_dir.name + ".log"), "w"))
+                            stderr=open(log, "w"))
     start = time.monotonic()
     try:
         while proc.poll() is None and time.monotonic() - start < args.minutes * 60:
-            time.sleep(max(0.0, min(args.every, args.minutes * 60 - (time.monotonic() - start))))
+            try:  # until the next report, or sooner if the training stops
+                proc.wait(timeout=max(0.0, min(args.every, args.minutes * 60 - (time.monotonic() - start))))
+            except subprocess.TimeoutExpired:
+                pass
             minute = (time.monotonic() - start) / 60
             print(f"[{minute:4.1f} min] {shares(run_dir)}", flush=True)
             print(f"[{minute:4.1f} min] {score(run_dir, args.eval)}", flush=True)
+        failed = proc.poll() not in (None, 0)  # it stopped on its own before the time was up
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait()
+    if failed:
+        last = (log.read_text().strip().splitlines() or ["(nothing in its log)"])[-1]
+        print(f"[final] training stopped with exit code {proc.returncode}: {last}")
+        return 1
     print(f"[final] {shares(run_dir)}")
     print(f"[final] {score(run_dir, args.eval)}")
     return 0
