@@ -38,6 +38,27 @@ def test_tiny_run_learns_and_fills_its_folder(tmp_path, shapes3d_grid_npz, capsy
     assert RunDir(run).metrics == run / "metrics.json" and RunDir(run).fit(5) == run / "fits/fit-000000005.safetensors"
 
 
+def test_a_run_records_its_data_path_absolute_and_is_read_from_any_folder(tmp_path, shapes3d_grid_npz, monkeypatch):
+    """Data named relative to the folder a run starts in: the run's config records it absolute, so the run
+    is resumed (with a relative path given again) and evaluated from another folder."""
+    import shutil
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    (start / "data").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(shapes3d_grid_npz, start / "data/grid.npz")
+    cfg = tiny_run_config("data/grid.npz", "run", train={"total_kimg": 0.16})
+    monkeypatch.chdir(start)
+    assert main(["train", write_yaml(tmp_path / "t.yaml", cfg)]) == 0
+    from disdis.train.run import read_run_config
+    assert read_run_config(start / "run").data.path == str(start / "data/grid.npz")
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(start / "run"), "train.total_kimg=0.32"]) == 0
+    assert main(["evaluate", str(start / "run"), "eval.metrics=[mig]", "eval.num_train=100"]) == 0
+    monkeypatch.chdir(start)  # a relative path given again on resume is recorded absolute as well
+    assert main(["train", "--resume", "run", "data.path=data/grid.npz", "train.total_kimg=0.48"]) == 0
+    assert read_run_config(start / "run").data.path == str(start / "data/grid.npz")
+
+
 @pytest.mark.parametrize("channels_last, cache_latents, shards", [(False, False, 1), (True, True, 1), (False, True, 2)])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes3d_grid_npz, channels_last, cache_latents, shards):
     total = 0.32  # 20 steps of 16; a checkpoint every 5 steps

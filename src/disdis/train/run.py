@@ -23,6 +23,7 @@ from disdis.train.sampler import check_batch_fits
 def start_run(cfg: RunConfig) -> tuple[Path, TrainResult]:
     """Create a run directory for ``cfg`` and train it from scratch (after checking every setting,
     so that a bad one stops the run before any folder is made or any stage is trained)."""
+    _record_data_path(cfg)
     validate_run_config(cfg)
     distributed.init(resolve_device(cfg.train.device).type)
     run_dir = _new_run_dir(cfg) if distributed.is_main() else None
@@ -38,6 +39,7 @@ def resume_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ())
     ``train.total_kimg``, are applied to its saved config)."""
     run = RunDir(run_dir)
     cfg = read_run_config(run, overrides)
+    _record_data_path(cfg)
     validate_run_config(cfg)  # a rejected override leaves the saved config as it was
     newest = run.list_checkpoints()[-1:]
     meta = ckpt.read_meta(newest[0]) if newest else None
@@ -47,6 +49,13 @@ def resume_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ())
     if distributed.is_main() and overrides:
         save_config(cfg, run.config)
     return run.path, _run_stages(cfg, run)
+
+
+def _record_data_path(cfg: RunConfig) -> None:
+    """The data path as the run keeps it: absolute, so that the run can be resumed, evaluated and
+    read from any folder (a relative one would name the data only from the folder it started in)."""
+    if cfg.data.path:
+        cfg.data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).absolute()))
 
 
 def _run_stages(cfg: RunConfig, run: RunDir) -> TrainResult:
