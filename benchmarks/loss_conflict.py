@@ -24,7 +24,7 @@ def term_gradients(model, images: torch.Tensor) -> dict[str, dict[str, torch.Ten
     modules = {"extractor": model.extractor, "decoder": model.decoder}
     torch.manual_seed(0)
     terms, out = model.terms(images), {}  # one forward, one posterior sample, for both terms
-    for term, weight in (("pixels", 1.0), ("edges", model.edge_weight)):
+    for term, weight in (("pixels", 1.0), ("edges", model.weight("gradient_weight"))):
         model.zero_grad()
         (weight * terms[term].mean() / images[0].numel()).backward(retain_graph=True)
         out[term] = {name: torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
@@ -43,7 +43,7 @@ def report(source: str, weights: str) -> None:
     images = torch.stack([data[i][0] for i in range(len(data.dataset))])
     model.train()  # BatchNorm on the batch, as in training
     g = term_gradients(model, images)
-    print(f"\n{checkpoint} (edge weight {float(model.edge_weight):g})\n")
+    print(f"\n{checkpoint} (edge weight {float(model.weight('gradient_weight')):g})\n")
     print("| module | pixels' gradient norm | edges' gradient norm | cosine |\n|---|---|---|---|")
     for name in g["pixels"]:
         p, e = g["pixels"][name], g["edges"][name]

@@ -1,5 +1,7 @@
 """The autoencoder method and the extractor warm start it gives a diffusion run."""
 
+import re
+
 import pytest
 import torch
 
@@ -575,3 +577,24 @@ def test_the_stages_a_run_trains_itself_share_its_time_budget(tmp_path, shapes3d
     first = read_meta(list_checkpoints(tmp_path / "run/first_stage/checkpoints")[-1])["train_seconds"]
     budget = yaml.safe_load((tmp_path / "run/extractor/config.yaml").read_text())["train"]["max_minutes"]
     assert first > 0 and budget == pytest.approx(100.0 - first / 60)
+
+
+def test_loss_conflict_benchmark_compares_the_pixels_and_the_edges_gradients(tmp_path, shapes3d_grid_npz, capsys):
+    """benchmarks/loss_conflict.py on a tiny autoencoder run with an edge term: for the extractor and the
+    decoder, each term's gradient norm (the edges' weighted as the run weighed them) and their cosine; a run
+    without an edge term is refused."""
+    bench = repo_script("benchmarks/loss_conflict.py")
+    for name, loss in (("edges", {"gradient_weight": 2.0, "gradient": "magnitude"}), ("plain", {})):
+        cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / name, train={"total_kimg": 0.16})
+        cfg["method"] = {"name": "autoencoder", "units": UNITS, "loss": {"beta": 1.0, **loss}}
+        assert main(["train", write_yaml(tmp_path / f"{name}.yaml", cfg)]) == 0
+    capsys.readouterr()
+    bench.report(str(tmp_path / "edges"), "model")
+    out = capsys.readouterr().out
+    assert "(edge weight 2)" in out
+    rows = {m: (float(p), float(e), float(c)) for m, p, e, c in
+            re.findall(r"^\| (extractor|decoder) \| (\d+\.\d{4}) \| (\d+\.\d{4}) \| ([+-]\d\.\d{3}) \|$", out, re.M)}
+    assert set(rows) == {"extractor", "decoder"}
+    assert all(p > 0 and e > 0 and -1 <= c <= 1 for p, e, c in rows.values())
+    with pytest.raises(SystemExit, match="not an autoencoder with an edge term"):
+        bench.report(str(tmp_path / "plain"), "model")
