@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from disdis.cli import main
+from disdis.data.demo_grid import DEMO_GRID
 from test_demo import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 # the tiny demo's networks, for the scripts that build a model of the demo's config around its first stage
 NETWORKS = [o for o in TINY if o.startswith(("method.units.", "method.unet."))]
-FACTORS = ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
+FACTORS = list(DEMO_GRID)
 
 
 def bench(name: str, *args: str) -> str:
