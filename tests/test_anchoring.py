@@ -251,6 +251,17 @@ def test_shift_moves_each_token_toward_its_anchor_by_the_strength(relu_anchors):
     torch.testing.assert_close(c.grad, torch.full_like(c, 1 - lam))
 
 
+def test_shift_under_bf16_autocast_picks_the_float32_anchors():
+    # clusters 2 sd apart, so that many tokens lie near the border of two components
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 2000, 4, generator=g) + 2.0 * torch.randint(0, 3, (2, 2000, 1), generator=g) + 100.0
+    anchors = GaussianAnchors.fit(tokens, seed=0)
+    expected = anchors.shift(tokens, 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the training step runs on a GPU
+        shifted = anchors.shift(tokens, 0.5)
+    assert torch.equal(shifted, expected)
+
+
 def test_default_strength_and_modes(relu_anchors):
     anchors, tokens = relu_anchors
     mu = anchors.anchors_of(tokens)

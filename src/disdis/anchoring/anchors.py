@@ -194,10 +194,12 @@ class GaussianAnchors:
         The means are over the batch and the token dimensions, one lambda per unit.
         In space "released" the anchor is picked with the *batch's* normalisation and
         the fit-space (normalised) anchor is mixed with the raw token, as released.
+        The anchor is picked outside autocast: in bf16 the distances keep about three
+        digits, and a token near the border of two components would take the wrong one.
         """
         x, back = self._units_first(tokens, unit_dim)
         lam = self.config.strength if strength is None else float(strength)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             c = x.detach()
             if self.config.space == "released":
                 mx = c.amax(dim=(1, 2), keepdim=True)
