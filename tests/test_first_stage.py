@@ -44,6 +44,17 @@ def test_vector_quantizer_picks_nearest_code_and_passes_gradients_straight_throu
     torch.testing.assert_close(z.grad, torch.ones_like(z))
 
 
+def test_vector_quantizer_search_under_bf16_autocast_is_the_float32_search():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(512, 3, beta=0.25)  # the codes at initialisation, within 1/512 of each other
+    z = 0.002 * torch.randn(8, 3, 16, 16)
+    # the distances in float64, an independent reference for the nearest code
+    dist = torch.cdist(z.permute(0, 2, 3, 1).reshape(-1, 3).double(), vq.codebook.weight.double())
+    expected = dist.argmin(1).view(8, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the first stage trains on a GPU
+        assert torch.equal(vq.indices(z), expected)
+
+
 def test_vq_autoencoder_overfits_a_small_batch():
     torch.manual_seed(0)
     stage = build_first_stage(FirstStageConfig(**TINY))

@@ -117,11 +117,16 @@ class VectorQuantizer(nn.Module):
         nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
 
     def indices(self, z: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code for every latent pixel: (B, C, H, W) -> (B, H, W)."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        e = self.codebook.weight
-        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; the ||z||^2 term does not change the argmin
-        dist = (e * e).sum(1)[None] - 2.0 * flat @ e.t()
+        """Index of the nearest code for every latent pixel: (B, C, H, W) -> (B, H, W).
+
+        In float32 outside autocast: the codes start within 1/codebook_size of each other, closer
+        than bf16 resolves, and a bf16 search picks another code for a few percent of the pixels.
+        """
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
+        e = self.codebook.weight.float()
+        with torch.autocast(z.device.type, enabled=False):
+            # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; the ||z||^2 term does not change the argmin
+            dist = (e * e).sum(1)[None] - 2.0 * flat @ e.t()
         return dist.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
