@@ -50,6 +50,20 @@ def test_encoding_is_canonical_and_anchored(tiny_run):
     assert float(model.anchor_state.fitted) == 1  # the run's last fit came with the checkpoint
 
 
+def test_evaluation_encodes_in_float32_although_the_run_trains_in_bf16(tiny_run, tmp_path, monkeypatch):
+    # train.bf16 is on in the tiny run's config (it takes effect on GPUs only); the scores must not
+    # depend on it, so the evaluation asks for no autocast whatever the device
+    import disdis.train.encode as encode
+    from disdis.evaluation import evaluate_run
+    from disdis.train.run import load_trained_model
+    assert load_trained_model(tiny_run)[0].train.bf16
+    asked = []
+    real = encode.encode_images
+    monkeypatch.setattr(encode, "encode_images", lambda *a, **k: asked.append(k.get("bf16", False)) or real(*a, **k))
+    evaluate_run(tiny_run, ["eval.num_train=100", "eval.num_test=50", "eval.metrics=[mig]"], out=tmp_path / "m.json")
+    assert asked == [False]
+
+
 def test_interchange_grid(tiny_run, tmp_path):
     out = tmp_path / "grid.png"
     assert main(["interchange", str(tiny_run), "--targets", "3", "--units", "0,2", "--steps", "2", "--out", str(out)]) == 0

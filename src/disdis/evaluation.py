@@ -62,7 +62,7 @@ def evaluate_run(source: str | Path, overrides: list[str] | tuple[str, ...] = ()
                 print(HOW_TO_SUPPLY, file=sys.stderr)
         else:
             inception = load_inception(weights_file).to(device)
-    units, tokens = encode_dataset(model, data, cfg.eval.batch_size, device, bf16=cfg.train.bf16)
+    units, tokens = encode_dataset(model, data, cfg.eval.batch_size, device)
     out = Path(out) if out else RunDir.of(checkpoint).metrics
     if not distributed.is_main():
         return {}, out
@@ -121,10 +121,11 @@ def generated_fid(model, data, inception, count: int, batch_size: int, steps: in
     return frechet_distance(*gaussian_of(torch.cat(fake).numpy()), *gaussian_of(torch.cat(real).numpy()))
 
 
-def encode_dataset(model, data, batch_size: int, device, bf16: bool = False):
+def encode_dataset(model, data, batch_size: int, device):
     """(scalar units (N, U), anchored tokens (N, U, D), or None for a method whose units are scalars)
     of every image of ``data``, in canonical order, as numpy float32 (sharded over ranks under
-    torchrun, gathered on every rank)."""
+    torchrun, gathered on every rank). In float32 even where the run trained under bf16: the
+    scores are a measurement, and the same checkpoint scores the same on a GPU and a CPU."""
     import numpy as np
     import torch
 
@@ -135,7 +136,7 @@ def encode_dataset(model, data, batch_size: int, device, bf16: bool = False):
         units = rep["units"].unsqueeze(-1)
         return torch.cat([units.to(rep["tokens"].dtype), rep["tokens"]], dim=-1) if "tokens" in rep else units
 
-    rows = encode_images(both, data, np.arange(len(data)), batch_size, device, bf16=bf16, desc="encode")
+    rows = encode_images(both, data, np.arange(len(data)), batch_size, device, desc="encode")
     return rows[..., 0].numpy(), (rows[..., 1:].numpy() if rows.shape[-1] > 1 else None)
 
 
