@@ -262,6 +262,20 @@ def test_shift_under_bf16_autocast_picks_the_float32_anchors():
     assert torch.equal(shifted, expected)
 
 
+def test_exact_float32_turns_tf32_off_on_a_gpu_and_restores_it():
+    from disdis.anchoring.anchors import exact_float32
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the training loop sets it on a GPU
+        with exact_float32(torch.device("cuda")):
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32
+        with exact_float32(torch.device("cpu")):  # nothing to change on the CPU
+            assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def test_default_strength_and_modes(relu_anchors):
     anchors, tokens = relu_anchors
     mu = anchors.anchors_of(tokens)

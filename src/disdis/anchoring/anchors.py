@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -117,7 +118,8 @@ class GaussianAnchors:
         dtype = torch.float64 if cfg.fit_dtype == "float64" else torch.float32
         z = ((x64 - offset.unsqueeze(1)) / scale[:, None, None]).to(dtype)
         spread_scale = scale if cfg.space == "token" else torch.ones_like(scale)
-        mix = _fit_in_parallel(z, generators, cfg, spread_scale)
+        with exact_float32(z.device):
+            mix = _fit_in_parallel(z, generators, cfg, spread_scale)
         return cls._from_mixture(mix, offset, scale, cfg)
 
     @classmethod
@@ -194,12 +196,12 @@ class GaussianAnchors:
         The means are over the batch and the token dimensions, one lambda per unit.
         In space "released" the anchor is picked with the *batch's* normalisation and
         the fit-space (normalised) anchor is mixed with the raw token, as released.
-        The anchor is picked outside autocast: in bf16 the distances keep about three
-        digits, and a token near the border of two components would take the wrong one.
+        The anchor is picked outside autocast and TF32: in bf16 the distances keep about
+        three digits, and a token near the border of two components would take the wrong one.
         """
         x, back = self._units_first(tokens, unit_dim)
         lam = self.config.strength if strength is None else float(strength)
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False), exact_float32(x.device):
             c = x.detach()
             if self.config.space == "released":
                 mx = c.amax(dim=(1, 2), keepdim=True)
@@ -314,6 +316,22 @@ class GaussianAnchors:
     def __repr__(self) -> str:
         return (f"GaussianAnchors(units={self.num_units}, dim={self.dim}, components={self.num_components}, "
                 f"space={self.config.space!r}, strength_mode={self.config.strength_mode!r})")
+
+
+@contextlib.contextmanager
+def exact_float32(device: torch.device):
+    """float32 matrix products in full float32 on a GPU, where training switches TF32 on (10 bits
+    of mantissa): the fit's EM, its split and stop decisions, and the anchor each token takes rest
+    on distances that TF32 would round to about three digits."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _fit_in_parallel(z: Tensor, generators: list[torch.Generator], cfg: AnchoringConfig,
