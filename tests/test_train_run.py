@@ -185,6 +185,25 @@ def test_an_unreadable_newest_checkpoint_is_set_aside_not_kept_by_rotation(tmp_p
         load_checkpoint(path)  # every kept checkpoint reads
 
 
+def test_an_unreadable_newest_checkpoint_of_a_run_with_its_own_first_stage(tmp_path, shapes3d_grid_npz, capsys):
+    """The fallback to the previous checkpoint also finds the first stage the run depends on (it is
+    recorded in every checkpoint; reading it from the unreadable one left the frozen first stage out)."""
+    cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "run",
+                          first_stage={"kind": "vq", "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                                       "codebook_size": 32},
+                          unet={"resolution": 8},
+                          first_stage_train={"batch_size": 16, "total_kimg": 0.032, "checkpoint_every_kimg": 0.032,
+                                             "log_every_kimg": 0.032, "num_workers": 0, "device": "cpu"},
+                          train={"total_kimg": 0.16, "probe_images": 0})
+    assert main(["train", write_yaml(tmp_path / "vq.yaml", cfg)]) == 0
+    newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    newest.write_text("garbage")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "run"), "train.total_kimg=0.24"]) == 0
+    assert "trying the previous checkpoint" in capsys.readouterr().err
+    assert list_checkpoints(tmp_path / "run" / "checkpoints")[-1].name == "ckpt-000000015.safetensors"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_the_current_step_and_the_run_resumes_exactly(tmp_path, shapes3d_grid_npz, sig):
     """SIGTERM or Ctrl-C between checkpoints: the run saves the step it finished, exits with 128 + the

@@ -58,13 +58,22 @@ def _record_data_path(cfg: RunConfig) -> None:
         cfg.data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).absolute()))
 
 
+def _recorded_requires(run: RunDir) -> dict:
+    """What the newest readable checkpoint records of the runs it depends on ({} before the first):
+    an unreadable newest one is skipped, as the loop skips it to resume from the one before."""
+    for path in reversed(run.list_checkpoints()):
+        meta = ckpt.read_meta(path)
+        if meta is not None:
+            return meta.get("requires") or {}
+    return {}
+
+
 def _run_stages(cfg: RunConfig, run: RunDir) -> TrainResult:
     """Train (or continue) the run, after the runs it depends on: a dependency ``requires`` does not
     name is trained by the run itself, in ``RUN/<dependency>`` (the first stage with the method's
     ``first_stage_train`` settings)."""
-    newest = run.list_checkpoints()[-1:]
-    resume = bool(newest)
-    recorded = ((ckpt.read_meta(newest[0]) or {}).get("requires") or {}) if resume else {}
+    resume = bool(run.list_checkpoints())
+    recorded = _recorded_requires(run)
     dependencies, references = {}, {}
     for name in cfg.method.needs():
         if name in recorded:  # a resumed run reads what it recorded
