@@ -62,10 +62,11 @@ def main() -> int:
     if not run:
         p.error("give run_dir=DIR among the overrides")
     run_dir = Path(run[0])
-    disdis = Path(sys.executable).with_name("disdis")
     log = run_dir.with_name(run_dir.name + ".log")
-    proc = subprocess.Popen([str(disdis), "train", args.config, *args.overrides], stdout=subprocess.DEVNULL,
-                            stderr=open(log, "w"))
+    # `python -m disdis`, not the `disdis` script: where disdis runs from its source folder
+    # (PYTHONPATH=src, as on a lent GPU machine) no script is installed beside the interpreter
+    proc = subprocess.Popen([sys.executable, "-m", "disdis", "train", args.config, *args.overrides],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     start = time.monotonic()
     try:
         while proc.poll() is None and time.monotonic() - start < args.minutes * 60:

@@ -276,8 +276,10 @@ def timed(step: ModelStep, steps: int, device: torch.device, dtype: torch.dtype)
     peak_before = matmul_rate(device, dtype)
     times = []
     for _ in range(steps):
+        synchronize(device)  # on a GPU the step only queues its kernels: time them to their end
         start = time.perf_counter()
         step()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times, (peak_before + matmul_rate(device, dtype)) / 2
 
@@ -362,6 +364,8 @@ def main() -> None:
         parser.error(f"--vary {args.vary}: expected key=value1,value2,...")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from disdis.train.loop import configure_backends
+    configure_backends(device)  # the backend settings the training loop runs under
     variants = list(dict.fromkeys(args.variants + (["compiled"] if args.compile else [])))
 
     dtype = torch.bfloat16 if args.bf16 else torch.float32

@@ -271,10 +271,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
     rank, world = distributed.rank(), distributed.world_size()
     main = rank == 0
     sched = _Schedule.build(cfg, len(dataset))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    configure_backends(device)
 
     model.to(device).train()
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -503,6 +500,15 @@ def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path
 def collate_images(items: list) -> torch.Tensor:
     """Stack the images of dataset items (an image tensor, or a tuple whose first entry is one)."""
     return torch.stack([item[0] if isinstance(item, (list, tuple)) else item for item in items])
+
+
+def configure_backends(device: torch.device) -> None:
+    """On a GPU: TF32 for float32 matmuls and convolutions, and cuDNN's autotuner (the step's shapes
+    do not change). Where full float32 matters (the anchoring), it is asked for locally."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
 
 
 def _autocast(device: torch.device, enabled: bool):
