@@ -5,6 +5,8 @@ minutes, or equal images), all evaluated with one protocol, summarised as ``comp
     DIR/
       runs/<method>-s<seed>/     one run folder each (with metrics.json once evaluated)
       logs/<method>-s<seed>.log  what its training and evaluation printed
+      settings.json              what defines the comparison (scale, budget, data, settings of every
+                                 run, protocol, each method's preset): a re-run with others is refused
       compare.json               per method: mean and std over seeds of every headline metric,
                                  the training minutes and kimg, the run folders
       compare.md                 the same as a table
@@ -14,8 +16,9 @@ of the paper's method and each baseline at the chosen scale (``demo``: the CPU d
 reduced protocol, the diffusion presets with the demo's extractor warm start; ``paper``: the
 released scale and disentanglement_lib's sample counts).
 Runs train as subprocesses (``--jobs`` at a time, ``--threads`` each); a comparison that was
-stopped continues where it was: finished and evaluated runs are read back, interrupted ones
-resume (the time budget is summed over sessions).
+stopped continues where it was (run again with the same settings): finished runs scored with the
+protocol are read back, finished ones scored otherwise are scored again, interrupted ones resume
+(the time budget is summed over sessions).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from disdis.errors import ConfigError, DisdisError
+from disdis.errors import ConfigError, DataError, DisdisError
 from disdis.rundir import RunDir
 
 ALIASES = {
@@ -50,6 +53,8 @@ HEADLINE = {"factor_vae": ("factor_vae", "eval_accuracy"), "dci": ("dci", "disen
             "dci_completeness": ("dci", "completeness"), "dci_informativeness": ("dci", "informativeness_test"),
             "mig": ("mig", "discrete_mig")}
 UNBOUNDED_KIMG = 1e9  # with a time budget the run ends on the clock
+DEMO_DATA = "data/demo/shapes3d_grid.npz"  # the demo grid, made (or read from its cache) without --data
+SETTINGS = "settings.json"
 
 
 @dataclass
@@ -68,6 +73,9 @@ class Budget:
             return [f"train.max_minutes={self.minutes}", f"train.total_kimg={UNBOUNDED_KIMG}"]
         return [f"train.total_kimg={self.kimg}"]
 
+    def __str__(self) -> str:
+        return f"--minutes {self.minutes:g}" if self.minutes is not None else f"--kimg {self.kimg:g}"
+
 
 @dataclass
 class Job:
@@ -78,6 +86,7 @@ class Job:
     log: Path
     overrides: list[str]   # data, budget, seed, scale
     protocol: list[str]    # eval.* of the shared protocol
+    scored_with: dict      # what its metrics.json records when scored with that protocol
 
 
 def plan(methods: list[str], seeds: list[int], budget: Budget, out: Path, data: str, scale: str,
@@ -90,19 +99,49 @@ def plan(methods: list[str], seeds: list[int], budget: Budget, out: Path, data: 
         raise ConfigError(f"compare: --scale: expected one of {', '.join(ALIASES)}, got {scale!r}")
     if not methods or not seeds:
         raise ConfigError("compare: give at least one method and one seed")
-    protocol = [*protocol_overrides(scale), *(item for item in shared if item.startswith("eval."))]
+    # each key once, with its effective value (an eval.* of shared replaces the scale's)
+    protocol = by_key([*protocol_overrides(scale), *(item for item in shared if item.startswith("eval."))])
+    protocol = [f"{key}={value}" for key, value in protocol.items()]
     shared = [item for item in shared if not item.startswith("eval.")]
-    jobs = []
+    jobs, scorable = [], set()
     for label in methods:
         preset = ALIASES[scale].get(label, label)
         for seed in seeds:
             run = RunDir(out / "runs" / f"{Path(label).stem}-s{seed}")
             overrides = [f"data.path={data}", f"run_dir={run}", f"train.seed={seed}",
                          *(DEMO_SETTINGS if scale == "demo" else ()), *budget.overrides(), *shared]
-            validate_run_config(load_run_config(preset, [*overrides, *protocol]))
+            cfg = load_run_config(preset, [*overrides, *protocol])
+            check_scorable(cfg, scorable)
+            validate_run_config(cfg)
             jobs.append(Job(Path(label).stem, preset, seed, run, out / "logs" / f"{Path(label).stem}-s{seed}.log",
-                            overrides, protocol))
+                            overrides, protocol, scored_with(cfg)))
     return jobs
+
+
+def by_key(items) -> dict[str, str]:
+    """``key=value`` items as {key: value}, a later value of a key replacing the earlier (as it does
+    in a run's configuration), in the order the keys first came."""
+    return dict(item.split("=", 1) for item in items)
+
+
+def check_scorable(cfg, checked: set) -> None:
+    """Every metric of the comparison needs a factor grid (CelebA-type data has attributes only)."""
+    from disdis.data import open_dataset
+    key = (cfg.data.path, cfg.data.kind)
+    if key in checked or not Path(cfg.data.path).exists():  # the demo grid is made after the checks
+        return
+    checked.add(key)
+    if not open_dataset(cfg.data.path, kind=cfg.data.kind).has_factor_grid:
+        raise DataError(f"--data: {cfg.data.path} has no factor grid, which the comparison's metrics "
+                        "(FactorVAE, DCI, MIG) need")
+
+
+def scored_with(cfg) -> dict:
+    """What the metrics.json of a run scored with ``cfg``'s protocol records: the sampling settings
+    (as JSON: lists for tuples) and the representation."""
+    from disdis.metrics.suite import Sampling
+    sampling = {f.name: getattr(cfg.eval, f.name) for f in fields(Sampling)}
+    return json.loads(json.dumps({**sampling, "representation": cfg.eval.representation}))
 
 
 def protocol_overrides(scale: str) -> list[str]:
@@ -116,12 +155,58 @@ def protocol_overrides(scale: str) -> list[str]:
             for key, v in values.items()]
 
 
-def run_comparison(methods: list[str], seeds: list[int], budget: Budget, out: str | Path, data: str,
+def settings(work: list[Job], budget: Budget, data: str, scale: str, shared: list[str]) -> dict:
+    """What defines a comparison (DIR/settings.json); seeds and methods may be added to it later."""
+    return {"scale": scale, "budget": str(budget), "data": str(Path(data).resolve()),
+            "overrides": by_key(item for item in shared if not item.startswith("eval.")),
+            "protocol": by_key(work[0].protocol), "methods": {job.label: job.preset for job in work}}
+
+
+def check_settings(out: Path, now: dict) -> dict:
+    """The record of ``out`` with ``now``'s methods added; a ConfigError naming what differs where
+    ``out`` was made with other settings: its runs would be read back or resumed as if made with
+    these."""
+    path = out / SETTINGS
+    if not path.is_file():
+        if (out / "runs").is_dir() and any((out / "runs").iterdir()):
+            raise ConfigError(f"{out}: holds runs but no record of the settings they were made with "
+                              f"({SETTINGS}); choose another --out")
+        return now
+    was = json.loads(path.read_text())
+    differ = [f"{key} {was.get(key)} (now {now[key]})" for key in ("scale", "budget", "data")
+              if was.get(key) != now[key]]
+    for group in ("overrides", "protocol"):
+        old, new = was.get(group, {}), now[group]
+        differ += [f"{key} {old.get(key, 'unset')} (now {new.get(key, 'unset')})"
+                   for key in [*old, *(k for k in new if k not in old)] if old.get(key) != new.get(key)]
+    methods = was.get("methods", {})
+    differ += [f"method {label} {methods[label]} (now {preset})" for label, preset in now["methods"].items()
+               if methods.get(label, preset) != preset]
+    if differ:
+        raise ConfigError(f"{out} was made with other settings: {'; '.join(differ)}; choose another --out "
+                          "(the same settings continue it)")
+    return {**now, "methods": {**methods, **now["methods"]}}
+
+
+def run_comparison(methods: list[str], seeds: list[int], budget: Budget, out: str | Path, data: str | None = None,
                    scale: str = "demo", jobs: int = 1, threads: int = 1, shared: list[str] = ()) -> dict:
-    """Train and evaluate every method x seed (skipping what is done), then write the summary."""
+    """Train and evaluate every method x seed (skipping what is done), then write the summary. Every
+    check comes first: nothing is made (the demo grid when ``data`` is None, folders) before."""
+    from disdis.io import write_text_atomic
     out = Path(out)
-    work = plan(methods, seeds, budget, out, data, scale, list(shared))
+    if data is None:
+        if scale != "demo":
+            raise ConfigError("--data: required at --scale paper (a dataset file or folder)")
+    elif not Path(data).exists():
+        raise DataError(f"--data: {data}: no such file or folder")
+    path = data or DEMO_DATA
+    work = plan(methods, seeds, budget, out, path, scale, list(shared))
+    record = check_settings(out, settings(work, budget, path, scale, list(shared)))
+    if data is None:
+        from disdis.data.demo_grid import make_demo_data
+        make_demo_data(Path(path), 32)
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / SETTINGS, json.dumps(record, indent=2))
     start = time.perf_counter()
     print(f"compare: {len(work)} runs ({len(methods)} methods x {len(seeds)} seeds), {jobs} at a time, "
           f"{threads} thread(s) each; logs in {out / 'logs'}", file=sys.stderr)
@@ -137,29 +222,42 @@ def run_comparison(methods: list[str], seeds: list[int], budget: Budget, out: st
         raise DisdisError(f"compare: {len(failures)} run(s) failed: {'; '.join(failures)}")
     summary = summarise(work, budget, scale, seeds, work[0].protocol)
     summary["wall_minutes"] = round((time.perf_counter() - start) / 60, 2)
-    from disdis.io import write_text_atomic
     write_text_atomic(out / "compare.json", json.dumps(summary, indent=2))
     write_text_atomic(out / "compare.md", markdown(summary))
     return summary
 
 
 def _complete(job: Job, threads: int) -> str | None:
-    """Train (or resume) and evaluate one run unless it is done; a message when it failed."""
-    if job.run.metrics.is_file() and job.run.status().get("state") == "finished":
+    """Train (or resume) and evaluate one run unless it is done (trained, and scored with the
+    protocol); a message when it failed."""
+    trained = job.run.status().get("state") == "finished"
+    if trained and scored_alike(job):
         print(f"  {job.run.path.name}: done already", file=sys.stderr)
         return None
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     train = ["--resume", str(job.run)] if job.run.list_checkpoints() else [job.preset, *job.overrides]
-    steps = [[sys.executable, "-m", "disdis", "train", *train],
-             [sys.executable, "-m", "disdis", "evaluate", str(job.run), "--jobs", "1", *job.protocol]]
+    steps = [[sys.executable, "-m", "disdis", "evaluate", str(job.run), "--jobs", "1", *job.protocol]]
+    if not trained:  # a trained run without metrics (or scored otherwise) is only scored
+        steps.insert(0, [sys.executable, "-m", "disdis", "train", *train])
     started = time.perf_counter()
-    print(f"  {job.run.path.name}: {'resuming' if train[0] == '--resume' else 'training'}", file=sys.stderr)
+    doing = "scoring" if trained else "resuming" if train[0] == "--resume" else "training"
+    print(f"  {job.run.path.name}: {doing}", file=sys.stderr)
     with open(job.log, "a") as log:
         for command in steps:
             if _run_child(command, log, env) != 0:
                 return f"{job.run.path.name} (see {job.log})"
     print(f"  {job.run.path.name}: finished in {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr)
     return None
+
+
+def scored_alike(job: Job) -> bool:
+    """Whether the run's metrics.json was scored with the job's protocol (not, say, by hand with
+    another), so that it can be reported under it."""
+    if not job.run.metrics.is_file():
+        return False
+    result = json.loads(job.run.metrics.read_text())
+    scored = {**result.get("protocol", {}), "representation": result.get("run", {}).get("representation")}
+    return all(scored.get(key) == value for key, value in job.scored_with.items())
 
 
 _CHILDREN: set[subprocess.Popen] = set()

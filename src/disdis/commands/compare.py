@@ -18,8 +18,9 @@ def register(subparsers) -> None:
         f"({', '.join(ALIASES['demo'])}: the preset of that method at --scale) or any preset or "
         "config file. --scale demo (default) trains on the demo grid (made when --data is not given) "
         "at 32 px on the CPU and scores with the demo's reduced protocol; --scale paper uses the "
-        "released-scale presets and disentanglement_lib's sample counts. Run it again to continue "
-        "a stopped comparison: done runs are read back, interrupted ones resume.\n\n"
+        "released-scale presets and disentanglement_lib's sample counts. Run it again with the same "
+        "settings to continue a stopped comparison: done runs are read back, interrupted ones resume; "
+        "DIR/settings.json records them, and a run with others is refused (choose another --out).\n\n"
         "examples:\n"
         "  disdis compare --methods paper,encdiff,beta_vae,beta_tcvae,factor_vae --seeds 0,1 --minutes 15 --out runs/compare\n"
         "  disdis compare --methods paper,beta_vae --kimg 48 --out runs/compare-48k\n"
@@ -53,17 +54,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
     if args.jobs < 1:
         raise ConfigError(f"--jobs: expected a positive integer, got {args.jobs}")
-    data = args.data
-    if data is None:
-        if args.scale != "demo":
-            raise ConfigError("--data: required at --scale paper (a dataset file or folder)")
-        from disdis.data.demo_grid import make_demo_data
-        data = "data/demo/shapes3d_grid.npz"
-        make_demo_data(Path(data), 32)
+    if args.threads is not None and args.threads < 1:  # 0 would silently mean the default
+        raise ConfigError(f"--threads: expected a positive integer, got {args.threads}")
+    budget = Budget(args.minutes, args.kimg)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    summary = run_comparison([m.strip() for m in args.methods.split(",") if m.strip()], seeds,
-                             Budget(args.minutes, args.kimg), args.out, data, args.scale, args.jobs, threads,
-                             list(args.overrides))
+    # the data (the demo grid, made when --data is not given) comes after every check
+    summary = run_comparison([m.strip() for m in args.methods.split(",") if m.strip()], seeds, budget,
+                             args.out, args.data, args.scale, args.jobs, threads, list(args.overrides))
     from disdis.compare import markdown
     print(markdown(summary), end="")
     print(f"wrote {Path(args.out) / 'compare.json'} and compare.md ({summary['wall_minutes']:.1f} min)")
