@@ -9,7 +9,8 @@ training minutes of the first logged interval at which some unit's share reached
 first inside its folder, a first stage or an autoencoder: the "before" column), followed by its
 share at the last logged interval when it has fallen below ``--captured`` again
 (:func:`disdis.diagnostics.lost_factors`), or "-" with the largest share it reached; the kimg
-trained; and FactorVAE / DCI / MIG when the run has been evaluated (``metrics.json``).
+trained; and FactorVAE / DCI / MIG when the run has been evaluated (``metrics.json``; "-" for one
+the evaluation did not compute).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 from pathlib import Path
 
 from disdis.diagnostics import CAPTURED, capture_times, lost_factors, training_log
-from disdis.report import headline
+from disdis.report.markdown import headline_cells
 
 
 def row(run: Path, captured: float) -> tuple[list[str], str]:
@@ -34,7 +35,7 @@ def row(run: Path, captured: float) -> tuple[list[str], str]:
     scores = ""
     metrics = run / "metrics.json"
     if metrics.is_file():
-        scores = " / ".join(f"{v:.3f}" for v in headline(json.loads(metrics.read_text())))
+        scores = " / ".join(headline_cells(json.loads(metrics.read_text())))  # "-": a metric not computed
     return names, f"| {run} | {rows[-1]['kimg']:g} | {before:.1f} min | " + " | ".join(cells) + f" | {scores} |"
 
 

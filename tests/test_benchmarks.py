@@ -86,3 +86,16 @@ def test_anchors_and_metrics_benchmarks_print_their_tables():
     assert re.search(r"^default +\d+\.\d +\d+\.\d +1\.00 +\d+/\d+/\d+ +2/2 +\d\.\d{4}$", out, re.M)
     out = bench("metrics.py", "--quick", "--no-dlib", "--metrics", "mig", "factor_vae")
     assert re.search(r"^mig +\d+\.\d", out, re.M) and re.search(r"^factor_vae +\d+\.\d", out, re.M)
+
+
+def test_capture_table_shows_a_dash_for_a_metric_the_evaluation_did_not_compute(demo, tmp_path):
+    """A run evaluated with eval.metrics=[dci,mig] has no FactorVAE: '-' in its place, the others printed."""
+    import json
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(demo[0], run, ignore=shutil.ignore_patterns("checkpoints", "figures"))
+    result = json.loads((run / "metrics.json").read_text())
+    del result["metrics"]["factor_vae"]
+    (run / "metrics.json").write_text(json.dumps(result))
+    (row,) = table_rows(bench("capture_table.py", run), re.escape(str(run)))
+    assert re.fullmatch(r"- / \d\.\d{3} / \d\.\d{3}", row[-1])

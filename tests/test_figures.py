@@ -45,20 +45,26 @@ def test_every_figure_of_a_run_is_drawn_wide_and_labelled(evaluated_run, capsys)
     assert main(["figures", str(evaluated_run), "--which", "nope"]) == 2
 
 
-def test_figures_a_run_cannot_make_are_refused_by_name(tmp_path, shapes3d_grid_npz, capsys):
-    config = write_yaml(tmp_path / "vae.yaml", {"base": "beta_vae", "data": {"path": str(shapes3d_grid_npz), "kind": None,
-                                                                              "resolution": 16},
-                                                "run_dir": str(tmp_path / "vae"),
-                                                "train": {"batch_size": 16, "total_kimg": 0.032, "device": "cpu",
-                                                          "num_workers": 0, "checkpoint_every_kimg": 0.032,
-                                                          "log_every_kimg": 0.032}})
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory, shapes3d_grid_npz):
+    root = tmp_path_factory.mktemp("vae")
+    config = write_yaml(root / "vae.yaml", {"base": "beta_vae", "data": {"path": str(shapes3d_grid_npz), "kind": None,
+                                                                          "resolution": 16},
+                                            "run_dir": str(root / "vae"),
+                                            "train": {"batch_size": 16, "total_kimg": 0.032, "device": "cpu",
+                                                      "num_workers": 0, "checkpoint_every_kimg": 0.032,
+                                                      "log_every_kimg": 0.032}})
     assert main(["train", config]) == 0
-    assert main(["figures", str(tmp_path / "vae"), "--which", "attention"]) == 2
+    return root / "vae"
+
+
+def test_figures_a_run_cannot_make_are_refused_by_name(vae_run, tmp_path, capsys):
+    assert main(["figures", str(vae_run), "--which", "attention"]) == 2
     assert "cannot make it" in capsys.readouterr().err
-    assert main(["figures", str(tmp_path / "vae")]) == 0  # traversals, interchange, reconstructions, curves
+    assert main(["figures", str(vae_run)]) == 0  # traversals, interchange, reconstructions, curves
     made = capsys.readouterr().out
     assert "traversals" in made and "interchange" in made and "attention" not in made
-    assert main(["sample", str(tmp_path / "vae"), "--n", "5", "--out", str(tmp_path / "prior.png")]) == 0
+    assert main(["sample", str(vae_run), "--n", "5", "--out", str(tmp_path / "prior.png")]) == 0
     assert Image.open(tmp_path / "prior.png").size[0] >= 512
 
 
@@ -164,3 +170,91 @@ def test_factor_shares_draws_the_best_direction_dotted(tmp_path, monkeypatch):
     assert plain.count(":") == 0 and dotted.count(":") == 2 and old.count(":") == 0
     assert "dotted" in dotted_title and "dotted" not in plain_title and old_title == plain_title
     assert Image.open(tmp_path / "dotted.png").size[0] >= 512
+
+
+def refused(capsys, *argv: str) -> str:
+    """The one line on stderr of a command refused as a usage error (exit status 2), no traceback."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"disdis {argv[0]}: error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def nothing_drawn(monkeypatch):
+    """Every drawing of a figure fails the test: a refusal must come before any work."""
+    from disdis.figures import labelled
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("a figure was drawn before the refusal")
+    for name in ("labelled_grid", "overlay_grid"):
+        monkeypatch.setattr(f"disdis.figures.units.{name}", drawn)
+    monkeypatch.setattr(labelled, "plot_matrix", drawn)
+    monkeypatch.setattr("disdis.figures.curves.plot_training_curves", drawn)
+
+
+def test_an_attention_timestep_outside_the_diffusion_is_refused_up_front(evaluated_run, capsys, nothing_drawn):
+    err = refused(capsys, "figures", str(evaluated_run), "--which", "traversals,curves,attention", "--t", "5000")
+    assert "--t: expected a timestep in 0..999 (the run's diffusion has 1000 steps), got 5000" in err
+    refused(capsys, "figures", str(evaluated_run), "--which", "attention", "--t", "1000")
+    assert "got -1" in refused(capsys, "figures", str(evaluated_run), "--which", "attention", "--t", "-1")
+
+
+def test_bad_counts_and_zero_steps_are_refused_not_replaced(evaluated_run, tmp_path, capsys, nothing_drawn):
+    run = str(evaluated_run)
+    for targets in ("-2", "0"):
+        err = refused(capsys, "interchange", run, "--targets", targets, "--out", str(tmp_path / "x.png"))
+        assert f"--targets: expected a number of target images >= 1, got {targets}" in err
+    assert "--targets: expected 1..287 target images" in refused(capsys, "interchange", run, "--targets", "288")
+    assert "--units: expected comma-separated unit numbers" in refused(capsys, "interchange", run, "--units", "a")
+    for argv in (["figures", run, "--which", "traversals"], ["interchange", run], ["sample", run]):
+        err = refused(capsys, *argv, "--steps", "0")
+        assert "--steps: expected a number of DDIM steps >= 1, got 0" in err
+        assert "--steps: expected 1..1000 DDIM steps" in refused(capsys, *argv, "--steps", "1001")
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture(scope="module")
+def disdiff_run(tmp_path_factory, shapes3d_grid_npz):
+    """A tiny DisDiff run with the chain it trained itself: RUN/ldm (an unconditional LDM), RUN/ldm/first_stage."""
+    from test_disdiff import TINY
+    run = tmp_path_factory.mktemp("disdiff") / "run"
+    assert main(["train", "demo_disdiff", f"data.path={shapes3d_grid_npz}", f"run_dir={run}",
+                 "train.total_kimg=0.032", *TINY]) == 0
+    return run
+
+
+def test_runs_without_units_are_refused_by_figures_as_by_the_other_commands(disdiff_run, capsys, nothing_drawn):
+    for run, name in ((disdiff_run / "ldm" / "first_stage", "first_stage"), (disdiff_run / "ldm", "latent_diffusion")):
+        err = refused(capsys, "figures", str(run))
+        assert f"a '{name}' run has no latent units" in err and "--which curves" in err
+        refused(capsys, "figures", str(run), "--which", "traversals")
+        # the same check as interchange and sample: the same message
+        for command in ("interchange", "sample"):
+            same = err.split(": error: ")[1].split(" (its training curves")[0]
+            assert refused(capsys, command, str(run)).split(": error: ")[1] == same + "\n"
+
+
+def test_interchange_of_a_disdiff_run_says_what_it_lacks(disdiff_run, capsys, nothing_drawn):
+    err = refused(capsys, "interchange", str(disdiff_run))
+    assert "a 'disdiff' run cannot make images from its units" in err and "no sampler conditioned on its unit vectors" in err
+
+
+def test_a_missing_dci_importance_is_named_with_how_to_compute_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"metrics": {"sap": {"sap": 0.1}},
+                                                  "protocol": {"factor_names": ["a", "b"]},
+                                                  "unit_factor_shares": [[0.5, 0.1], [0.2, 0.6]]}))
+    err = refused(capsys, "figures", str(run), "--which", "importance")
+    assert "has no DCI importance matrix (its metrics: sap)" in err and "no metrics.json" not in err
+    assert f"disdis evaluate {run} eval.metrics=[sap,dci]" in err
+    assert main(["figures", str(run), "--which", "shares"]) == 0  # what is there is drawn
+    assert "no metrics.json" in refused(capsys, "figures", str(tmp_path), "--which", "importance")
+
+
+def test_sampling_a_vae_from_anchors_says_it_has_none(vae_run, capsys, nothing_drawn):
+    err = refused(capsys, "sample", str(vae_run), "--from", "anchors")
+    assert "a 'beta_vae' run has no anchors to sample from" in err and "only --from prior" in err
+    assert "generator" not in err
+    assert "only --from prior" in refused(capsys, "sample", str(vae_run), "--from", "data")

@@ -17,8 +17,9 @@ def register(subparsers) -> None:
         "is an error.\n\nexamples:\n  disdis figures runs/demo\n  disdis figures RUN --which traversals,attention --t 300")
     parser.add_argument("run_dir", help="run folder (or one of its checkpoint files)")
     parser.add_argument("--which", help="comma-separated figure names (default: all the run can make)")
-    parser.add_argument("--steps", type=int, help="DDIM steps for diffusion methods (default: the run's)")
-    parser.add_argument("--t", type=int, default=500, help="timestep of the attention maps (default 500)")
+    parser.add_argument("--steps", type=int, help="DDIM steps for diffusion methods, 1..T (default: the run's)")
+    parser.add_argument("--t", type=int, default=500,
+                        help="timestep of the attention maps, 0..T-1 for a run of T diffusion steps (default 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the images and noise (default 0)")
     parser.add_argument("--weights", choices=("ema", "model"), default="ema")
     parser.set_defaults(func=run)

@@ -29,47 +29,99 @@ FIGURES = MODEL_FIGURES + FILE_FIGURES
 
 def make_figures(source: str | Path, which: Sequence[str] | None = None, weights: str = "ema", seed: int = 0,
                  steps: int | None = None, t: int = 500) -> dict[str, Path]:
-    """The figures ``which`` (default: every one the run can make) of the run at ``source``."""
+    """The figures ``which`` (default: every one the run can make) of the run at ``source``. Every
+    check (the names, the numbers, what the run can make) comes before the first figure is drawn."""
+    from disdis.figures.checks import check_at_least
     unknown = sorted(set(which or ()) - set(FIGURES))
     if unknown:
         raise DisdisError(f"--which: unknown figure {unknown[0]!r} (known: {', '.join(FIGURES)})")
+    check_at_least("--seed", seed, 0)
+    check_at_least("--steps", steps, 1, "a number of DDIM steps")
     run = RunDir.of(source)
     wanted = list(which or FIGURES)
-    made = file_figures(run, [w for w in wanted if w in FILE_FIGURES], explicit=which is not None)
-    if any(w in MODEL_FIGURES for w in wanted):
-        made.update(_model_figures(source, run, [w for w in wanted if w in MODEL_FIGURES], which is not None,
-                                   weights, seed, steps, t))
+    if "attention" in wanted:
+        check_at_least("--t", t, 0, "a timestep")
+    result = _metrics(run)
+    files = [w for w in wanted
+             if w in FILE_FIGURES and _file_figure_missing(run, result, w, explicit=which is not None) is None]
+    model_wanted = [w for w in wanted if w in MODEL_FIGURES]
+    draw_models = _model_figures(source, run, model_wanted, which is not None, weights, seed, steps, t) \
+        if model_wanted else None
+    made = file_figures(run, files, explicit=which is not None)
+    if draw_models is not None:
+        made.update(draw_models())
     return {**{name: made[name] for name in FIGURES if name in made}, **made}  # (and factor_shares with curves)
 
 
 def _model_figures(source, run: RunDir, wanted: list[str], explicit: bool, weights: str, seed: int,
-                   steps: int | None, t: int) -> dict[str, Path]:
+                   steps: int | None, t: int):
+    """Loads the model and checks that it can make ``wanted`` with these settings; returns the call
+    that draws them."""
     from disdis.figures import units as figs
+    from disdis.figures.checks import check_steps, check_timestep, require_units
     from disdis.train.loop import resolve_device
     from disdis.train.run import load_trained_model, open_training_data
 
     cfg, model, _ = load_trained_model(source, weights)
-    model.to(resolve_device(cfg.train.device))
-    data = open_training_data(cfg)
-    labels = figs.unit_labels(run, figs.unit_count(model, data))
+    require_units(cfg, model, hint=" (its training curves: --which curves)")
     anchored = getattr(cfg.method, "anchoring", None)
     possible = {"traversals": model.can("decode"), "interchange": model.can("decode"),
                 "reconstructions": model.can("decode"), "attention": model.can("attention"),
                 "anchors": model.can("generate") and bool(anchored and anchored.enabled
                                                           and float(model.anchor_state.fitted))}
-    makers = {"traversals": lambda p: figs.traversals(model, data, p, labels, seed=seed, steps=steps),
-              "anchors": lambda p: figs.anchor_traversals(model, data, p, labels, seed=seed, steps=steps),
-              "interchange": lambda p: figs.interchange(model, data, p, labels, seed=seed, steps=steps),
-              "attention": lambda p: figs.attention_maps(model, data, p, labels, t=t, seed=seed),
-              "reconstructions": lambda p: figs.reconstructions(model, data, p, steps=steps)}
-    made = {}
     for name in wanted:
-        if not possible[name]:
-            if explicit:
-                raise DisdisError(f"--which {name}: a '{cfg.method.name}' run cannot make it")
-            continue
-        made[name] = makers[name](run.figure(name))
-    return made
+        if explicit and not possible[name]:
+            raise DisdisError(f"--which {name}: a '{cfg.method.name}' run cannot make it")
+    wanted = [name for name in wanted if possible[name]]
+    check_steps(model, steps)
+    if "attention" in wanted:
+        check_timestep(model, t)
+
+    def draw() -> dict[str, Path]:
+        model.to(resolve_device(cfg.train.device))
+        data = open_training_data(cfg)
+        labels = figs.unit_labels(run, figs.unit_count(model, data))
+        makers = {"traversals": lambda p: figs.traversals(model, data, p, labels, seed=seed, steps=steps),
+                  "anchors": lambda p: figs.anchor_traversals(model, data, p, labels, seed=seed, steps=steps),
+                  "interchange": lambda p: figs.interchange(model, data, p, labels, seed=seed, steps=steps),
+                  "attention": lambda p: figs.attention_maps(model, data, p, labels, t=t, seed=seed),
+                  "reconstructions": lambda p: figs.reconstructions(model, data, p, steps=steps)}
+        return {name: makers[name](run.figure(name)) for name in wanted}
+    return draw
+
+
+def _metrics(run: RunDir) -> dict:
+    return json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
+
+
+def _evaluate_hint(run: RunDir, result: dict, metric: str) -> str:
+    """How to compute ``metric`` too: the run's evaluation again with it added to the metrics it has."""
+    from disdis.metrics.suite import METRIC_NAMES
+    have = [m for m in (result.get("metrics") or {}) if m in METRIC_NAMES]
+    return f"disdis evaluate {run} eval.metrics=[{','.join([*have, metric] if metric not in have else have)}]"
+
+
+def _file_figure_missing(run: RunDir, result: dict, name: str, explicit: bool) -> str | None:
+    """None when the run has what figure ``name`` is drawn from; else why not (raised when ``explicit``)."""
+    names = (result.get("protocol") or {}).get("factor_names") or []
+    if name == "curves":
+        why = None if run.log("train").is_file() else \
+            f"{run} has no train log ({run.log('train')}) to draw it from (train it first)"
+    elif not run.metrics.is_file():
+        why = f"{run} has no metrics.json to draw it from (evaluate it first: disdis evaluate {run})"
+    elif not names:
+        why = f"{run.metrics} has no factor names: the run was evaluated on data without a factor grid"
+    elif name == "shares":
+        why = None if result.get("unit_factor_shares") else f"{run.metrics} has no unit x factor share table " \
+            f"(evaluate it again: disdis evaluate {run})"
+    else:  # importance
+        why = None if (result.get("matrices") or {}).get("dci_importance") else \
+            (f"{run.metrics} has no DCI importance matrix (its metrics: "
+             f"{', '.join(result.get('metrics') or {}) or 'none'}); compute it with DCI: "
+             f"{_evaluate_hint(run, result, 'dci')}")
+    if why is not None and explicit:
+        raise DisdisError(f"--which {name}: {why}")
+    return why
 
 
 def file_figures(run: RunDir, wanted: list[str], explicit: bool) -> dict[str, Path]:
@@ -77,31 +129,30 @@ def file_figures(run: RunDir, wanted: list[str], explicit: bool) -> dict[str, Pa
     from disdis.figures.labelled import plot_matrix
     from disdis.train.logger import read_csv_log
 
-    result = json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
+    result = _metrics(run)
     names = (result.get("protocol") or {}).get("factor_names") or []
     made = {}
     for name in wanted:
-        if name == "shares" and result.get("unit_factor_shares") and names:
+        if _file_figure_missing(run, result, name, explicit) is not None:
+            continue
+        if name == "shares":
             shares = result["unit_factor_shares"]
             labels = [f"unit {k}" for k in range(len(shares))]
             if result.get("direction_shares"):  # the last row: what the units hold, spread or not
                 shares, labels = [*shares, result["direction_shares"]], [*labels, "any direction (a mix)"]
             made[name] = plot_matrix(shares, run.figure("shares"), labels, names,
                                      "What each unit carries: share of each factor's variance (eta^2)", "share")
-        elif name == "importance" and (result.get("matrices") or {}).get("dci_importance") and names:
+        elif name == "importance":
             importance = result["matrices"]["dci_importance"]
             made[name] = plot_matrix(importance, run.figure("importance"), [f"code {k}" for k in range(len(importance))],
                                      names, "DCI importance of each code for each factor (gradient-boosted trees)",
                                      "importance")
-        elif name == "curves" and run.log("train").is_file():
+        elif name == "curves":
             made[name] = plot_training_curves(read_csv_log(run.log("train")), run.figure("curves"))
             if run.log("shares").is_file() and names:
                 made["factor_shares"] = plot_factor_shares(read_csv_log(run.log("shares")), names,
                                                            run.figure("factor_shares"),
                                                            directions=read_csv_log(run.log("train")))
-        elif explicit:
-            raise DisdisError(f"--which {name}: {run} has no {'metrics.json' if name != 'curves' else 'train log'} "
-                              "to draw it from (evaluate or train it first)")
     return made
 
 
@@ -110,12 +161,16 @@ def interchange_grid(source: str | Path, out: str | Path | None = None, source_i
                      seed: int = 0, weights: str = "ema") -> Path:
     """The labelled interchange figure of a run (``disdis interchange``)."""
     from disdis.figures import units as figs
+    from disdis.figures.checks import check_at_least, check_steps, require_units
     from disdis.train.loop import resolve_device
     from disdis.train.run import load_trained_model, open_training_data
 
+    check_at_least("--targets", num_targets, 1, "a number of target images")
+    check_at_least("--steps", steps, 1, "a number of DDIM steps")
+    check_at_least("--seed", seed, 0)
     cfg, model, checkpoint = load_trained_model(source, weights)
-    if not model.can("decode"):
-        raise DisdisError(f"interchange: a '{cfg.method.name}' run has no units to swap")
+    require_units(cfg, model, "decode", what="the swap of a unit")
+    check_steps(model, steps)
     model.to(resolve_device(cfg.train.device))
     data = open_training_data(cfg)
     run = RunDir.of(checkpoint)

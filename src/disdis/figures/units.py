@@ -119,6 +119,9 @@ def interchange(model, data, path: str | Path, labels: Sequence[str], units: Seq
     units = list(range(num_units)) if units is None else list(units)
     if any(not 0 <= u < num_units for u in units):
         raise DisdisError(f"--units: expected units in 0..{num_units - 1}, got {units}")
+    if not 1 <= num_targets <= len(data) - 1:
+        raise DisdisError(f"--targets: expected 1..{len(data) - 1} target images (the data holds {len(data)}, "
+                          f"the source among them), got {num_targets}")
     picks = np.random.default_rng(seed).choice(len(data), size=num_targets + 1, replace=False)
     if source is not None:
         if not 0 <= source < len(data):
@@ -170,29 +173,46 @@ def reconstructions(model, data, path: str | Path, count: int = 8, seed: int = 1
     return labelled_grid(torch.stack(rows), path, names, title="Reconstructions")
 
 
+def check_sample_source(model, source: str, method: str | None = None) -> None:
+    """What ``--from`` a method samples from: ``data`` and ``anchors`` (the diffusion methods: tokens
+    of training images, or their DyGA anchors' means), ``prior`` (the others: codes of N(0, I) through
+    their decoder); a refusal says which the run supports."""
+    run = f"a '{method}' run" if method else "this method"
+    if source not in SAMPLE_SOURCES:
+        raise DisdisError(f"--from: expected {', '.join(SAMPLE_SOURCES)}, got {source!r}")
+    if model.can("generate"):
+        if source == "prior":
+            raise DisdisError(f"--from prior: {run} generates from tokens, not from N(0, I) codes "
+                              "(use --from data or --from anchors)")
+    elif source == "anchors":
+        raise DisdisError(f"--from anchors: {run} has no anchors to sample from (DyGA anchors are fitted by the "
+                          "diffusion methods); it samples only --from prior (N(0, I) codes through its decoder)")
+    elif source == "data":
+        raise DisdisError(f"--from data: {run} has no generator conditioned on an image's units (its decoder maps "
+                          "codes to images); it samples only --from prior (N(0, I) codes through its decoder)")
+
+
+SAMPLE_SOURCES = ("data", "anchors", "prior")
+
+
 def sample_images(model, data, count: int, seed: int = 0, source: str = "data", steps: int | None = None) -> torch.Tensor:
     """``count`` generated images: from the tokens of random training images (``data``), from the
     anchors (``anchors``: every unit's token one of its anchors' means), or, for methods with a
     prior and no generator of their own, from N(0, I) codes (``prior``)."""
+    check_sample_source(model, source)
     generator = torch.Generator().manual_seed(seed)
     device = _device(model)
     with torch.no_grad():
         if source == "prior":
-            if model.can("generate"):
-                raise DisdisError("--from prior: this method generates from tokens (use data or anchors)")
             return model.decode_units(torch.randn(count, unit_count(model, data), generator=generator).to(device))
-        if not model.can("generate"):
-            raise DisdisError(f"--from {source}: a method without a generator samples only --from prior")
         if source == "anchors":
             try:
                 context = model.anchor_tokens(count, generator=generator)
             except ValueError as err:
                 raise DisdisError(f"--from anchors: {err}") from None
-        elif source == "data":
+        else:
             picks = torch.randint(len(data), (count,), generator=generator)
             context = model.encode_units(_images(data, picks).to(device))[1]
-        else:
-            raise DisdisError(f"--from: expected data, anchors or prior, got {source!r}")
         noise = torch.randn(model.latent_shape(count), generator=generator).to(device)
         return model.sample(context, noise=noise, steps=steps)
 
@@ -208,14 +228,17 @@ def save_samples(source_run: str | Path, count: int, out: str | Path | None = No
     unless ``out`` is given."""
     from disdis.train.loop import resolve_device
     from disdis.train.run import load_trained_model, open_training_data
+    from disdis.figures.checks import check_at_least, check_steps, require_units
     if count < 1:
         raise DisdisError(f"--n: expected a positive number of images, got {count}")
+    check_at_least("--steps", steps, 1, "a number of DDIM steps")
     cfg, model, checkpoint = load_trained_model(source_run, weights)
-    if not model.can("decode"):
-        raise DisdisError(f"sample: a '{cfg.method.name}' run does not generate images")
+    require_units(cfg, model, "decode", what="sampling")
+    source = source or ("data" if model.can("generate") else "prior")
+    check_sample_source(model, source, cfg.method.name)
+    check_steps(model, steps)
     model.to(resolve_device(cfg.train.device))
     data = open_training_data(cfg)
-    source = source or ("data" if model.can("generate") else "prior")
     images = sample_images(model, data, count, seed=seed, source=source, steps=steps)
     cols = min(8, count)
     rows = -(-count // cols)

@@ -31,9 +31,20 @@ class Clock:
         return self.last - self.start
 
 
+HEADLINE = (("factor_vae", "eval_accuracy"), ("dci", "disentanglement"), ("mig", "discrete_mig"))
+
+
 def headline(result: dict) -> tuple[float, float, float]:
     m = result["metrics"]
-    return m["factor_vae"]["eval_accuracy"], m["dci"]["disentanglement"], m["mig"]["discrete_mig"]
+    return tuple(m[metric][key] for metric, key in HEADLINE)
+
+
+def headline_cells(result: dict) -> list[str]:
+    """FactorVAE, DCI disentanglement and MIG as text (3 decimals), "-" for each the evaluation did
+    not compute (e.g. eval.metrics=[dci,mig])."""
+    m = result.get("metrics") or {}
+    return [f"{m[metric][key]:.3f}" if isinstance((m.get(metric) or {}).get(key), (int, float)) else "-"
+            for metric, key in HEADLINE]
 
 
 def report_summary(cfg, results: dict, clock: Clock) -> str:
