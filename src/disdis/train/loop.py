@@ -228,9 +228,12 @@ class TrainStep:
 
 
 def check_step(model: nn.Module, cfg: TrainConfig) -> None:
-    """What ``train.compile`` and ``train.shards`` ask of the model and the run, checked before any work:
-    networks to compile; for shards, a method that declares them safe (the ``"shards"`` capability),
-    no dropout layer (it draws from torch's global generator), one process, the CPU, no compiling."""
+    """What the step's settings ask of the model and the run, checked before any work: the submodules
+    they name (held still, averaged, given their own learning rate or eps); networks to compile; for
+    shards, a method that declares them safe (the ``"shards"`` capability), no dropout layer (it draws
+    from torch's global generator), one process, the CPU, no compiling."""
+    for key in ("freeze_modules", "ema_modules", "lr_scale", "group_eps"):
+        named_submodules(model, list(getattr(cfg, key) or ()), f"train.{key}")
     name = type(model).__name__
     if cfg.compile and not getattr(model, "networks", ()):
         raise ConfigError(f"train.compile: {name} names no networks to compile")

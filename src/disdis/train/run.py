@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from disdis.config import save_config
-from disdis.errors import ConfigError, DisdisError
+from disdis.errors import ConfigError, DataError, DisdisError
 from disdis.run_config import RunConfig, check_run_config, load_run_config
 from disdis.rundir import RunDir
 from disdis.train import checkpoint as ckpt
@@ -25,6 +25,7 @@ def start_run(cfg: RunConfig) -> tuple[Path, TrainResult]:
     so that a bad one stops the run before any folder is made or any stage is trained)."""
     _record_data_path(cfg)
     validate_run_config(cfg)
+    _check_data_exists(cfg)
     distributed.init(resolve_device(cfg.train.device).type)
     run_dir = _new_run_dir(cfg) if distributed.is_main() else None
     run = RunDir(distributed.broadcast_json(str(run_dir) if run_dir else None))
@@ -41,6 +42,7 @@ def resume_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ())
     cfg = read_run_config(run, overrides)
     _record_data_path(cfg)
     validate_run_config(cfg)  # a rejected override leaves the saved config as it was
+    _check_data_exists(cfg)
     newest = run.list_checkpoints()[-1:]
     meta = ckpt.read_meta(newest[0]) if newest else None
     if meta is not None:
@@ -56,6 +58,13 @@ def _record_data_path(cfg: RunConfig) -> None:
     read from any folder (a relative one would name the data only from the folder it started in)."""
     if cfg.data.path:
         cfg.data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).absolute()))
+
+
+def _check_data_exists(cfg: RunConfig) -> None:
+    """The data a run trains on must be there before a folder is made (validate_run_config lets a
+    missing file pass, for the commands that make the data after checking the settings)."""
+    if cfg.data.path and not Path(cfg.data.path).exists():
+        raise DataError(f"data.path: {cfg.data.path}: no such file or folder")
 
 
 def _recorded_requires(run: RunDir) -> dict:
