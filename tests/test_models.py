@@ -124,6 +124,10 @@ def test_sampling_and_interchange():
     assert torch.allclose(own, model.sample(context[:1], noise=noise[:1], steps=3))
     swapped = model.interchange(x[:1], x[1:], unit=2, noise=noise[1:], steps=3)
     assert swapped.shape == (2, 3, 16, 16)
+    # 0 steps is a value, refused, not "the configured number"
+    for call in (lambda: model.sample(context, noise=noise, steps=0), lambda: model.invert(x, steps=0)):
+        with pytest.raises(ConfigError, match="ddim_steps"):
+            call()
 
 
 def test_latent_cache_gives_the_encoders_latents_without_running_it():
