@@ -171,6 +171,52 @@ def test_demo_under_torchrun_is_refused_before_any_work(tmp_path, capsys, monkey
     assert not (tmp_path / "grid.npz").exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_demo_refuses_fewer_than_one_thread_before_any_work(tmp_path, capsys, monkeypatch, threads):
+    """--threads 0 used to run on 1 thread, silently: now one line, before the data is made."""
+    def made(*args):
+        raise AssertionError("the demo made its data")
+    monkeypatch.setattr("disdis.data.demo_grid.make_demo_data", made)
+    assert main(["demo", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "grid.npz"), "--threads", threads]) == 2
+    assert capsys.readouterr().err == f"disdis demo: error: --threads: expected a positive integer, got {threads}\n"
+    assert not (tmp_path / "grid.npz").exists() and not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_in_the_demo_says_to_run_the_demo_again(tmp_path):
+    """The demo has no --resume: Ctrl-C while it trains its first stage says to run it again on its
+    folder (and its data), not `--resume RUN/first_stage`; run again, it continues."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out, data = tmp_path / "run", tmp_path / "grid.npz"
+    args = ["demo", "--out", str(out), "--data", str(data), "--threads", "1", *TINY,
+            "method.first_stage_train.total_kimg=16", "method.first_stage_train.log_every_kimg=0.032"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "disdis.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / "first_stage" / "logs" / "train.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:  # header + a logged step
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("disdis demo: error: stopped by SIGINT after step ")
+    assert last.endswith(f"; continue with `disdis demo --out {out} --data {data}`"), last
+    assert "--resume" not in last
+
+
+def test_demo_continue_command_names_its_folder_and_data_only_when_not_the_default():
+    import argparse
+    from disdis.commands.demo import DEFAULT_DATA, continue_command
+    assert continue_command(argparse.Namespace(out="runs/demo", data=DEFAULT_DATA)) == "`disdis demo --out runs/demo`"
+    assert continue_command(argparse.Namespace(out="r", data="g.npz")) == "`disdis demo --out r --data g.npz`"
+
 def test_train_step_benchmark_times_the_warm_start_past_its_gathered_hold(one_torch_thread):
     """benchmarks/train_step.py --stage extractor on the demo's config (tiny): the autoencoder's step as at
     the end of its training, after the hold gathered the code of (random) images into its held copy."""

@@ -72,3 +72,14 @@ def test_the_wheel_ships_every_preset(tmp_path):
     (wheel,) = tmp_path.glob("disdis-*.whl")
     shipped = {Path(n).stem for n in zipfile.ZipFile(wheel).namelist() if n.startswith("disdis/presets/") and n.endswith(".yaml")}
     assert shipped == set(presets.names())
+
+
+def test_the_released_presets_use_the_released_batches_100k_steps_and_ema_decay():
+    """The released configs train at batch 512 (Shapes3D, MPI3D, Cars3D) and 64 (CelebA:
+    configs/latent-diffusion/celeba.yaml of the released code), each preset 100k steps with the
+    released EMA decay 0.9999 per step."""
+    for name, batch in {"shapes3d": 512, "mpi3d": 512, "cars3d": 512, "celeba": 64}.items():
+        train = load_run_config(name, ["data.path=x"]).train
+        assert train.batch_size == batch, name
+        assert train.total_kimg * 1000 / batch == 100_000, name
+        assert 0.5 ** (batch / (train.ema_halflife_kimg * 1000)) == pytest.approx(0.9999, abs=1e-8), name

@@ -333,3 +333,10 @@ def test_a_method_without_anchoring_with_two_groups_and_a_hook_resumes_exactly(t
     assert (encoder["lr"], tuple(encoder["betas"]), encoder["weight_decay"]) == (3e-3, (0.9, 0.999), 0.01)
     assert (decoder["lr"], tuple(decoder["betas"]), decoder["weight_decay"]) == (1.5e-3, (0.5, 0.9), 0.0)
     assert float(a["model/loss_weight"]) != 1.0  # the hook ran
+
+
+def test_loader_workers_are_capped_at_the_cpus_this_process_may_use():
+    import os
+    from disdis.train.loop import _workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert _workers(0) == 0 and _workers(1) == 1 and _workers(cpus + 6) == cpus

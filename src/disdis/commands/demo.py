@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+DEFAULT_DATA = "data/demo/shapes3d_grid.npz"
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -29,18 +31,21 @@ def register(subparsers) -> None:
         "examples:\n  disdis demo\n  disdis demo --out runs/demo-long train.total_kimg=96")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
     parser.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
-    parser.add_argument("--data", default="data/demo/shapes3d_grid.npz", help="cached data file (default %(default)s)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="cached data file (default %(default)s)")
     parser.add_argument("--config", help="config file or preset (default: the packaged preset 'demo')")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch CPU threads (default: all %(default)s cores)")
+                        help="torch CPU threads, 1 or more (default: all %(default)s cores)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from disdis.errors import ConfigError
+    if args.threads < 1:  # before any data is made (0 used to mean 1 thread, silently)
+        raise ConfigError(f"--threads: expected a positive integer, got {args.threads}")
     import torch
 
+    from disdis.commands.train import retold
     from disdis.data.demo_grid import DEMO_GRID, make_demo_data
-    from disdis.errors import ConfigError
     from disdis.evaluation import evaluate_run, protocol_overrides
     from disdis.figures import make_figures
     from disdis.metrics import format_table
@@ -50,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
     from disdis.run_config import load_run_config
     from disdis.rundir import RunDir
     from disdis.train import distributed
+    from disdis.train.loop import TrainingInterrupted
     from disdis.train.run import dependency_source, resume_run, start_run
 
     # measured slower than one process of 2 threads (docs/demo-results.md, "Batch 128")
     if distributed.launched_world_size() > 1:
         raise ConfigError("the demo runs as one process; to train on several: torchrun --nproc_per_node N "
                           f"-m disdis train demo data.path={args.data}")
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
     clock = Clock()
     config = args.config or "demo"
     out = Path(args.out)
@@ -65,10 +71,13 @@ def run(args: argparse.Namespace) -> int:
     make_demo_data(Path(args.data), cfg.data.resolution or 32)
     clock.lap("data")
     _phase("2/4 training (first stage, extractor's autoencoder, then the diffusion model)")
-    if RunDir(out).list_checkpoints():
-        resume_run(out, args.overrides)  # e.g. a larger train.total_kimg lengthens a finished demo
-    else:
-        start_run(cfg)
+    try:
+        if RunDir(out).list_checkpoints():
+            resume_run(out, args.overrides)  # e.g. a larger train.total_kimg lengthens a finished demo
+        else:
+            start_run(cfg)
+    except TrainingInterrupted as err:  # the demo continues by running it again (it has no --resume)
+        raise retold(err, continue_command(args)) from None
     clock.lap("training")
     _phase("3/4 evaluation")
     results = {}
@@ -95,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     print(report_summary(cfg, results, clock))
     print(f"report: {report} and {page}")
     return 0
+
+
+def continue_command(args: argparse.Namespace) -> str:
+    """The command that continues this demo: ``disdis demo`` again on its folder (and its data)."""
+    data = f" --data {args.data}" if str(args.data) != DEFAULT_DATA else ""
+    return f"`disdis demo --out {args.out}{data}`"
 
 
 def _phase(name: str) -> None:

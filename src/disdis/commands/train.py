@@ -21,11 +21,13 @@ def register(subparsers) -> None:
         "images of the global batch), the same on any number of devices.\n\n"
         "Multi-GPU (or multi-process CPU) training: torchrun --nproc_per_node N -m disdis train ...\n"
         "train.batch_size is the global batch; the learning rate is never rescaled.\n\n"
+        "Ctrl-C or SIGTERM saves the step just finished and stops; continue the whole run (the stages it "
+        "trains itself included) with --resume RUN_DIR.\n\n"
         "examples:\n"
         "  disdis train shapes3d --print-config\n"
         "  disdis train first_stage_vq_f4 data.path=3dshapes.h5 name=shapes3d\n"
         "  disdis train shapes3d data.path=3dshapes.h5 requires.first_stage=runs/00000-shapes3d-first_stage\n"
-        "  disdis train my_config.yaml data.path=images/\n"
+        "  disdis train my_config.yaml data.path=images/ --threads 2\n"
         "  disdis train --resume runs/00001-shapes3d-disentangled_diffusion")
     parser.add_argument("config", nargs="?", help="run config YAML, or a packaged preset: "
                         f"{', '.join(presets.names())} (omit with --resume)")
@@ -33,18 +35,28 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue this run from its newest checkpoint, exactly where it stopped "
                         "(overrides, e.g. train.total_kimg=..., are applied to its saved config)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads of the process (default: torch's, which reads OMP_NUM_THREADS)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (every setting, derived sizes filled in) and exit")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from disdis.errors import ConfigError, DisdisError
+    if args.threads is not None and args.threads < 1:  # checked before torch is imported or anything made
+        raise ConfigError(f"--threads: expected a positive integer, got {args.threads}")
+    import torch
+
     from disdis.config import config_yaml
-    from disdis.errors import DisdisError
     from disdis.run_config import load_run_config
     from disdis.train import distributed
+    from disdis.train.loop import TrainingInterrupted
     from disdis.train.run import resume_run, start_run
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cfg = None
     try:
         if args.resume:
             overrides = ([args.config] if args.config else []) + list(args.overrides)
@@ -57,10 +69,32 @@ def run(args: argparse.Namespace) -> int:
             if args.print_config:
                 print(config_yaml(load_run_config(args.config, args.overrides, check=False)), end="")
                 return 0
-            run_dir, result = start_run(load_run_config(args.config, args.overrides))
+            cfg = load_run_config(args.config, args.overrides)
+            run_dir, result = start_run(cfg)  # which sets cfg.run_dir to the run's folder before training
         if distributed.is_main():
             print(f"done: step {result.step}, final loss {result.final_loss:.4f}; run folder {run_dir}; "
                   f"checkpoint {result.checkpoint}")
+    except TrainingInterrupted as err:  # the loop names the stage it stopped; the whole run is continued
+        top = args.resume or (cfg.run_dir if cfg is not None else None)
+        if top is None:
+            raise
+        raise retold(err, f"--resume {top}") from None
     finally:
         distributed.shutdown()
     return 0
+
+
+def continue_hint(message: str, how: str) -> str:
+    """The loop's stop message (``stopped by SIGINT after step N; saved CKPT; continue with --resume
+    STAGE``) with its way to continue replaced by ``how``. The loop names the folder of the stage it
+    was training: ``RUN/first_stage`` while a run trains its own first stage, whose resume would
+    finish that stage alone; ``disdis train`` continues the whole run (``--resume RUN``), and
+    ``disdis demo``, which has no ``--resume``, by running it again (``disdis demo --out DIR``)."""
+    head = message.split("; continue with ", 1)[0]
+    return f"{head}; continue with {how}"
+
+
+def retold(err, how: str):
+    """``err`` (a :class:`~disdis.train.loop.TrainingInterrupted`) again, with :func:`continue_hint`'s
+    message and the same exit status (128 + the signal)."""
+    return type(err)(continue_hint(str(err), how), err.exit_code - 128)

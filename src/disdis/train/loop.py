@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import signal
 import sys
 import threading
@@ -310,7 +311,7 @@ def train(model: nn.Module, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
         start = _restore(state, stepper, cfg) if state is not None else 0
         seconds = float(state.meta.get("train_seconds", 0.0)) if state is not None else 0.0
         sampler.start_step = start
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=_workers(cfg.num_workers),
                                              pin_memory=device.type == "cuda", collate_fn=collate_images,
                                              persistent_workers=False,
                                              generator=torch.Generator().manual_seed(cfg.seed))
@@ -371,6 +372,7 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
                 row = {"step": done, "kimg": done * cfg.batch_size / 1000, "epoch": done / max(sched.steps_per_epoch, 1)}
                 row.update({k: float(v) / window_steps for k, v in totals.items()})
                 row.update({"img_per_s": window_steps * cfg.batch_size / elapsed, "sec_per_step": elapsed / window_steps})
+                loss_value = row["loss"]  # the final loss: the last window's mean, what a resume of a finished run reads back
                 if probe is not None:
                     with between_steps():
                         row.update(probe(stepper.model, done, row["kimg"]))
@@ -503,6 +505,13 @@ def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], path: Path
 def collate_images(items: list) -> torch.Tensor:
     """Stack the images of dataset items (an image tensor, or a tuple whose first entry is one)."""
     return torch.stack([item[0] if isinstance(item, (list, tuple)) else item for item in items])
+
+
+def _workers(wanted: int) -> int:
+    """The loader's workers, at most one per CPU this process may use (a GPU preset's 8 on a 2-core
+    machine would only contend); the batches do not depend on the count."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(wanted, cpus)
 
 
 def configure_backends(device: torch.device) -> None:
