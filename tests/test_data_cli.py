@@ -193,3 +193,116 @@ def test_sigterm_during_data_make_leaves_no_partial_file(tmp_path):
     err = proc.communicate(timeout=60)[1].decode()
     assert proc.returncode == 143 and "terminated" in err, err[-2000:]
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- a path of another kind or format
+
+def test_a_file_of_another_kind_is_named_for_what_it_is(tmp_path, capsys, shapes3d_grid_npz, shapes3d_h5_small):
+    """A kind given for a file of another known format or kind says what the file is, once, for
+    every kind (not the reader's "not a readable HDF5 file")."""
+    with pytest.raises(DataError, match=r"shapes3d_small.npz: an .npz factor grid, but data.kind is shapes3d "
+                                        r"\(the released HDF5 file.*\); give data.kind=null to infer the kind"):
+        open_dataset(shapes3d_grid_npz, kind="shapes3d")
+    run_fail(capsys, ["data", "info", str(shapes3d_grid_npz), "--kind", "shapes3d"],
+             "an .npz factor grid, but --kind is shapes3d", "leave out --kind")
+    for kind in ("grid", "dsprites", "mpi3d"):
+        with pytest.raises(DataError, match=f"an HDF5 file, but data.kind is {kind} "):
+            open_dataset(shapes3d_h5_small, kind=kind)
+    for kind in ("dsprites", "mpi3d"):
+        with pytest.raises(DataError, match=f"an .npz factor grid, but data.kind is {kind} "):
+            open_dataset(shapes3d_grid_npz, kind=kind)
+    for kind in ("cars3d", "celeba"):
+        with pytest.raises(DataError, match=f"shapes3d_small.npz: an .npz factor grid, but data.kind is {kind} "):
+            open_dataset(shapes3d_grid_npz, kind=kind)
+
+
+def test_resolution_larger_than_the_file_names_the_key(capsys, tmp_path, shapes3d_grid_npz):
+    from disdis.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"^data.resolution: 64 is larger than the native 16 px of .*shapes3d_small"
+                                          r".npz \(it must divide it: 16, 8, 4, 2, 1\)$"):
+        open_dataset(shapes3d_grid_npz, kind="grid", resolution=64)
+    with pytest.raises(ConfigError, match=r"^data.resolution: 3 does not divide the native 16 px"):
+        open_dataset(shapes3d_grid_npz, resolution=3)
+    run_fail(capsys, ["data", "subset", str(shapes3d_grid_npz), "--out", str(tmp_path / "s.npz"),
+                      "--resolution", "32"], "--resolution: 32 is larger than the native 16 px")
+    assert not (tmp_path / "s.npz").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["dsprites", "--out", "x.h5"], "--out x.h5: dsprites writes an npz (zip) file; give a name ending in .npz"),
+    (["shapes3d", "--out", "x.npz"], "--out x.npz: shapes3d writes an HDF5 file; give a name ending in .h5 or .hdf5"),
+    (["shapes3d", "--out", "x"], "give a name ending in .h5 or .hdf5"),
+    (["celeba-like", "--out", "x.npz"], "celeba-like writes a folder"),
+    (["shapes3d", "--out", "x.h5", "--resolution", "7"], "--resolution: shapes3d is rendered at 4 to 256 px in steps of 4"),
+    (["shapes3d", "--out", "x.h5", "--resolution", "2"], "got 2"),
+    (["shapes3d", "--out", "x.h5", "--resolution", "0"], "got 0"),
+    (["shapes3d", "--out", "x.h5", "--resolution", "1024"], "got 1024"),
+    (["celeba-like", "--out", "c", "--resolution", "32"], "celeba-like images are always 178x218"),
+], ids=["dsprites-h5", "shapes3d-npz", "no-extension", "celeba-like-file", "res-7", "res-2", "res-0", "res-1024",
+        "celeba-like-res"])
+def test_make_refuses_a_wrong_extension_or_resolution_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
+    import disdis.data.celeba_like
+    import disdis.data.dsprites
+    import disdis.data.shapes3d
+
+    def work(*args, **kwargs):
+        raise AssertionError("the dataset was being made")
+
+    for module, name in ((disdis.data.shapes3d, "write_shapes3d"), (disdis.data.dsprites, "write_dsprites"),
+                         (disdis.data.celeba_like, "write_celeba_like")):
+        monkeypatch.setattr(module, name, work)
+    monkeypatch.chdir(tmp_path)
+    run_fail(capsys, ["data", "make", *argv], message)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_is_read_by_its_content_not_its_name(tmp_path, capsys, shapes3d_grid_npz):
+    """An npz named .h5 (what `data make` used to write for --out x.h5) opens as what it holds."""
+    renamed = tmp_path / "grid.h5"
+    renamed.write_bytes(shapes3d_grid_npz.read_bytes())
+    assert main(["data", "info", str(renamed)]) == 0
+    assert "kind: grid" in capsys.readouterr().out
+
+
+def test_a_folder_given_as_a_grid_file(tmp_path, capsys):
+    from test_data_formats import write_celeba
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match=r"plain: a folder, not a factor-grid .npz file \(data.kind is grid\)"):
+        open_dataset(tmp_path / "plain", kind="grid")
+    write_celeba(tmp_path / "celeba")
+    with pytest.raises(DataError, match=r"celeba: a CelebA folder, but data.kind is grid \(a factor-grid .npz "
+                                        r"file\); give data.kind=null to infer the kind from the folder"):
+        open_dataset(tmp_path / "celeba", kind="grid")
+    run_fail(capsys, ["data", "info", str(tmp_path / "plain"), "--kind", "mpi3d"], "plain: a folder, not the released MPI3D")
+
+
+class _Marker:
+    """Unpickling this creates the file ``path``: proof that a pickle was loaded."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_text_or_pickle_file_given_as_npz_is_not_read(tmp_path, capsys):
+    import pickle
+    text = tmp_path / "notes.npz"
+    text.write_text("factor_sizes: 2 3\nimages: none\n")
+    with pytest.raises(DataError, match=r"notes.npz: not a readable .npz grid \(it holds text; data.kind is grid\)"):
+        open_dataset(text, kind="grid")
+    run_fail(capsys, ["data", "info", str(text)], "notes.npz: not a readable .npz file (it holds text, not a zip archive)")
+    marker = tmp_path / "unpickled"
+    pickled = tmp_path / "p.npz"
+    pickled.write_bytes(pickle.dumps(_Marker(marker)))
+    for kind in (None, "grid", "dsprites", "mpi3d"):
+        with pytest.raises(DataError, match="p.npz: not a readable .*npz"):
+            open_dataset(pickled, kind=kind)
+    run_fail(capsys, ["data", "info", str(pickled)], "not a readable .npz file (not a zip archive")
+    assert not marker.exists()
+
+
+def test_an_unknown_kind_names_the_option(tmp_path, capsys, shapes3d_grid_npz):
+    run_fail(capsys, ["data", "info", str(shapes3d_grid_npz), "--kind", "foo"],
+             "--kind: unknown dataset kind 'foo'; expected one of shapes3d")

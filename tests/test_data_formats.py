@@ -197,3 +197,19 @@ def test_out_of_range_indices_and_factors(shapes3d_grid_npz):
         ds.images([0, 288])
     with pytest.raises(DisdisError, match="out of range"):
         ds.factors([-1])
+
+
+def test_check_npz_file_refuses_what_np_load_would_unpickle(tmp_path, shapes3d_grid_npz):
+    """The check readers of npz files run before np.load (whose message for a text file is about
+    pickles): one line saying what the file is instead."""
+    from disdis.data.files import check_npz_file
+    from disdis.errors import DataError
+    check_npz_file(str(shapes3d_grid_npz))
+    (tmp_path / "t.npz").write_text("1 2 3\n")
+    (tmp_path / "b.npz").write_bytes(b"\x80\x04\x95garbage\x00\xff")
+    (tmp_path / "d").mkdir()
+    for name, message in (("t.npz", r"not a readable codes .npz \(it holds text, not a zip archive\)"),
+                          ("b.npz", r"not a readable codes .npz \(not a zip archive"),
+                          ("d", "a folder, not a codes .npz"), ("none.npz", "file not found")):
+        with pytest.raises(DataError, match=f"{name}: {message}"):
+            check_npz_file(str(tmp_path / name), "codes .npz")

@@ -47,6 +47,14 @@ def test_released_hyperparameters():
     (["units.num_units=2"], "units.num_units: this setting is now method.units.num_units"),
     (["first_stage_run=x"], "first_stage_run: this setting is now requires.first_stage"),
     (["stage=first_stage"], "stage: this setting is now method.name"),
+    (["model=first_stage"], "model: this setting is now method.name$"),
+    (["model.x=1"], "model.x: this setting is now method.x$"),  # not method.name.x
+    (["units.num_units.x=1"], "units.num_units.x: this setting is now method.units.num_units.x$"),
+    (["stage.x=1"], r"stage.x: stage was a single setting, now method.name; it has no 'x' \(give method.name=...\)"),
+    (["train.refit_every.x=1"], "train.refit_every was a single setting, now method.anchoring.refit_every"),
+    (["data.kind=foo"], "data.kind: unknown dataset kind 'foo'; expected one of shapes3d, dsprites"),
+    (["data.kind=celeba-like"], "a celeba-like folder is read as celeba"),
+    (["data.resolution=0"], "data.resolution: expected a positive number of pixels"),
     (["train.batch_size=0"], "train.batch_size"),
 ])
 def test_mismatched_sections(tmp_path, overrides, message):
@@ -128,3 +136,57 @@ def test_print_config_shows_every_setting(capsys):
     assert main(["train", "encdiff", "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "token_activation: elu" in out and "context_dim: 16" in out and "requires: {}" in out
+
+
+def test_print_config_checks_the_config_but_not_the_data(capsys):
+    """--print-config refuses what a run would refuse in its settings (data.kind included), and needs
+    no data.path (nor opens one)."""
+    for bad, message in ((["data.kind=foo"], "data.kind: unknown dataset kind 'foo'"),
+                         (["data.resolution=-1"], "data.resolution: expected a positive number"),
+                         (["requires.unet=x"], "requires.unet: disentangled_diffusion depends on no 'unet'"),
+                         (["data.resolution=32", "method.units.resolution=64"], "method.units.resolution")):
+        assert main(["train", "encdiff", "--print-config", *bad]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith("disdis train: error: " + message), err
+    assert main(["train", "encdiff", "--print-config", "data.kind=grid", "data.path=nowhere.npz"]) == 0
+    assert load_run_config("encdiff", ["data.kind=grid"], check=False).data.kind == "grid"
+    with pytest.raises(ConfigError, match="data.path: required"):
+        load_run_config("encdiff", ["data.kind=grid"])
+
+
+def test_data_of_another_kind_or_size_is_refused_before_any_work(tmp_path, capsys, shapes3d_grid_npz):
+    """A preset's data.kind names the released file; a grid npz given to it says so (issue: it said
+    "not a readable HDF5 file"), and then a data.resolution above the file's names the key."""
+    run = tmp_path / "run"
+
+    def refused(*overrides):
+        assert main(["train", "beta_vae", f"data.path={shapes3d_grid_npz}", f"run_dir={run}", *overrides]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and not run.exists(), err
+        return err
+
+    err = refused()
+    assert "shapes3d_small.npz: an .npz factor grid, but data.kind is shapes3d (the released HDF5 file" in err
+    assert "give data.kind=null to infer the kind from the file" in err
+    for kind in ("grid", "null"):
+        err = refused(f"data.kind={kind}")
+        assert ("error: data.resolution: 64 is larger than the native 16 px of " in err
+                and "(it must divide it: 16, 8, 4, 2, 1)" in err), err
+    err = refused(f"data.path={tmp_path}", "data.kind=grid")
+    assert f"{tmp_path}: a folder, not a factor-grid .npz file (data.kind is grid)" in err
+
+
+def test_a_run_is_named_by_its_folder_or_a_checkpoint_not_its_config(tmp_path, capsys):
+    from disdis.errors import DisdisError
+    from disdis.rundir import RunDir
+    run = tmp_path / "tiny"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {path: x}\n")
+    (run / "checkpoints/ckpt-000000001.safetensors").write_bytes(b"x")
+    assert RunDir.of(run).path == run and RunDir.of(run / "checkpoints/ckpt-000000001.safetensors").path == run
+    with pytest.raises(DisdisError, match=f"^{run}/config.yaml: give the run folder \\({run}\\), not its config.yaml$"):
+        RunDir.of(run / "config.yaml")
+    assert main(["evaluate", str(run / "config.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"give the run folder ({run}), not its config.yaml" in err, err
+    assert "no config.yaml" not in err

@@ -30,6 +30,13 @@ class DataConfig:
     resolution: Optional[int] = 64          # images are resized to this (null: native)
     subgrid: Optional[dict[str, list[int]]] = None  # keep only these classes of these factors
 
+    def __post_init__(self) -> None:  # the settings alone (the file is checked when opened)
+        from disdis.data.kinds import check_kind
+        check_kind(self.kind, "data.kind")
+        if self.resolution is not None and self.resolution < 1:
+            raise ConfigError(f"data.resolution: expected a positive number of pixels (or null: the "
+                              f"file's own), got {self.resolution}")
+
 
 @dataclass
 class EvalConfig(Sampling):
@@ -65,24 +72,41 @@ class RunConfig:
 
 # the sections a method's config holds, at the top level in files of older versions
 OLD_METHOD_SECTIONS = ("first_stage", "units", "unet", "diffusion", "anchoring", "first_stage_train")
-# keys that moved: read from older config files, refused as overrides
+# keys that moved: read from older config files, refused as overrides. MOVED holds settings (one
+# value each), MOVED_SECTIONS sections, whose keys moved with them (units.x -> method.units.x).
 MOVED = {**{f"train.{key}": f"method.anchoring.{key}" for key in ("refit_every", "refit_unit", "refit_source", "refit_images")},
          "eval.ddim_steps": "method.diffusion.ddim_steps", "stage": "method.name", "model": "method.name",
-         "first_stage_run": "requires.first_stage", **{section: f"method.{section}" for section in OLD_METHOD_SECTIONS}}
+         "first_stage_run": "requires.first_stage"}
+MOVED_SECTIONS = {**{section: f"method.{section}" for section in OLD_METHOD_SECTIONS},
+                  "model": "method"}  # model.x: the model's settings are the method's
+
+
+def moved_key(key: str) -> str | None:
+    """Where the override key ``key`` of an older version lives now (None: it did not move)."""
+    if key in MOVED:
+        return MOVED[key]
+    for old, new in MOVED_SECTIONS.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return None
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> RunConfig:
-    """Read a run config (YAML + ``key=value`` overrides), derive the sizes it leaves out and (with
-    ``check``) check that its sections agree."""
+    """Read a run config (YAML + ``key=value`` overrides), derive the sizes it leaves out and check
+    every key and that the sections agree; without ``check`` a config that names no data.path yet
+    passes (``--print-config`` shows a preset before the data is chosen)."""
     for item in overrides:
         key = item.partition("=")[0]
-        for old, new in MOVED.items():
-            if key == old or key.startswith(old + "."):
-                raise ConfigError(f"{key}: this setting is now {new}{key[len(old):]}")
+        new = moved_key(key)
+        if new is not None:
+            raise ConfigError(f"{key}: this setting is now {new}")
+        for old, value_key in MOVED.items():  # a setting of one value has no keys below it
+            if key.startswith(old + "."):
+                raise ConfigError(f"{key}: {old} was a single setting, now {value_key}; it has no "
+                                  f"{key[len(old) + 1:]!r} (give {value_key}=...)")
     data = read_run_file(path) if path is not None else {}
     cfg = run_config_from_dict(apply_overrides(data, overrides))
-    if check:
-        check_run_config(cfg)
+    check_run_config(cfg, require_data=check)
     return cfg
 
 
@@ -142,9 +166,10 @@ def _move_keys(data: dict) -> dict:
     return data
 
 
-def check_run_config(cfg: RunConfig) -> None:
-    """Raise ConfigError naming the key when sections do not fit together."""
-    if not cfg.data.path:
+def check_run_config(cfg: RunConfig, require_data: bool = True) -> None:
+    """Raise ConfigError naming the key when sections do not fit together (and, with
+    ``require_data``, when no data.path is given). Nothing here opens the data."""
+    if require_data and not cfg.data.path:
         raise ConfigError("data.path: required (a dataset file or folder, e.g. data.path=3dshapes.h5)")
     unknown = sorted(set(cfg.requires) - set(cfg.method.dependency_kinds))
     if unknown:

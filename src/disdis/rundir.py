@@ -39,11 +39,19 @@ class RunDir:
 
     @classmethod
     def of(cls, source: str | Path | RunDir) -> RunDir:
-        """The run of a run folder, or of one of its checkpoint files."""
+        """The run of a run folder, or of one of its checkpoint files (``RUN/checkpoints/*``). Another
+        file of a run (its config.yaml, metrics.json, ...) is refused, naming the folder to give:
+        a file stands for a checkpoint wherever runs are loaded."""
         if isinstance(source, RunDir):
             return source
         source = Path(source)
-        return cls(source.parent.parent if source.is_file() and source.parent.name == "checkpoints" else source)
+        if not source.is_file():
+            return cls(source)
+        if source.parent.name == "checkpoints":
+            return cls(source.parent.parent)
+        if cls(source.parent).is_run():
+            raise DisdisError(f"{source}: give the run folder ({source.parent}), not its {source.name}")
+        return cls(source)
 
     def __str__(self) -> str:
         return str(self.path)

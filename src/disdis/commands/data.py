@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from disdis.errors import DisdisError
@@ -31,12 +32,14 @@ def register(subparsers) -> None:
         "Deterministic; written to a temporary file and renamed, so an interrupted run leaves "
         "nothing under the final name.")
     make.add_argument("dataset", choices=("shapes3d", "dsprites", "celeba-like"))
-    make.add_argument("--out", required=True, help="output file (.h5 for shapes3d, .npz for dsprites), "
-                      "or a new folder for celeba-like")
+    make.add_argument("--out", required=True, help="output file (.h5 or .hdf5 for shapes3d, .npz for "
+                      "dsprites), or a new folder for celeba-like")
     make.add_argument("--count", type=int, default=2000, help="celeba-like: number of images (default 2000)")
     make.add_argument("--seed", type=int, default=0, help="celeba-like: seed of the scenes (default 0)")
-    make.add_argument("--resolution", type=int, default=64,
-                      help="image size for shapes3d (default 64, as published); dsprites is always 64")
+    make.add_argument("--resolution", type=int,
+                      help=f"image size for shapes3d: {MAKE_RESOLUTIONS[0]} to {MAKE_RESOLUTIONS[1]} px in "
+                      f"steps of {MAKE_RESOLUTIONS[2]} (default 64, as published); dsprites is always 64, "
+                      "celeba-like always CelebA's 178x218")
     make.set_defaults(func=_make)
 
     show = sub.add_parser(
@@ -70,20 +73,50 @@ def register(subparsers) -> None:
     subset.set_defaults(func=_subset)
 
 
+# what `data make` writes: the file extensions of each dataset (None: a folder)
+MAKE_SUFFIXES = {"shapes3d": (".h5", ".hdf5"), "dsprites": (".npz",), "celeba-like": None}
+# shapes3d --resolution: (smallest, largest, step). Below 4 px the object is a pixel or two; the
+# models halve images (VAE and extractor encoders need multiples of 16) and `data subset` and
+# data.resolution area-average to divisors, so sizes are kept to multiples of 4; above 256 px
+# the file passes 94 GB.
+MAKE_RESOLUTIONS = (4, 256, 4)
+
+
+def check_out(dataset: str, out: str, flag: str = "--out") -> None:
+    """Refuse an output name whose extension is not the format written, before any work."""
+    suffixes = MAKE_SUFFIXES[dataset]
+    ext = os.path.splitext(out.rstrip("/" + os.sep))[1].lower()
+    if suffixes is None:
+        if ext in (".h5", ".hdf5", ".npz"):
+            raise DisdisError(f"{flag} {out}: {dataset} writes a folder (img_align_celeba/, "
+                              f"list_attr_celeba.txt), not a {ext} file; give a folder name")
+    elif ext not in suffixes:
+        kind = "an HDF5 file" if suffixes[0] == ".h5" else "an npz (zip) file"
+        raise DisdisError(f"{flag} {out}: {dataset} writes {kind}; give a name ending in "
+                          f"{' or '.join(suffixes)}{f', not {ext}' if ext else ''}")
+
+
 def _make(args: argparse.Namespace) -> int:
+    check_out(args.dataset, args.out)
     start = time.perf_counter()
     if args.dataset == "shapes3d":
         from disdis.data.shapes3d import write_shapes3d
-        if args.resolution < 1:
-            raise DisdisError(f"--resolution must be positive, got {args.resolution}")
-        write_shapes3d(args.out, args.resolution)
+        lo, hi, step = MAKE_RESOLUTIONS
+        resolution = 64 if args.resolution is None else args.resolution
+        if not lo <= resolution <= hi or resolution % step:
+            raise DisdisError(f"--resolution: shapes3d is rendered at {lo} to {hi} px in steps of {step} "
+                              f"(64 as published), got {resolution}")
+        write_shapes3d(args.out, resolution)
     elif args.dataset == "dsprites":
         from disdis.data.dsprites import write_dsprites
-        if args.resolution != 64:
+        if args.resolution not in (None, 64):
             raise DisdisError("--resolution: dsprites is always 64x64, as published")
         write_dsprites(args.out)
     else:
         from disdis.data.celeba_like import write_celeba_like
+        if args.resolution is not None:
+            raise DisdisError("--resolution: celeba-like images are always 178x218, as CelebA's "
+                              "(data.resolution crops and resizes them when read)")
         write_celeba_like(args.out, args.count, args.seed)
     print(f"wrote {args.out} ({args.dataset}) in {time.perf_counter() - start:.1f} s")
     return 0
@@ -94,14 +127,14 @@ def _show(args: argparse.Namespace) -> int:
     from disdis.data.contact_sheet import save_contact_sheet
     if args.columns < 1:
         raise DisdisError(f"--columns must be positive, got {args.columns}")
-    save_contact_sheet(open_dataset(args.path, args.kind), args.out, args.seed, args.columns)
+    save_contact_sheet(open_dataset(args.path, args.kind, kind_key="--kind"), args.out, args.seed, args.columns)
     print(f"wrote {args.out}")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     from disdis.data import open_dataset
-    ds = open_dataset(args.path, args.kind)
+    ds = open_dataset(args.path, args.kind, kind_key="--kind")
     print(f"kind: {ds.kind}\nimages: {len(ds)} x {ds.resolution}x{ds.resolution}x{ds.channels} uint8")
     if ds.has_factor_grid:
         for name, size in zip(ds.factor_names, ds.factor_sizes):
@@ -128,8 +161,12 @@ def parse_keep(items: list[str]) -> dict[str, list[int]]:
 
 def _subset(args: argparse.Namespace) -> int:
     from disdis.data import open_dataset, write_grid_npz
-    ds = open_dataset(args.path, args.kind).subgrid(parse_keep(args.keep))
-    ds = ds.at_resolution(args.resolution)
+    if not args.out.lower().endswith(".npz"):
+        raise DisdisError(f"--out {args.out}: subset writes a grid npz (a zip file); give a name ending in .npz")
+    if args.resolution is not None and args.resolution < 1:
+        raise DisdisError(f"--resolution: expected a positive number of pixels, got {args.resolution}")
+    ds = open_dataset(args.path, args.kind, kind_key="--kind").subgrid(parse_keep(args.keep))
+    ds = ds.at_resolution(args.resolution, "--resolution")
     write_grid_npz(args.out, ds)
     sizes = ", ".join(f"{n}={s}" for n, s in zip(ds.factor_names, ds.factor_sizes))
     print(f"wrote {args.out}: {len(ds)} images {ds.resolution}x{ds.resolution} ({sizes})")

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from disdis.errors import DataError, DisdisError
+from disdis.errors import ConfigError, DataError, DisdisError
 from disdis.factor_grid import canonical_factors, sample_factors  # noqa: F401 (canonical_factors re-exported)
 
 
@@ -122,11 +122,12 @@ class GroundTruthDataset:
         """
         return SubgridView(self, keep)
 
-    def at_resolution(self, resolution: int | None) -> "GroundTruthDataset":
-        """The dataset with images area-averaged down to ``resolution`` (a divisor of the native one)."""
+    def at_resolution(self, resolution: int | None, key: str = "resolution") -> "GroundTruthDataset":
+        """The dataset with images area-averaged down to ``resolution`` (a divisor of the native one;
+        ``key``: the setting's name in the message when it is not)."""
         if resolution is None or int(resolution) == self.resolution:
             return self
-        return ResizedView(self, int(resolution))
+        return ResizedView(self, int(resolution), key)
 
     # ---------------------------------------------------- worker-safe handles
     def close(self) -> None:
@@ -183,10 +184,8 @@ class ResizedView(GroundTruthDataset):
     """Another dataset's images area-averaged to a lower resolution (anti-aliased, exact for
     integer ratios); see :meth:`GroundTruthDataset.at_resolution`."""
 
-    def __init__(self, parent: GroundTruthDataset, resolution: int):
-        if resolution <= 0 or parent.resolution % resolution:
-            raise DisdisError(f"{parent.path}: resolution {resolution} must divide the native "
-                              f"resolution {parent.resolution}")
+    def __init__(self, parent: GroundTruthDataset, resolution: int, key: str = "resolution"):
+        check_resolution(parent.path, parent.resolution, resolution, key)
         super().__init__(parent.path, parent.factor_names, parent.factor_sizes, resolution,
                          parent.channels)
         self.kind, self.has_factor_grid, self.parent = parent.kind, parent.has_factor_grid, parent
@@ -208,6 +207,21 @@ class ResizedView(GroundTruthDataset):
 
     def close(self) -> None:
         self.parent.close()
+
+
+def check_resolution(path: str, native: int, resolution: int, key: str = "resolution") -> None:
+    """Raise a ConfigError naming ``key`` unless ``resolution`` divides ``native`` (the sizes that
+    area averaging reaches)."""
+    if resolution >= 1 and native % resolution == 0:
+        return
+    divisors = ", ".join(str(d) for d in range(native, 0, -1) if native % d == 0)
+    if resolution > native:
+        problem = f"{resolution} is larger than the native {native} px of {path}"
+    elif resolution < 1:
+        problem = f"{resolution} is not a positive size ({path} is {native} px)"
+    else:
+        problem = f"{resolution} does not divide the native {native} px of {path}"
+    raise ConfigError(f"{key}: {problem} (it must divide it: {divisors})")
 
 
 def area_downscale(images: np.ndarray, resolution: int) -> np.ndarray:

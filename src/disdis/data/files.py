@@ -25,6 +25,52 @@ from disdis.io import atomic_path as io_atomic_path
 
 # Whatever a damaged zip or npy can raise while being read.
 READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def file_format(path: str) -> str:
+    """What ``path`` holds, from its first bytes (never its name): missing, folder, hdf5, npz
+    (a zip archive, possibly damaged), text or other."""
+    if os.path.isdir(path):
+        return "folder"
+    if not os.path.exists(path):
+        return "missing"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+            if head[:8] == HDF5_SIGNATURE:
+                return "hdf5"
+            # an HDF5 file may start with a user block of 512, 1024, 2048, ... bytes
+            size, offset = os.path.getsize(path), 512
+            while offset + 8 <= size:
+                f.seek(offset)
+                if f.read(8) == HDF5_SIGNATURE:
+                    return "hdf5"
+                offset *= 2
+    except OSError:
+        return "other"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "npz"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:  # (or a multi-byte character cut at byte 512: rare, and only a hint)
+        return "other"
+    return "text" if text and all(c.isprintable() or c in "\t\r\n" for c in text) else "other"
+
+
+def check_npz_file(path: str, what: str = ".npz file") -> None:
+    """Raise a one-line DataError unless ``path`` is a file holding a zip archive (what an npz is),
+    before anything reads it: ``np.load`` of another file would try it as a pickle."""
+    fmt = file_format(path)
+    if fmt == "missing":
+        raise DataError(f"{path}: file not found")
+    if fmt == "folder":
+        raise DataError(f"{path}: a folder, not {'an' if what[0] in '.aeiou' else 'a'} {what}")
+    if fmt != "npz" or not zipfile.is_zipfile(path):
+        why = {"text": "it holds text, not a zip archive", "hdf5": "it is an HDF5 file, not a zip archive",
+               "npz": "a zip archive, truncated or corrupt"}.get(
+            fmt, "not a zip archive: truncated, corrupt or another format")
+        raise DataError(f"{path}: not a readable {what} ({why})")
 
 
 @contextlib.contextmanager
@@ -105,8 +151,7 @@ def read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 def npz_members(path: str) -> dict[str, NpyMember]:
     """The arrays of an npz file by name, from their headers only (no data is read)."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
+    check_npz_file(path)
     members: dict[str, NpyMember] = {}
     try:
         with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
