@@ -57,3 +57,11 @@ def test_evaluate_codes_bad_input(shapes3d_grid_npz, tmp_path, capsys):
     assert main(["evaluate", "--codes", str(codes), "--dataset", str(shapes3d_grid_npz), *QUICK]) == 2
     assert "NaN" in capsys.readouterr().err
     assert main(["evaluate", "--codes", str(codes)]) == 2
+
+
+def test_evaluate_codes_that_are_not_an_npz(shapes3d_grid_npz, tmp_path, capsys):
+    text = tmp_path / "t.npz"
+    text.write_text("not an array\n")
+    assert main(["evaluate", "--codes", str(text), "--dataset", str(shapes3d_grid_npz)]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable codes .npz (it holds text" in err and "pickle" not in err

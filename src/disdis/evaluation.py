@@ -186,7 +186,9 @@ def load_codes(path: str | Path):
     """The 'codes' (N, U) or 'tokens' (N, U, D) array of an npz (no pickles)."""
     import numpy as np
 
+    from disdis.data.files import check_npz_file
     from disdis.errors import DisdisError
+    check_npz_file(str(path), "codes .npz")  # numpy's own message for a non-npz speaks of pickles
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = [k for k in ("codes", "tokens") if k in npz.files]
