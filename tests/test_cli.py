@@ -1,17 +1,15 @@
 """The command line as users start it: `python -m disdis` (what `torchrun -m disdis` runs), `disdis
 train`'s options, and the way an interrupted run says to continue."""
 
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from disdis.cli import main
-from train_standins import tiny_run_config, write_yaml
+from train_standins import interrupted, tiny_run_config, write_yaml
 
 
 def test_module_entry_point_runs_the_cli():
@@ -57,18 +55,8 @@ def test_ctrl_c_in_the_runs_own_first_stage_names_the_run_to_resume(tmp_path, sh
                                              "log_every_kimg": 0.016, "num_workers": 0, "device": "cpu"},
                           train={"probe_images": 0})
     config = write_yaml(tmp_path / "vq.yaml", cfg)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "disdis.cli", "train", config], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = run / "first_stage" / "logs" / "train.csv"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 3:  # header + 2 steps
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=120)[1].decode()
-    assert proc.returncode == 130, err[-2000:]
+    code, err = interrupted(["train", config], run / "first_stage" / "logs" / "train.csv", 3)  # header + 2 steps
+    assert code == 130, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert "first_stage/checkpoints/ckpt-" in last and last.endswith(f"; continue with --resume {run}"), last
     assert not (run / "checkpoints").exists()  # stopped in the first stage

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from disdis.cli import main
-from train_standins import repo_script
+from train_standins import interrupted, repo_script
 
 # the demo's own config, shrunk: a few training steps, tiny networks, small metric samples, 2 DDIM steps
 TINY = ["method.first_stage_train.total_kimg=0.064", "method.first_stage_train.batch_size=32", "method.first_stage.base_channels=8",
@@ -185,26 +185,11 @@ def test_demo_refuses_fewer_than_one_thread_before_any_work(tmp_path, capsys, mo
 def test_ctrl_c_in_the_demo_says_to_run_the_demo_again(tmp_path):
     """The demo has no --resume: Ctrl-C while it trains its first stage says to run it again on its
     folder (and its data), not `--resume RUN/first_stage`; run again, it continues."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
     out, data = tmp_path / "run", tmp_path / "grid.npz"
     args = ["demo", "--out", str(out), "--data", str(data), "--threads", "1", *TINY,
             "method.first_stage_train.total_kimg=16", "method.first_stage_train.log_every_kimg=0.032"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "disdis.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = out / "first_stage" / "logs" / "train.csv"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 2:  # header + a logged step
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=120)[1].decode()
-    assert proc.returncode == 130, err[-2000:]
+    code, err = interrupted(args, out / "first_stage" / "logs" / "train.csv", 2)  # header + a logged step
+    assert code == 130, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("disdis demo: error: stopped by SIGINT after step ")
     assert last.endswith(f"; continue with `disdis demo --out {out} --data {data}`"), last

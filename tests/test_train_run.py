@@ -14,7 +14,7 @@ from disdis.cli import main
 from disdis.train.checkpoint import list_checkpoints, load_checkpoint
 from disdis.rundir import RunDir
 from disdis.train.logger import read_csv_log
-from train_standins import tiny_run_config, write_yaml
+from train_standins import interrupted, tiny_run_config, write_yaml
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -213,18 +213,8 @@ def test_a_signal_saves_the_current_step_and_the_run_resumes_exactly(tmp_path, s
     cfg = tiny_run_config(shapes3d_grid_npz, tmp_path / "stopped", train={"total_kimg": 0.32, "checkpoint_every_kimg": 0.32,
                                                                           "log_every_kimg": 0.016, "probe_images": 0})
     config = write_yaml(tmp_path / "tiny.yaml", cfg)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "disdis.cli", "train", config], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = tmp_path / "stopped" / "logs" / "train.csv"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 4:  # header + 3 steps
-            break
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    err = proc.communicate(timeout=120)[1].decode()
-    assert proc.returncode == 128 + sig, err[-2000:]
+    code, err = interrupted(["train", config], tmp_path / "stopped" / "logs" / "train.csv", 4, sig)  # header + 3 steps
+    assert code == 128 + sig, err[-2000:]
     saved = list_checkpoints(tmp_path / "stopped" / "checkpoints")
     assert len(saved) == 1 and saved[0].name != "ckpt-000000020.safetensors" and "continue with --resume" in err
     status = RunDir(tmp_path / "stopped").status()

@@ -172,3 +172,24 @@ def repo_script(path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def interrupted(args: list[str], log, lines: int, sig=None) -> tuple[int, str]:
+    """Run ``python -m disdis.cli ARGS`` on one thread, send it ``sig`` (default SIGINT) once its CSV
+    ``log`` holds ``lines`` lines (the header included), and return its exit code and stderr."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "disdis.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= lines:
+            break
+        time.sleep(0.01)
+    proc.send_signal(sig if sig is not None else signal.SIGINT)
+    err = proc.communicate(timeout=120)[1].decode()
+    return proc.returncode, err
