@@ -65,7 +65,7 @@ def test_compare_checks_every_method_before_any_run(tmp_path, shapes3d_grid_npz,
     # the data is checked too: the demo scale's 32 px cannot be read from this 16-px grid
     assert main(["compare", "--methods", "beta_vae", "--kimg", "1", "--out", str(out),
                  "--data", str(shapes3d_grid_npz)]) == 2
-    assert "resolution 32 must divide the native resolution 16" in capsys.readouterr().err and not out.exists()
+    assert "data.resolution: 32 is larger than the native 16 px" in capsys.readouterr().err and not out.exists()
     from disdis.compare import Budget
     from disdis.errors import ConfigError
     with pytest.raises(ConfigError, match="the budget must be positive"):
