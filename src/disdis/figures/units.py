@@ -173,6 +173,9 @@ def reconstructions(model, data, path: str | Path, count: int = 8, seed: int = 1
     return labelled_grid(torch.stack(rows), path, names, title="Reconstructions")
 
 
+SAMPLE_SOURCES = ("data", "anchors", "prior")
+
+
 def check_sample_source(model, source: str, method: str | None = None) -> None:
     """What ``--from`` a method samples from: ``data`` and ``anchors`` (the diffusion methods: tokens
     of training images, or their DyGA anchors' means), ``prior`` (the others: codes of N(0, I) through
@@ -190,9 +193,6 @@ def check_sample_source(model, source: str, method: str | None = None) -> None:
     elif source == "data":
         raise DisdisError(f"--from data: {run} has no generator conditioned on an image's units (its decoder maps "
                           "codes to images); it samples only --from prior (N(0, I) codes through its decoder)")
-
-
-SAMPLE_SOURCES = ("data", "anchors", "prior")
 
 
 def sample_images(model, data, count: int, seed: int = 0, source: str = "data", steps: int | None = None) -> torch.Tensor:
