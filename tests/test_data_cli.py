@@ -225,6 +225,8 @@ def test_resolution_larger_than_the_file_names_the_key(capsys, tmp_path, shapes3
         open_dataset(shapes3d_grid_npz, resolution=3)
     run_fail(capsys, ["data", "subset", str(shapes3d_grid_npz), "--out", str(tmp_path / "s.npz"),
                       "--resolution", "32"], "--resolution: 32 is larger than the native 16 px")
+    run_fail(capsys, ["data", "subset", str(shapes3d_grid_npz), "--out", str(tmp_path / "s.npz"),
+                      "--resolution", "0"], "--resolution: 0 is not a positive size")
     assert not (tmp_path / "s.npz").exists()
 
 

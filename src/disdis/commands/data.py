@@ -163,8 +163,6 @@ def _subset(args: argparse.Namespace) -> int:
     from disdis.data import open_dataset, write_grid_npz
     if not args.out.lower().endswith(".npz"):
         raise DisdisError(f"--out {args.out}: subset writes a grid npz (a zip file); give a name ending in .npz")
-    if args.resolution is not None and args.resolution < 1:
-        raise DisdisError(f"--resolution: expected a positive number of pixels, got {args.resolution}")
     ds = open_dataset(args.path, args.kind, kind_key="--kind").subgrid(parse_keep(args.keep))
     ds = ds.at_resolution(args.resolution, "--resolution")
     write_grid_npz(args.out, ds)
