@@ -60,6 +60,18 @@ def test_dsprites_preset_trains_and_evaluates_one_channel_images(tmp_path, one_t
     assert 0 <= metrics["dci"]["disentanglement"] <= 1 and metrics["mig"]["discrete_mig"] >= 0
 
 
+@pytest.mark.parametrize("preset, key", [("demo", "method.first_stage.in_channels"), ("beta_vae", "method.in_channels"),
+                                         ("disdiff", "method.in_channels"), ("first_stage_vq_f4", "method.first_stage.in_channels")])
+def test_one_channel_data_under_a_three_channel_preset_stops_with_the_key_to_set(tmp_path, capsys, preset, key):
+    """Not a convolution's shape error after the run folder is made: one line, before any work."""
+    data = tmp_path / "sprites.npz"
+    _sprite_grid(data)
+    assert main(["train", preset, f"data.path={data}", "data.kind=null", f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"holds 1-channel images, the model takes 3 (set {key}=1)" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_wheel_ships_every_preset(tmp_path):
     """`pip install .` outside a checkout gets the presets: they are package data of the wheel."""
     import subprocess

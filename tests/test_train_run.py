@@ -139,7 +139,8 @@ def test_diffusion_run_trains_its_own_first_stage_then_resumes(tmp_path, shapes3
                                       "eval.metrics=[dcii]", "method.unet.attention_resolutions=[3]",
                                       "train.batch_size=512", "train.shards=2",  # shards: the U-Net's dropout 0.1
                                       "train.freeze_modules=[extractr]", "train.ema_modules=[nosuch]",
-                                      "train.lr_scale={nosuch: 0.1}", "data.path=missing.npz"])
+                                      "train.lr_scale={nosuch: 0.1}", "data.path=missing.npz",
+                                      "method.first_stage.in_channels=1"])  # the data has 3
 def test_rejected_settings_stop_before_any_work_and_leave_a_resumable_run(tmp_path, shapes3d_grid_npz, capsys, override):
     """A bad value stops `train` with one line before a folder is made or a stage trained; on
     --resume it leaves config.yaml as it was, so the run still resumes, evaluates and interchanges."""

@@ -12,6 +12,7 @@ warm start of its extractor.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -42,6 +43,8 @@ class MethodConfig:
     # dependencies that only start a submodule the run trains on: its checkpoints keep that submodule's
     # weights (the others are frozen and recorded by reference), and a resumed run does not read them
     initialises: ClassVar[frozenset[str]] = frozenset()
+    # the setting (under ``method.``) that fixes how many channels the images fed to the model have
+    channels_key: ClassVar[str] = "in_channels"
 
     @classmethod
     def schema(cls, data: Any, key: str) -> type[MethodConfig]:
@@ -63,6 +66,10 @@ class MethodConfig:
 
     def check(self, data: DataConfig) -> None:
         """Raise ConfigError naming the key when the settings do not fit the data or each other."""
+
+    def image_channels(self) -> int:
+        """How many channels the images fed to the model have (``channels_key``'s value)."""
+        return functools.reduce(getattr, self.channels_key.split("."), self)
 
     def needs(self) -> tuple[str, ...]:
         """The dependencies (other runs' trained modules) this configuration builds on."""

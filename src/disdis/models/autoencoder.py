@@ -224,6 +224,8 @@ class AutoencoderConfig(MethodConfig):
     units: UnitsConfig = field(default_factory=UnitsConfig)
     loss: AutoencoderLoss = field(default_factory=AutoencoderLoss)
 
+    channels_key = "units.in_channels"
+
     @classmethod
     def derive(cls, section: dict, data) -> dict:
         derive_units(section, data)

@@ -27,6 +27,8 @@ class FirstStageMethod(MethodConfig):
     name: str = "first_stage"
     first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
 
+    channels_key = "first_stage.in_channels"
+
     def check(self, data) -> None:
         if self.first_stage.kind == "identity":
             raise ConfigError("method.first_stage.kind: 'identity' has nothing to train")

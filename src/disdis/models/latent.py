@@ -27,6 +27,7 @@ class OnFirstStage:
     """Config mixin of a method with ``first_stage``, ``unet`` and ``first_stage_train`` settings."""
 
     dependency_kinds = {"first_stage": "first_stage"}
+    channels_key = "first_stage.in_channels"
 
     @staticmethod
     def derive_unet(section: dict, resolution: int | None, key: str = "unet") -> dict:

@@ -199,10 +199,20 @@ def validate_run_config(cfg: RunConfig) -> None:
     with torch.device("meta"):
         check_step(build_model(cfg), cfg.train)
     if cfg.data.path and Path(cfg.data.path).exists():  # the data of a run that makes it is checked when made
-        check_batch_fits(cfg.train.batch_size, len(open_training_data(cfg)))
+        data = open_training_data(cfg)
+        check_batch_fits(cfg.train.batch_size, len(data))
+        check_channels(cfg, data.dataset.channels)
     for name in cfg.method.needs():  # and the runs it trains itself, with theirs
         if not cfg.requires.get(name):
             validate_run_config(cfg.method.own_dependency(name, cfg))
+
+
+def check_channels(cfg: RunConfig, channels: int) -> None:
+    """The model must take images with the data's number of channels (dSprites has 1, the others 3)."""
+    expected = cfg.method.image_channels()
+    if expected != channels:
+        raise ConfigError(f"data.path: {cfg.data.path} holds {channels}-channel images, the model takes {expected} "
+                          f"(set method.{cfg.method.channels_key}={channels})")
 
 
 def read_run_config(run_dir: str | Path | RunDir, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
