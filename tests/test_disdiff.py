@@ -54,6 +54,56 @@ TINY = ["data.resolution=16", "method.encoder_width=8", "method.unit_dim=4", "me
         "train.probe_images=64", "eval.batch_size=64"]
 
 
+def _tiny_disdiff(seed: int = 0):
+    """A fresh DisDiff of TINY's sizes, every weight random (a U-Net's output layer starts at zero)."""
+    from disdis.models import build_model
+    from disdis.run_config import load_run_config
+    torch.manual_seed(seed)
+    model = build_model(load_run_config("demo_disdiff", ["data.path=x", *TINY])).eval()
+    for p in [*model.decoder.parameters(), *model.ldm.unet.parameters()]:
+        p.data.normal_(0, 0.2)
+    for p in model.encoder.parameters():  # units that differ between images
+        p.data.normal_(0, 0.5)
+    return model
+
+
+def test_disdiff_generates_with_the_noise_prediction_its_loss_fits():
+    """DDIM's eps(x_t, t | z) is eps_LDM(x_t, t) - c_t sum_k G(x_t, t, [z_k; e_k]): here each unit's field
+    is a decoder call of its own (the model batches the N units into one call)."""
+    model = _tiny_disdiff()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = model.encode_units(images)[1]
+    x, t = torch.randn(model.latent_shape(2)), torch.tensor([3, 700])
+    c_t = field_weights(model.schedule, t)[0].float().view(-1, 1, 1, 1)
+    with torch.no_grad():
+        fields = [model.decoder(x, t, torch.cat([z[:, k], model.unit_embedding[k].expand(2, -1)], -1)[:, None])
+                  for k in range(3)]
+        expected = model.ldm.eps(x, t) - c_t * sum(fields)
+    assert float(c_t.min()) > 0 and float(sum(fields).abs().max()) > 1e-3  # the fields are not inert
+    assert torch.allclose(model.denoiser(z)(x, t), expected, atol=1e-5)
+
+
+def test_disdiff_with_zero_fields_samples_as_its_frozen_ldm_and_swaps_only_the_chosen_unit():
+    from disdis.diffusion import ddim_sample
+    model = _tiny_disdiff()
+    model.decode_latents = lambda z: z  # compared as latents: the tiny VQ maps them all to a few codes
+    images = torch.linspace(-1, 1, 3).view(3, 1, 1, 1).expand(3, 3, 16, 16)  # dark, grey, bright: other units
+    z = model.encode_units(images)[1]
+    noise = torch.randn(model.latent_shape(3))
+    # a unit swapped from an image into itself changes nothing: the image's own regeneration
+    own = model.sample(z[:1], noise=noise[:1], steps=3)
+    assert torch.allclose(model.interchange(images[:1], images[:1], 1, noise=noise[:1], steps=3), own, atol=1e-6)
+    swapped = model.interchange(images[:1], images[1:], 1, noise=noise[1:], steps=3)
+    assert not torch.allclose(swapped, model.sample(z[1:], noise=noise[1:], steps=3), atol=1e-2)
+    context = z[1:].clone()
+    context[:, 1] = z[0, 1]
+    assert torch.allclose(swapped, model.sample(context, noise=noise[1:], steps=3), atol=1e-5)
+    for p in model.decoder.parameters():
+        p.data.zero_()
+    plain = ddim_sample(model.ldm.eps, noise, model.schedule, 3, 0.0)
+    assert torch.allclose(model.sample(z, noise=noise, steps=3), plain, atol=1e-6)
+
+
 def test_disdiff_trains_its_chain_resumes_exactly_and_evaluates(tmp_path, shapes3d_grid_npz, capsys):
     def train(run, kimg):
         return main(["train", "demo_disdiff", f"data.path={shapes3d_grid_npz}", f"run_dir={tmp_path / run}",

@@ -235,9 +235,17 @@ def test_runs_without_units_are_refused_by_figures_as_by_the_other_commands(disd
             assert refused(capsys, command, str(run)).split(": error: ")[1] == same + "\n"
 
 
-def test_interchange_of_a_disdiff_run_says_what_it_lacks(disdiff_run, capsys, nothing_drawn):
-    err = refused(capsys, "interchange", str(disdiff_run))
-    assert "a 'disdiff' run cannot make images from its units" in err and "no sampler conditioned on its unit vectors" in err
+def test_a_disdiff_run_interchanges_reconstructs_and_samples_through_its_fields(disdiff_run, tmp_path, capsys):
+    """DisDiff's units condition DDIM through their gradient fields: the interchange, the reconstructions
+    and sampling from data work; the traversals (scalar units decoded) and the anchors (no DyGA here) not."""
+    out = tmp_path / "swap.png"
+    assert main(["interchange", str(disdiff_run), "--targets", "2", "--units", "0,2", "--steps", "2", "--out", str(out)]) == 0
+    assert Image.open(out).width >= 512
+    assert main(["figures", str(disdiff_run), "--steps", "2", "--which", "interchange,reconstructions"]) == 0
+    assert {"interchange.png", "reconstructions.png"} <= {p.name for p in (disdiff_run / "figures").iterdir()}
+    assert "a 'disdiff' run cannot make it" in refused(capsys, "figures", str(disdiff_run), "--which", "traversals")
+    assert main(["sample", str(disdiff_run), "--n", "3", "--steps", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert "no fitted anchors" in refused(capsys, "sample", str(disdiff_run), "--from", "anchors", "--steps", "2")
 
 
 def test_a_missing_dci_importance_is_named_with_how_to_compute_it(tmp_path, capsys):

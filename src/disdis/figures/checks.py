@@ -9,9 +9,6 @@ from disdis.errors import DisdisError
 # what a run without units is, for the message that refuses it
 NO_UNITS = {"first_stage": "a first stage (the image autoencoder other runs build on)",
             "latent_diffusion": "an unconditional latent diffusion model (DisDiff's frozen base)"}
-# why a run with units cannot make images from them
-NO_DECODER = {"disdiff": "disdis's DisDiff has no sampler conditioned on its unit vectors (DDIM with its "
-                         "per-unit gradient fields), which {what} needs"}
 
 
 def check_at_least(option: str, value: int | None, least: int, what: str = "an integer") -> None:
@@ -29,9 +26,9 @@ def require_units(cfg, model, need: str = "represent", what: str = "it", hint: s
         kind = NO_UNITS.get(name, "a method without a representation")
         raise DisdisError(f"a '{name}' run has no latent units: it is {kind}; give the run of a method that "
                           f"learns units{hint}")
-    if need == "decode" and not model.can("decode"):
-        why = NO_DECODER.get(name, "its method declares no decoder of its units, which {what} needs")
-        raise DisdisError(f"a '{name}' run cannot make images from its units: " + why.format(what=what))
+    if need == "decode" and not (model.can("decode") or model.can("generate")):
+        raise DisdisError(f"a '{name}' run cannot make images from its units: its method declares no decoder "
+                          f"of its units, which {what} needs")
 
 
 def num_diffusion_steps(model) -> int | None:

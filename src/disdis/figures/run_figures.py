@@ -1,10 +1,10 @@
 """Every figure of a run, by name (``disdis figures RUN [--which ...]``), written to RUN/figures/.
 
-    traversals       each unit from its 2% to its 98% quantile, the others fixed     (decode)
-    anchors          each unit's token set to its DyGA anchors' means                  (anchoring fitted)
-    interchange      one unit at a time swapped from a source into targets             (decode)
+    traversals       each unit from its 2% to its 98% quantile, the others fixed     (decode: scalar units)
+    anchors          each unit's token set to its DyGA anchors' means                  (generate, anchoring fitted)
+    interchange      one unit at a time swapped from a source into targets             (decode or generate)
     attention        where each unit's token is attended, over the images               (attention)
-    reconstructions  images and their reconstructions                                  (decode)
+    reconstructions  images and their reconstructions                                  (decode or generate)
     shares           the unit x factor share table as a heat map                        (metrics.json)
     importance       DCI's importance matrix (codes x factors)                          (metrics.json)
     curves           loss and images/s against kimg; each factor's capture curve        (logs)
@@ -65,8 +65,9 @@ def _model_figures(source, run: RunDir, wanted: list[str], explicit: bool, weigh
     cfg, model, _ = load_trained_model(source, weights)
     require_units(cfg, model, hint=" (its training curves: --which curves)")
     anchored = getattr(cfg.method, "anchoring", None)
-    possible = {"traversals": model.can("decode"), "interchange": model.can("decode"),
-                "reconstructions": model.can("decode"), "attention": model.can("attention"),
+    makes_images = model.can("decode") or model.can("generate")
+    possible = {"traversals": model.can("decode"), "interchange": makes_images,
+                "reconstructions": makes_images, "attention": model.can("attention"),
                 "anchors": model.can("generate") and bool(anchored and anchored.enabled
                                                           and float(model.anchor_state.fitted))}
     for name in wanted:

@@ -165,7 +165,7 @@ def reconstructions(model, data, path: str | Path, count: int = 8, seed: int = 1
     with torch.no_grad():
         if model.can("generate"):
             context = model.encode_units(x)[1]
-            rows = [x, model.first_stage(x).clamp(-1, 1),
+            rows = [x, model.decode_latents(model.latents(x)),
                     model.sample(context, noise=model.invert(x, context, steps), steps=steps)]
             names = ["images", "first stage", "DDIM (inverted noise)"]
         else:

@@ -22,13 +22,16 @@ loss is L_r + lambda mean(L_d) with lambda = ``disentangle_weight``. The decoder
 method's U-Net reading one context token per call, the unit's vector beside a learned embedding
 of its index (the released decoder reuses the frozen U-Net's encoder features and takes the
 index through the time embedding; docs/baselines.md). Evaluation reads the N unit vectors
-(``tokens``), reduced per unit by PCA as the released evaluation does.
+(``tokens``), reduced per unit by PCA as the released evaluation does. Images are generated,
+inverted and interchanged by DDIM with eps_hat as the noise prediction (the units' vectors z
+as the condition), as DisDiff's own sampling does (:mod:`disdis.models.token_sampling`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +45,7 @@ from disdis.models.anchor_refit import Anchored
 from disdis.models.latent import OnFirstStage
 from disdis.models.latent_diffusion import LatentDiffusion, LatentDiffusionConfig
 from disdis.models.method import Method
+from disdis.models.token_sampling import TokenConditioned
 from disdis.nn.unet import UNet, UNetConfig
 from disdis.train.config import TrainConfig
 
@@ -151,8 +155,8 @@ def disentangling_logits(z: torch.Tensor, z_hat: torch.Tensor, z_k_hat: torch.Te
     return (z_hat - z).norm(dim=-1).detach() - (z_k_hat - z).norm(dim=-1), (z_hat - z_k_hat).norm(dim=-1)
 
 
-class DisDiff(Anchored, Method):
-    capabilities = frozenset({"represent"})
+class DisDiff(TokenConditioned, Anchored, Method):
+    capabilities = frozenset({"represent", "generate"})
 
     def __init__(self, cfg: DisDiffConfig, ldm: LatentDiffusion):
         super().__init__()
@@ -225,9 +229,41 @@ class DisDiff(Anchored, Method):
         return self.ldm.first_stage.decode(self.ldm.scaler.inverse(z0), quantize=False).clamp(-1, 1)
 
     @torch.no_grad()
+    def encode_units(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the unit vectors' means (B, N), the unit vectors (B, N, d), anchored)."""
+        z = self.anchor(self.unit_tokens(images))
+        return z.mean(-1), z
+
     def representation(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"tokens": (B, N, d) unit vectors (anchored), "units": their means (B, N)}``; evaluate with
         tokens_pca."""
-        z = self.anchor(self.unit_tokens(images))
-        return {"units": z.mean(-1), "tokens": z}
+        units, tokens = self.encode_units(images)
+        return {"units": units, "tokens": tokens}
+
+    # ------------------------------------------------------------------ sampling (TokenConditioned)
+    def denoiser(self, context: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """eps(x_t, t | z) = eps_LDM(x_t, t) - c_t sum_k G_k(x_t, z_k, t): the frozen model's noise
+        prediction moved by the units' gradient fields, as the training loss fits it (:meth:`forward`)."""
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            c_t = field_weights(self.schedule, t)[0].to(x.dtype).view(-1, *[1] * (x.dim() - 1))
+            return self.ldm.eps(x, t) - c_t * self.fields(x, t, context).sum(1)
+        return eps
+
+    @property
+    def schedule(self):
+        return self.ldm.schedule
+
+    @property
+    def diffusion_cfg(self):
+        return self.ldm.diffusion_cfg
+
+    def latent_shape(self, batch: int) -> tuple[int, ...]:
+        cfg = self.decoder.cfg  # the LDM's latent shape (checked in DisDiffConfig.check)
+        return (batch, cfg.in_channels, cfg.resolution, cfg.resolution)
+
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        return self.ldm.latents(images)
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return self.ldm.decode_latents(z)
 

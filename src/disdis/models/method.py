@@ -15,7 +15,8 @@ A method is one ``nn.Module`` subclassing :class:`Method` (docs/architecture.md)
   (``"units"`` (B, N) scalars, and ``"tokens"`` (B, N, D) where the units are vectors);
   ``"decode"``: ``decode_units(units, seed=0, steps=None, noise=None)`` gives images from the
   scalar units, all from one noise (``noise``, or one drawn from ``seed``) where decoding uses any; ``"generate"``: it has ``sample(context, ...)``,
-  ``invert(images, ...)``, ``interchange(...)`` and ``encode_units(images)`` (a diffusion method);
+  ``invert(images, ...)``, ``interchange(...)`` and ``encode_units(images)`` (a diffusion method
+  conditioned on its units: :class:`disdis.models.token_sampling.TokenConditioned` gives these);
   ``"attention"``: ``attention_maps(images, t)`` gives where each unit's token is attended;
   ``"shards"``: its training forward may run on several threads at once (``train.shards``,
   :mod:`disdis.train.shards`): it writes no state but running statistics and draws through
