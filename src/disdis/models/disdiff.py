@@ -23,8 +23,8 @@ method's U-Net reading one context token per call, the unit's vector beside a le
 of its index (the released decoder reuses the frozen U-Net's encoder features and takes the
 index through the time embedding; docs/baselines.md). Evaluation reads the N unit vectors
 (``tokens``), reduced per unit by PCA as the released evaluation does. Images are generated,
-inverted and interchanged by DDIM with eps_hat as the noise prediction (the units' vectors z
-as the condition), as DisDiff's own sampling does (:mod:`disdis.models.token_sampling`).
+inverted and interchanged by DDIM with eps_hat, the prediction L_r fits, as the noise prediction
+(the units' vectors z as the condition; :mod:`disdis.models.token_sampling`).
 """
 
 from __future__ import annotations
