@@ -31,16 +31,13 @@ def test_setup_script_prints_its_usage_and_refuses_unknown_arguments_before_any_
 
 
 def test_the_stop_message_is_retold_with_the_way_to_continue_the_whole_run():
-    from disdis.commands.train import continue_hint, retold
     from disdis.train.loop import TrainingInterrupted
-    loop = "stopped by SIGINT after step 7; saved runs/int/first_stage/checkpoints/ckpt-000000007.safetensors; " \
-           "continue with --resume runs/int/first_stage"
     head = "stopped by SIGINT after step 7; saved runs/int/first_stage/checkpoints/ckpt-000000007.safetensors"
-    assert continue_hint(loop, "--resume runs/int") == f"{head}; continue with --resume runs/int"
-    assert continue_hint(loop, "`disdis demo --out runs/d`") == f"{head}; continue with `disdis demo --out runs/d`"
-    assert continue_hint(head, "--resume runs/int") == f"{head}; continue with --resume runs/int"  # no hint: one added
-    err = retold(TrainingInterrupted(loop, signal.SIGINT), "--resume runs/int")
-    assert isinstance(err, TrainingInterrupted) and err.exit_code == 130 and str(err).endswith("--resume runs/int")
+    loop = TrainingInterrupted(head, signal.SIGINT, "--resume runs/int/first_stage")
+    assert str(loop) == f"{head}; continue with --resume runs/int/first_stage"
+    err = loop.continued_with("--resume runs/int")
+    assert isinstance(err, TrainingInterrupted) and err.exit_code == 130 and str(err) == f"{head}; continue with --resume runs/int"
+    assert str(loop.continued_with("`disdis demo --out runs/d`")) == f"{head}; continue with `disdis demo --out runs/d`"
 
 
 def test_ctrl_c_in_the_runs_own_first_stage_names_the_run_to_resume(tmp_path, shapes3d_grid_npz):

@@ -198,8 +198,9 @@ def test_ctrl_c_in_the_demo_says_to_run_the_demo_again(tmp_path):
 
 def test_demo_continue_command_names_its_folder_and_data_only_when_not_the_default():
     import argparse
-    from disdis.commands.demo import DEFAULT_DATA, continue_command
-    assert continue_command(argparse.Namespace(out="runs/demo", data=DEFAULT_DATA)) == "`disdis demo --out runs/demo`"
+    from disdis.commands.demo import continue_command
+    from disdis.data.demo_grid import DEMO_DATA
+    assert continue_command(argparse.Namespace(out="runs/demo", data=DEMO_DATA)) == "`disdis demo --out runs/demo`"
     assert continue_command(argparse.Namespace(out="r", data="g.npz")) == "`disdis demo --out r --data g.npz`"
 
 def test_train_step_benchmark_times_the_warm_start_past_its_gathered_hold(one_torch_thread):

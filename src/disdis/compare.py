@@ -53,7 +53,6 @@ HEADLINE = {"factor_vae": ("factor_vae", "eval_accuracy"), "dci": ("dci", "disen
             "dci_completeness": ("dci", "completeness"), "dci_informativeness": ("dci", "informativeness_test"),
             "mig": ("mig", "discrete_mig")}
 UNBOUNDED_KIMG = 1e9  # with a time budget the run ends on the clock
-DEMO_DATA = "data/demo/shapes3d_grid.npz"  # the demo grid, made (or read from its cache) without --data
 SETTINGS = "settings.json"
 
 
@@ -192,6 +191,7 @@ def run_comparison(methods: list[str], seeds: list[int], budget: Budget, out: st
                    scale: str = "demo", jobs: int = 1, threads: int = 1, shared: list[str] = ()) -> dict:
     """Train and evaluate every method x seed (skipping what is done), then write the summary. Every
     check comes first: nothing is made (the demo grid when ``data`` is None, folders) before."""
+    from disdis.data.demo_grid import DEMO_DATA, make_demo_data
     from disdis.io import write_text_atomic
     out = Path(out)
     if data is None:
@@ -199,11 +199,10 @@ def run_comparison(methods: list[str], seeds: list[int], budget: Budget, out: st
             raise ConfigError("--data: required at --scale paper (a dataset file or folder)")
     elif not Path(data).exists():
         raise DataError(f"--data: {data}: no such file or folder")
-    path = data or DEMO_DATA
+    path = data or DEMO_DATA  # the demo grid, made (or read from its cache) without --data
     work = plan(methods, seeds, budget, out, path, scale, list(shared))
     record = check_settings(out, settings(work, budget, path, scale, list(shared)))
     if data is None:
-        from disdis.data.demo_grid import make_demo_data
         make_demo_data(Path(path), 32)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / SETTINGS, json.dumps(record, indent=2))

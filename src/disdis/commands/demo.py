@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_DATA = "data/demo/shapes3d_grid.npz"
+from disdis.data.demo_grid import DEMO_DATA
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
         "examples:\n  disdis demo\n  disdis demo --out runs/demo-long train.total_kimg=96")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
     parser.add_argument("--out", default="runs/demo", help="run folder (default %(default)s)")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="cached data file (default %(default)s)")
+    parser.add_argument("--data", default=DEMO_DATA, help="cached data file (default %(default)s)")
     parser.add_argument("--config", help="config file or preset (default: the packaged preset 'demo')")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch CPU threads, 1 or more (default: all %(default)s cores)")
@@ -44,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads: expected a positive integer, got {args.threads}")
     import torch
 
-    from disdis.commands.train import retold
     from disdis.data.demo_grid import DEMO_GRID, make_demo_data
     from disdis.evaluation import evaluate_run, protocol_overrides
     from disdis.figures import make_figures
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             start_run(cfg)
     except TrainingInterrupted as err:  # the demo continues by running it again (it has no --resume)
-        raise retold(err, continue_command(args)) from None
+        raise err.continued_with(continue_command(args)) from None
     clock.lap("training")
     _phase("3/4 evaluation")
     results = {}
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 def continue_command(args: argparse.Namespace) -> str:
     """The command that continues this demo: ``disdis demo`` again on its folder (and its data)."""
-    data = f" --data {args.data}" if str(args.data) != DEFAULT_DATA else ""
+    data = f" --data {args.data}" if str(args.data) != DEMO_DATA else ""
     return f"`disdis demo --out {args.out}{data}`"
 
 

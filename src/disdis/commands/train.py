@@ -78,23 +78,8 @@ def run(args: argparse.Namespace) -> int:
         top = args.resume or (cfg.run_dir if cfg is not None else None)
         if top is None:
             raise
-        raise retold(err, f"--resume {top}") from None
+        raise err.continued_with(f"--resume {top}") from None
     finally:
         distributed.shutdown()
     return 0
 
-
-def continue_hint(message: str, how: str) -> str:
-    """The loop's stop message (``stopped by SIGINT after step N; saved CKPT; continue with --resume
-    STAGE``) with its way to continue replaced by ``how``. The loop names the folder of the stage it
-    was training: ``RUN/first_stage`` while a run trains its own first stage, whose resume would
-    finish that stage alone; ``disdis train`` continues the whole run (``--resume RUN``), and
-    ``disdis demo``, which has no ``--resume``, by running it again (``disdis demo --out DIR``)."""
-    head = message.split("; continue with ", 1)[0]
-    return f"{head}; continue with {how}"
-
-
-def retold(err, how: str):
-    """``err`` (a :class:`~disdis.train.loop.TrainingInterrupted`) again, with :func:`continue_hint`'s
-    message and the same exit status (128 + the signal)."""
-    return type(err)(continue_hint(str(err), how), err.exit_code - 128)

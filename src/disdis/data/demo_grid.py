@@ -6,6 +6,9 @@ import sys
 import time
 from pathlib import Path
 
+# where the demo and `disdis compare` cache the grid unless told otherwise (relative to the working folder)
+DEMO_DATA = "data/demo/shapes3d_grid.npz"
+
 # every factor of Shapes3D, three values each (3^6 = 729 images), spread over each factor's range
 # so that the values stay tellable apart at low resolution
 DEMO_GRID = {"floor_hue": [0, 3, 6], "wall_hue": [0, 3, 6], "object_hue": [0, 3, 6],

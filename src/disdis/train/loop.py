@@ -74,11 +74,18 @@ class NonFiniteLossError(DisdisError):
 
 class TrainingInterrupted(DisdisError):
     """SIGINT or SIGTERM arrived; the run saved a checkpoint at the step it had finished and stopped.
-    ``exit_code`` is the shell's 128 + the signal's number."""
+    ``stopped`` says so, ``how`` is the way to continue; ``exit_code`` is the shell's 128 + the signal's
+    number."""
 
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
+    def __init__(self, stopped: str, signum: int, how: str):
+        super().__init__(f"{stopped}; continue with {how}")
+        self.stopped, self.signum, self.exit_code = stopped, signum, 128 + signum
+
+    def continued_with(self, how: str) -> TrainingInterrupted:
+        """The same stop with another way to continue: the loop names the stage it was training
+        (``--resume RUN/first_stage`` while a run trains its own first stage, which would finish that
+        stage alone); the commands name the whole run (``--resume RUN``, or ``disdis demo --out DIR``)."""
+        return TrainingInterrupted(self.stopped, self.signum, how)
 
 
 class _StopSignals:
@@ -387,7 +394,7 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
             if result.stopping:
                 signum = stop.received or signal.SIGTERM
                 raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} after step {done}; saved "
-                                          f"{last_ckpt}; continue with --resume {run}", signum)
+                                          f"{last_ckpt}", signum, f"--resume {run}")
             if result.out_of_time:
                 if main:
                     print(f"time budget reached: {cfg.max_minutes:g} minutes of training, step {done} "
