@@ -42,12 +42,11 @@ def make_figures(source: str | Path, which: Sequence[str] | None = None, weights
     if "attention" in wanted:
         check_at_least("--t", t, 0, "a timestep")
     result = _metrics(run)
-    files = [w for w in wanted
-             if w in FILE_FIGURES and _file_figure_missing(run, result, w, explicit=which is not None) is None]
+    files = _drawable_files(run, result, wanted, explicit=which is not None)
     model_wanted = [w for w in wanted if w in MODEL_FIGURES]
     draw_models = _model_figures(source, run, model_wanted, which is not None, weights, seed, steps, t) \
         if model_wanted else None
-    made = file_figures(run, files, explicit=which is not None)
+    made = _draw_file_figures(run, result, files)
     if draw_models is not None:
         made.update(draw_models())
     return {**{name: made[name] for name in FIGURES if name in made}, **made}  # (and factor_shares with curves)
@@ -125,17 +124,26 @@ def _file_figure_missing(run: RunDir, result: dict, name: str, explicit: bool) -
     return why
 
 
+def _drawable_files(run: RunDir, result: dict, wanted: list[str], explicit: bool) -> list[str]:
+    """The figures of ``wanted`` drawn from files that the run has what to draw from."""
+    return [w for w in wanted if w in FILE_FIGURES and _file_figure_missing(run, result, w, explicit) is None]
+
+
 def file_figures(run: RunDir, wanted: list[str], explicit: bool) -> dict[str, Path]:
+    """The figures of ``wanted`` drawn from the run's files (metrics.json, the logs), those it has
+    what to draw from (a missing source is an error when ``explicit``)."""
+    result = _metrics(run)
+    return _draw_file_figures(run, result, _drawable_files(run, result, wanted, explicit))
+
+
+def _draw_file_figures(run: RunDir, result: dict, names_to_draw: list[str]) -> dict[str, Path]:
     from disdis.figures.curves import plot_factor_shares, plot_training_curves
     from disdis.figures.labelled import plot_matrix
     from disdis.train.logger import read_csv_log
 
-    result = _metrics(run)
     names = (result.get("protocol") or {}).get("factor_names") or []
     made = {}
-    for name in wanted:
-        if _file_figure_missing(run, result, name, explicit) is not None:
-            continue
+    for name in names_to_draw:
         if name == "shares":
             shares = result["unit_factor_shares"]
             labels = [f"unit {k}" for k in range(len(shares))]
@@ -149,11 +157,11 @@ def file_figures(run: RunDir, wanted: list[str], explicit: bool) -> dict[str, Pa
                                      names, "DCI importance of each code for each factor (gradient-boosted trees)",
                                      "importance")
         elif name == "curves":
-            made[name] = plot_training_curves(read_csv_log(run.log("train")), run.figure("curves"))
+            train_log = read_csv_log(run.log("train"))
+            made[name] = plot_training_curves(train_log, run.figure("curves"))
             if run.log("shares").is_file() and names:
                 made["factor_shares"] = plot_factor_shares(read_csv_log(run.log("shares")), names,
-                                                           run.figure("factor_shares"),
-                                                           directions=read_csv_log(run.log("train")))
+                                                           run.figure("factor_shares"), directions=train_log)
     return made
 
 
