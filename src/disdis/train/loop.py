@@ -364,7 +364,6 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"{err}; the run stopped without saving; last good checkpoint: "
                                          f"{last_ckpt or 'none (nothing saved yet)'}") from None
-            loss_value = result.loss
             done = step + 1
             _accumulate(totals, result.out, result.loss)
             window_steps += 1
@@ -379,7 +378,8 @@ def _run(stepper: TrainStep, loader, sched: _Schedule, start: int, last_ckpt: Pa
                 row = {"step": done, "kimg": done * cfg.batch_size / 1000, "epoch": done / max(sched.steps_per_epoch, 1)}
                 row.update({k: float(v) / window_steps for k, v in totals.items()})
                 row.update({"img_per_s": window_steps * cfg.batch_size / elapsed, "sec_per_step": elapsed / window_steps})
-                loss_value = row["loss"]  # the final loss: the last window's mean, what a resume of a finished run reads back
+                loss_value = row["loss"]  # the final loss: the last window's mean (every run ends on a logged step),
+                                          # what a resume of a finished run reads back
                 if probe is not None:
                     with between_steps():
                         row.update(probe(stepper.model, done, row["kimg"]))
